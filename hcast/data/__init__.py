@@ -1,0 +1,1 @@
+"""Datasets and transforms that carry superpixels and per-level targets."""

@@ -1,0 +1,1 @@
+"""Taxonomies, hierarchical losses, metrics and consistent decoding."""

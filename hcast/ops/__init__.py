@@ -1,0 +1,2 @@
+"""Tensor ops for superpixel transformers: superpixels, superpixel pooling,
+farthest point sampling and hierarchical segmentation."""
