@@ -1,0 +1,536 @@
+"""Hierarchical classification metrics, functional and as torchmetrics ``Metric`` classes.
+
+All functions take **per-level sequences, finest first**: ``preds[l]`` is either a
+(N,) integer tensor of predicted class ids or a (N, C_l) float tensor of logits
+(or probabilities; the argmax is taken), ``targets[l]`` a (N,) integer tensor.
+
+* :func:`level_accuracy`: top-k accuracy of every level.
+* :func:`full_path_accuracy` (FPA): share of samples with *every* level right
+  (H-CAST, ``deit/engine_hier_eval.py`` of github:ngocquanai/HiOT b1a222b).
+* :func:`tree_inconsistency_error` (TICE): share of predicted paths that do not
+  exist in the taxonomy (same source; the authors count the argmax paths that are
+  not in their ``trees`` list).
+* :func:`mistake_severity`: mean lowest-common-ancestor height between the top-1
+  fine prediction and the target over the *mistakes* only, and
+  :func:`average_hierarchical_distance`: mean LCA height of the top-k fine
+  predictions over all samples ("avg. hier. distance @k"); both as in
+  "Making Better Mistakes" (Bertinetto et al., CVPR 2020,
+  github:fiveai/making-better-mistakes ``run_xent.py``).
+* :func:`hierarchical_precision_recall_f1`: set-based hierarchical precision,
+  recall and F1 (Kiritchenko et al., 2005), micro-averaged over samples.
+
+The ``Metric`` classes (:class:`HierarchicalMetrics`, :class:`FullPathAccuracy`,
+:class:`TreeInconsistencyError`, :class:`MistakeSeverity`) keep only summed
+counts (``dist_reduce_fx="sum"``), so they are exact under DDP. They need
+``torchmetrics`` (``pip install hcast[train]``); the functional metrics do not.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+
+from hcast.hierarchy.taxonomy import Taxonomy
+
+__all__ = [
+    "level_accuracy",
+    "full_path_accuracy",
+    "tree_inconsistency_error",
+    "mistake_severity",
+    "average_hierarchical_distance",
+    "hierarchical_precision_recall_f1",
+    "HierarchicalMetrics",
+    "FullPathAccuracy",
+    "TreeInconsistencyError",
+    "MistakeSeverity",
+]
+
+LevelTensors = Sequence[torch.Tensor]
+
+# ---------------------------------------------------------------------------- input handling
+
+
+def _as_levels(x: Union[torch.Tensor, LevelTensors], name: str) -> list[torch.Tensor]:
+    if torch.is_tensor(x):
+        raise TypeError(
+            f"{name} must be a sequence with one tensor per level, finest first (e.g. [fine, coarse]), got a "
+            f"single tensor of shape {tuple(x.shape)}; wrap it in a list for one level."
+        )
+    out = list(x)
+    if not out:
+        raise ValueError(f"{name} is empty; give one tensor per level, finest first.")
+    for l, t in enumerate(out):
+        if not torch.is_tensor(t):
+            raise TypeError(f"{name}[{l}] must be a tensor, got {type(t).__name__}.")
+    return out
+
+
+def _labels(x: torch.Tensor, name: str) -> torch.Tensor:
+    """(N,) int64 labels from (N,) ids or (N, C) scores."""
+    if x.dim() == 2:
+        return x.argmax(dim=1)
+    if x.dim() == 1 and not x.is_floating_point():
+        return x.long()
+    raise ValueError(
+        f"{name} must be (N,) integer class ids or (N, C) logits, got shape {tuple(x.shape)} dtype {x.dtype}."
+    )
+
+
+def _check_targets(targets: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    out = []
+    for l, t in enumerate(targets):
+        if t.dim() != 1 or t.is_floating_point():
+            raise ValueError(f"targets[{l}] must be a (N,) integer tensor, got shape {tuple(t.shape)} dtype {t.dtype}.")
+        if t.shape[0] != n:
+            raise ValueError(f"targets[{l}] has {t.shape[0]} entries but preds have {n}.")
+        out.append(t.long())
+    return out
+
+
+def _pair(preds: LevelTensors, targets: LevelTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    p = _as_levels(preds, "preds")
+    t = _as_levels(targets, "targets")
+    if len(p) != len(t):
+        raise ValueError(f"preds has {len(p)} levels but targets has {len(t)}; give one tensor per level, finest first.")
+    labels = [_labels(x, f"preds[{l}]") for l, x in enumerate(p)]
+    n = labels[0].shape[0]
+    for l, x in enumerate(labels):
+        if x.shape[0] != n:
+            raise ValueError(f"preds[{l}] has {x.shape[0]} samples but preds[0] has {n}.")
+    return labels, _check_targets(t, n)
+
+
+def _fine(x: Union[torch.Tensor, LevelTensors], name: str) -> torch.Tensor:
+    """The finest level of ``x`` (a tensor is taken as the fine level itself)."""
+    return x if torch.is_tensor(x) else _as_levels(x, name)[0]
+
+
+def _check_taxonomy_levels(n_levels: int, taxonomy: Taxonomy, name: str) -> None:
+    if not isinstance(taxonomy, Taxonomy):
+        raise TypeError(f"taxonomy must be a hcast.hierarchy.Taxonomy, got {type(taxonomy).__name__}.")
+    if n_levels != taxonomy.num_levels:
+        raise ValueError(f"{name} has {n_levels} levels but the taxonomy has {taxonomy.num_levels}.")
+
+
+def _check_fine_range(x: torch.Tensor, taxonomy: Taxonomy, name: str) -> None:
+    bad = (x < 0) | (x >= taxonomy.num_fine)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}[{i}] is {int(x[i])}, outside the taxonomy's fine classes [0, {taxonomy.num_fine}).")
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
+    return float(num) / float(den) if float(den) > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------- counting kernels
+# Each returns summed counts so the Metric classes and the functions share one implementation.
+
+
+def _topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int], name: str) -> torch.Tensor:
+    """(len(ks),) int64 number of samples whose target is among the top-k."""
+    if scores.dim() == 1:
+        if any(k > 1 for k in ks):
+            raise ValueError(f"{name} holds class ids; top-k accuracy with k > 1 needs (N, C) logits.")
+        hit = (scores.long() == target).sum()
+        return hit.repeat(len(ks))
+    kmax = min(max(ks), scores.shape[1])
+    top = scores.topk(kmax, dim=1).indices
+    hits = top == target[:, None]
+    return torch.stack([hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
+
+
+def _lca_heights(a: torch.Tensor, b: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """LCA height for fine ids ``a`` (..., ) vs ``b`` (broadcastable), via the (F, L) paths."""
+    eq = paths[a] == paths[b]  # (..., L)
+    # First level where the two paths meet; num_levels (only the root shared) when none.
+    ext = torch.cat([eq, torch.ones_like(eq[..., :1])], dim=-1)
+    return ext.to(torch.int8).argmax(dim=-1).long()
+
+
+def _hierarchical_set_counts(preds: list[torch.Tensor], targets: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
+    """(3,) int64: |P & T|, |P|, |T| summed over samples, for the upward closures P, T of the given ids."""
+    device = preds[0].device
+    parent_maps = [taxonomy.parent_map(l).to(device) for l in range(taxonomy.num_levels - 1)]
+
+    def closure(ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        # per level m: (N, m + 1) ids = the level-m ancestors of ids[0..m]
+        per_level: list[list[torch.Tensor]] = [[] for _ in ids]
+        for l, x in enumerate(ids):
+            a = x.clamp(0, taxonomy.num_classes[l] - 1)
+            per_level[l].append(a)
+            for m in range(l + 1, len(ids)):
+                a = parent_maps[m - 1][a]
+                per_level[m].append(a)
+        return [torch.stack(v, dim=1) for v in per_level]
+
+    pc, tc = closure(preds), closure(targets)
+    inter = torch.zeros((), dtype=torch.int64, device=device)
+    n_p = torch.zeros((), dtype=torch.int64, device=device)
+    n_t = torch.zeros((), dtype=torch.int64, device=device)
+    for p, t in zip(pc, tc):
+        ps = p.sort(dim=1).values
+        ts = t.sort(dim=1).values
+        p_first = torch.ones_like(ps, dtype=torch.bool)
+        p_first[:, 1:] = ps[:, 1:] != ps[:, :-1]
+        t_first = torch.ones_like(ts, dtype=torch.bool)
+        t_first[:, 1:] = ts[:, 1:] != ts[:, :-1]
+        in_t = (ps[:, :, None] == ts[:, None, :]).any(dim=2)
+        inter += (p_first & in_t).sum()
+        n_p += p_first.sum()
+        n_t += t_first.sum()
+    return torch.stack([inter, n_p, n_t])
+
+
+# ---------------------------------------------------------------------------- functional metrics
+
+
+def level_accuracy(preds: LevelTensors, targets: LevelTensors, top_k: int = 1) -> list[float]:
+    """Top-k accuracy of every level, finest first (list of floats in [0, 1]).
+
+    Args:
+        preds: per-level (N, C_l) logits, or (N,) ids when ``top_k == 1``.
+        targets: per-level (N,) int64 labels.
+        top_k: k (clipped to C_l for levels with fewer classes).
+    """
+    p = _as_levels(preds, "preds")
+    t = _as_levels(targets, "targets")
+    if len(p) != len(t):
+        raise ValueError(f"preds has {len(p)} levels but targets has {len(t)}.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    out = []
+    for l, (x, y) in enumerate(zip(p, t)):
+        y = _check_targets([y], x.shape[0])[0]
+        n = y.shape[0]
+        out.append(_ratio(_topk_correct(x, y, [top_k], f"preds[{l}]")[0], torch.tensor(n)))
+    return out
+
+
+def full_path_accuracy(preds: LevelTensors, targets: LevelTensors) -> float:
+    """Full-path accuracy (FPA): share of samples whose prediction is right at every level.
+
+    Args:
+        preds: per-level (N,) ids or (N, C_l) logits (argmax per level), finest first.
+        targets: per-level (N,) int64 labels, finest first.
+
+    Returns:
+        float in [0, 1] (0.0 for an empty batch).
+    """
+    p, t = _pair(preds, targets)
+    right = torch.stack([x == y for x, y in zip(p, t)]).all(dim=0)
+    return _ratio(right.sum(), torch.tensor(right.numel()))
+
+
+def tree_inconsistency_error(preds: LevelTensors, taxonomy: Taxonomy) -> float:
+    """Tree-based inconsistency error (TICE): share of predicted paths not in the taxonomy.
+
+    Args:
+        preds: per-level (N,) ids or (N, C_l) logits (argmax per level), finest first.
+        taxonomy: the class tree.
+
+    Returns:
+        float in [0, 1] (0.0 for an empty batch). Consistent decoding
+        (:func:`hcast.hierarchy.decoding.consistent_decode`) gives 0.
+    """
+    p = [_labels(x, f"preds[{l}]") for l, x in enumerate(_as_levels(preds, "preds"))]
+    _check_taxonomy_levels(len(p), taxonomy, "preds")
+    valid = taxonomy.valid_paths_mask(p)
+    return _ratio((~valid).sum(), torch.tensor(valid.numel()))
+
+
+def mistake_severity(
+    preds: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors], taxonomy: Taxonomy
+) -> float:
+    """Mean LCA height between top-1 fine prediction and target over the mistakes.
+
+    Only the finest level is used: ``preds`` / ``targets`` may be per-level
+    sequences (their first entry is taken) or the fine-level tensor itself
+    ((N,) ids or (N, C_0) logits). Heights are those of
+    :meth:`Taxonomy.lca_height` (1 .. num_levels for a mistake).
+
+    Returns:
+        float in [1, num_levels], or 0.0 when there is no mistake.
+    """
+    p = _labels(_fine(preds, "preds"), "preds")
+    t = _check_targets([_fine(targets, "targets")], p.shape[0])[0]
+    _check_fine_range(p, taxonomy, "preds")
+    _check_fine_range(t, taxonomy, "targets")
+    wrong = p != t
+    if not bool(wrong.any()):
+        return 0.0
+    paths = taxonomy.paths().to(p.device)
+    h = _lca_heights(p[wrong], t[wrong], paths)
+    return float(h.double().mean())
+
+
+def average_hierarchical_distance(
+    logits: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors], taxonomy: Taxonomy, k: int = 1
+) -> float:
+    """Average hierarchical distance @k ("Making Better Mistakes"): mean LCA height
+    between the target and each of the top-k fine predictions, over all samples.
+
+    Args:
+        logits: (N, C_0) fine-level logits, or a per-level sequence (first entry
+            used). (N,) ids are accepted for ``k == 1``.
+        targets: (N,) fine labels, or a per-level sequence.
+        k: number of top predictions per sample (``k <= C_0``).
+
+    Returns:
+        float in [0, num_levels].
+    """
+    x = _fine(logits, "logits")
+    t = _check_targets([_fine(targets, "targets")], x.shape[0])[0]
+    _check_fine_range(t, taxonomy, "targets")
+    if x.dim() == 1:
+        if k != 1:
+            raise ValueError("logits holds class ids; average_hierarchical_distance with k > 1 needs (N, C) logits.")
+        top = x.long()[:, None]
+    else:
+        if not 1 <= k <= x.shape[1]:
+            raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}.")
+        top = x.topk(k, dim=1).indices
+    _check_fine_range(top.flatten(), taxonomy, "logits")
+    if t.numel() == 0:
+        return 0.0
+    paths = taxonomy.paths().to(t.device)
+    return float(_lca_heights(top, t[:, None], paths).double().mean())
+
+
+def hierarchical_precision_recall_f1(
+    preds: LevelTensors, targets: LevelTensors, taxonomy: Taxonomy
+) -> tuple[float, float, float]:
+    """Set-based hierarchical precision, recall and F1 (Kiritchenko et al., 2005).
+
+    Each sample's predicted set ``P`` is the union, over levels, of the predicted
+    class and its ancestors (the implicit root excluded); ``T`` likewise for the
+    targets. ``hP = sum|P & T| / sum|P|``, ``hR = sum|P & T| / sum|T|``,
+    ``hF = 2 hP hR / (hP + hR)``, sums over samples (micro average). For a
+    consistent prediction ``|P| = |T| = num_levels`` and hP = hR = hF = the share
+    of correct levels; an inconsistent prediction adds nodes to ``P`` and so
+    lowers hP.
+
+    Args:
+        preds: per-level (N,) ids or (N, C_l) logits, finest first.
+        targets: per-level (N,) int64 labels, finest first.
+        taxonomy: the class tree.
+
+    Returns:
+        ``(hP, hR, hF)``, floats in [0, 1].
+    """
+    p, t = _pair(preds, targets)
+    _check_taxonomy_levels(len(p), taxonomy, "preds")
+    inter, n_p, n_t = _hierarchical_set_counts(p, t, taxonomy)
+    return _prf(inter, n_p, n_t)
+
+
+def _prf(inter: torch.Tensor, n_p: torch.Tensor, n_t: torch.Tensor) -> tuple[float, float, float]:
+    hp = _ratio(inter, n_p)
+    hr = _ratio(inter, n_t)
+    hf = 2 * hp * hr / (hp + hr) if hp + hr > 0 else 0.0
+    return hp, hr, hf
+
+
+# ---------------------------------------------------------------------------- torchmetrics classes
+
+try:  # torchmetrics is an optional dependency (extra "train")
+    from torchmetrics import Metric as _Metric
+
+    _TORCHMETRICS_AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only without torchmetrics
+    _Metric = object
+    _TORCHMETRICS_AVAILABLE = False
+
+
+def _require_torchmetrics(cls_name: str) -> None:
+    if not _TORCHMETRICS_AVAILABLE:
+        raise ImportError(
+            f"{cls_name} needs torchmetrics; install it with `pip install hcast[train]` (or `pip install "
+            f"torchmetrics`). The functional metrics in hcast.hierarchy.metrics work without it."
+        )
+
+
+def _zeros(*shape: int) -> torch.Tensor:
+    return torch.zeros(shape, dtype=torch.int64) if shape else torch.zeros((), dtype=torch.int64)
+
+
+class HierarchicalMetrics(_Metric):
+    """All hierarchical metrics in one torchmetrics ``Metric`` (counts summed across processes).
+
+    Args:
+        taxonomy: the class tree.
+        top_k: ks for per-level top-k accuracy and the average hierarchical
+            distance @k (k > 1 needs logits in ``update``).
+        **kwargs: passed to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
+
+    ``update(preds, targets)``: per-level sequences, finest first, of (N,) ids or
+    (N, C_l) logits, and of (N,) int64 labels.
+
+    ``compute()`` returns a dict of float tensors:
+    ``"{level_name}_acc@{k}"`` for every level and k, ``"fpa"``, ``"tice"``,
+    ``"mistake_severity"``, ``"hdist@{k}"``, ``"hprecision"``, ``"hrecall"``, ``"hf1"``.
+
+    Example:
+        >>> metric = HierarchicalMetrics(taxonomy, top_k=(1, 5))           # doctest: +SKIP
+        >>> for images, *targets in loader:
+        ...     metric.update(model(images), targets)
+        >>> metric.compute()["fpa"]
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, taxonomy: Taxonomy, top_k: Sequence[int] = (1,), **kwargs: Any) -> None:
+        _require_torchmetrics(type(self).__name__)
+        super().__init__(**kwargs)
+        if not isinstance(taxonomy, Taxonomy):
+            raise TypeError(f"taxonomy must be a hcast.hierarchy.Taxonomy, got {type(taxonomy).__name__}.")
+        top_k = tuple(int(k) for k in top_k)
+        if not top_k or min(top_k) < 1:
+            raise ValueError(f"top_k must be a non-empty sequence of ks >= 1, got {top_k}.")
+        self.taxonomy = taxonomy
+        self.top_k = top_k
+        self.register_buffer("_paths", taxonomy.paths(), persistent=False)
+        L = taxonomy.num_levels
+        self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("level_correct", default=_zeros(L, len(top_k)), dist_reduce_fx="sum")
+        self.add_state("path_correct", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("inconsistent", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("mistakes", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("mistake_height_sum", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("hdist_sum", default=torch.zeros(len(top_k), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("hier_counts", default=_zeros(3), dist_reduce_fx="sum")
+
+    def update(self, preds: LevelTensors, targets: LevelTensors) -> None:
+        raw = _as_levels(preds, "preds")
+        labels, t = _pair(raw, targets)
+        _check_taxonomy_levels(len(labels), self.taxonomy, "preds")
+        # Validate everything before touching the states, so a bad batch leaves them as they were.
+        for l, (y, c) in enumerate(zip(t, self.taxonomy.num_classes)):
+            bad = (y < 0) | (y >= c)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(f"targets[{l}][{i}] is {int(y[i])}, outside [0, {c}) at level {l} of the taxonomy.")
+            if raw[l].dim() == 2 and raw[l].shape[1] != c:
+                raise ValueError(f"preds[{l}] has {raw[l].shape[1]} classes but level {l} of the taxonomy has {c}.")
+            if raw[l].dim() == 1 and max(self.top_k) > 1:
+                raise ValueError(
+                    f"preds[{l}] holds class ids; top_k={self.top_k} needs (N, C_{l}) logits (or use top_k=(1,))."
+                )
+        n = t[0].shape[0]
+        self.total += n
+        for l, x in enumerate(raw):
+            self.level_correct[l] += _topk_correct(x, t[l], self.top_k, f"preds[{l}]").to(self.level_correct.device)
+        right = torch.stack([x == y for x, y in zip(labels, t)]).all(dim=0)
+        self.path_correct += right.sum()
+        self.inconsistent += (~self.taxonomy.valid_paths_mask(labels)).sum()
+        paths = self._paths.to(t[0].device)
+        wrong = labels[0] != t[0]
+        self.mistakes += wrong.sum()
+        if bool(wrong.any()):
+            self.mistake_height_sum += _lca_heights(labels[0][wrong], t[0][wrong], paths).sum()
+        fine = raw[0]
+        for i, k in enumerate(self.top_k):
+            if fine.dim() == 1:
+                if k != 1:
+                    raise ValueError("preds[0] holds class ids; hdist@k with k > 1 needs (N, C_0) logits.")
+                top = fine.long()[:, None]
+            else:
+                top = fine.topk(min(k, fine.shape[1]), dim=1).indices
+            self.hdist_sum[i] += _lca_heights(top, t[0][:, None], paths).double().mean(dim=1).sum()
+        self.hier_counts += _hierarchical_set_counts(labels, t, self.taxonomy)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        total = self.total.double().clamp(min=1)
+        out: dict[str, torch.Tensor] = {}
+        for l, name in enumerate(self.taxonomy.level_names):
+            for i, k in enumerate(self.top_k):
+                out[f"{name}_acc@{k}"] = self.level_correct[l, i].double() / total
+        out["fpa"] = self.path_correct.double() / total
+        out["tice"] = self.inconsistent.double() / total
+        out["mistake_severity"] = self.mistake_height_sum.double() / self.mistakes.double().clamp(min=1)
+        for i, k in enumerate(self.top_k):
+            out[f"hdist@{k}"] = self.hdist_sum[i] / total
+        hp, hr, hf = _prf(*self.hier_counts)
+        out["hprecision"] = torch.tensor(hp, dtype=torch.float64)
+        out["hrecall"] = torch.tensor(hr, dtype=torch.float64)
+        out["hf1"] = torch.tensor(hf, dtype=torch.float64)
+        return out
+
+
+class FullPathAccuracy(_Metric):
+    """Full-path accuracy (FPA) as a torchmetrics ``Metric``; ``update(preds, targets)`` per level."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        _require_torchmetrics(type(self).__name__)
+        super().__init__(**kwargs)
+        self.add_state("correct", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
+
+    def update(self, preds: LevelTensors, targets: LevelTensors) -> None:
+        p, t = _pair(preds, targets)
+        self.correct += torch.stack([x == y for x, y in zip(p, t)]).all(dim=0).sum()
+        self.total += t[0].shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.double() / self.total.double().clamp(min=1)
+
+
+class TreeInconsistencyError(_Metric):
+    """Tree-based inconsistency error (TICE) as a torchmetrics ``Metric``; ``update(preds)`` per level."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, taxonomy: Taxonomy, **kwargs: Any) -> None:
+        _require_torchmetrics(type(self).__name__)
+        super().__init__(**kwargs)
+        self.taxonomy = taxonomy
+        self.add_state("inconsistent", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
+
+    def update(self, preds: LevelTensors, targets: Optional[LevelTensors] = None) -> None:
+        """``targets`` is accepted (and ignored) so the metric fits a MetricCollection."""
+        p = [_labels(x, f"preds[{l}]") for l, x in enumerate(_as_levels(preds, "preds"))]
+        _check_taxonomy_levels(len(p), self.taxonomy, "preds")
+        self.inconsistent += (~self.taxonomy.valid_paths_mask(p)).sum()
+        self.total += p[0].shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.inconsistent.double() / self.total.double().clamp(min=1)
+
+
+class MistakeSeverity(_Metric):
+    """Mean LCA height of top-1 fine mistakes as a torchmetrics ``Metric`` (0 when there is no mistake)."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, taxonomy: Taxonomy, **kwargs: Any) -> None:
+        _require_torchmetrics(type(self).__name__)
+        super().__init__(**kwargs)
+        self.taxonomy = taxonomy
+        self.register_buffer("_paths", taxonomy.paths(), persistent=False)
+        self.add_state("height_sum", default=_zeros(), dist_reduce_fx="sum")
+        self.add_state("mistakes", default=_zeros(), dist_reduce_fx="sum")
+
+    def update(self, preds: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors]) -> None:
+        p = _labels(_fine(preds, "preds"), "preds")
+        t = _check_targets([_fine(targets, "targets")], p.shape[0])[0]
+        _check_fine_range(p, self.taxonomy, "preds")
+        _check_fine_range(t, self.taxonomy, "targets")
+        wrong = p != t
+        self.mistakes += wrong.sum()
+        if bool(wrong.any()):
+            self.height_sum += _lca_heights(p[wrong], t[wrong], self._paths.to(p.device)).sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.height_sum.double() / self.mistakes.double().clamp(min=1)
