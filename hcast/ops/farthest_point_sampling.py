@@ -1,0 +1,212 @@
+"""Farthest point sampling (FPS) with the exact semantics of DGL's sampler.
+
+CAST's graph pooling picks its cluster centroids with
+``dgl.geometry.farthest_point_sampler(points.to(torch.float64), K, 0)``. DGL no longer
+builds against recent torch releases, so hcast re-implements the same algorithm; the
+indices are the ones DGL returns, which pretrained CAST / H-CAST checkpoints depend on.
+
+DGL's CPU kernel (``src/geometry/cpu/geometry_op_impl.cc``, ``FarthestPointSampler``),
+per point cloud of the batch:
+
+1. ``result[0] = start_idx``; the first index is part of the output.
+2. For each of the remaining ``num_samples - 1`` samples, every point's squared
+   Euclidean distance to the last selected point is summed over the channels in
+   channel order (``one_dist += (x_d - s_d) ** 2``); at the first step it *initialises*
+   the point's distance (no large sentinel value), later steps keep the minimum, so
+   each point holds its squared distance to the nearest selected point.
+3. The next sample is the point with the largest distance, scanning ``j = 0..N-1`` with
+   a strict ``>`` against a running maximum that starts at ``-1``: the *first* maximum
+   wins ties. Already selected points have distance 0, so they are never picked while
+   some point is farther; if every distance is 0 (fewer distinct points than samples)
+   the first point with distance 0 is picked, i.e. index 0 or another already selected
+   point, and indices repeat. hcast keeps that behaviour.
+4. Indices are local to each point cloud, in ``[0, N)``.
+"""
+from __future__ import annotations
+
+import torch
+
+from hcast.ops import _validation as V
+
+__all__ = ["farthest_point_sampling"]
+
+
+def _check_inputs(points: torch.Tensor, num_samples: int, start_idx: int) -> tuple[int, int]:
+    V.check_tensor("points", points)
+    V.check_rank("points", points, 3, "(B, N, C)")
+    V.check_floating("points", points)
+    V.check_non_empty("points", points, "(B, N, C)")
+    num_points = points.shape[1]
+    num_samples = V.check_int("num_samples", num_samples, 1)
+    if num_samples > num_points:
+        raise ValueError(
+            f"num_samples must be <= the number of points N={num_points} of points with "
+            f"shape (B, N, C)={tuple(points.shape)}, got num_samples={num_samples}."
+        )
+    start_idx = V.check_int("start_idx", start_idx, 0)
+    if start_idx >= num_points:
+        raise ValueError(
+            f"start_idx must be in [0, N-1] = [0, {num_points - 1}] for points of shape "
+            f"{tuple(points.shape)}, got start_idx={start_idx}."
+        )
+    V.check_finite("points", points)
+    return num_samples, start_idx
+
+
+def farthest_point_sampling(
+    points: torch.Tensor, num_samples: int, start_idx: int = 0
+) -> torch.Tensor:
+    """Pick ``num_samples`` points per batch element by farthest point sampling.
+
+    Same indices as ``dgl.geometry.farthest_point_sampler(points.double(), num_samples,
+    start_idx)`` (DGL's CPU kernel): distances are squared Euclidean in float64, each
+    point keeps its distance to the nearest selected point, the next sample is the
+    farthest point and the first maximum (lowest index) wins ties. See the module
+    docstring for the details, including repeated indices when fewer than
+    ``num_samples`` points are distinct.
+
+    Args:
+        points (Tensor[B, N, C], float): B point clouds of N points in C dimensions.
+        num_samples: the number of indices to return per cloud, in ``[1, N]``.
+        start_idx: the first sample of every cloud, in ``[0, N)``. CAST puts the mean
+            token at index 0 and starts there.
+
+    Returns:
+        Tensor[B, num_samples], int64: indices into dimension 1 of ``points``; column 0
+        is ``start_idx``.
+
+    On CUDA tensors one Triton launch samples the whole batch. Elsewhere distances come
+    from one batched Gram matrix and near ties are re-checked with DGL's channel-ordered
+    float64 sums, which returns the same indices as the plain loop at a fraction of its
+    cost (see ``_farthest_point_sampling_torch``).
+    Not differentiable (returns indices).
+
+    Raises:
+        TypeError: if ``points`` is not a tensor or ``num_samples`` / ``start_idx``
+            not ints.
+        ValueError: if ``points`` is not 3-D float, is empty, holds NaN or infinity, or
+            ``num_samples`` / ``start_idx`` are out of range.
+    """
+    num_samples, start_idx = _check_inputs(points, num_samples, start_idx)
+    from hcast.ops import _triton
+
+    if points.is_cuda and _triton.available():
+        return _triton.farthest_point_sampling(points, num_samples, start_idx)
+    return _farthest_point_sampling_torch(points, num_samples, start_idx)
+
+
+# Clouds per chunk are chosen so a chunk's float64 buffers (~4 MiB) stay in cache.
+_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+# Candidates whose distances the Gram-matrix shortcut cannot separate are resolved
+# exactly; a cloud with more of them than this (e.g. a blank image: every token equal)
+# is sampled again with the channel-ordered reference loop.
+_MAX_EXACT_CANDIDATES = 32
+
+
+def _farthest_point_sampling_torch(
+    points: torch.Tensor, num_samples: int, start_idx: int
+) -> torch.Tensor:
+    """Fast exact CPU path: Gram-matrix distances plus an exact check of near ties.
+
+    DGL sums the squared channel differences one channel after the other in float64;
+    redoing that for every point at every step costs a (B, N, C) pass per sample. Here
+    all pairwise squared distances come from one batched matmul,
+    ``|x|^2 + |s|^2 - 2 x.s``, which differs from DGL's channel-ordered sum by at most
+    ``tol = 64 * C * eps * (|x|^2 + max |s|^2)`` (both are float64 sums of C terms
+    whose rounding error is bounded by ``C * eps`` times the magnitudes). At each step
+    every point whose distance could, within ``tol``, reach the largest one is a
+    candidate; a single candidate is DGL's pick for certain, several are compared with
+    their exact channel-ordered distances (first maximum wins), and clouds with very
+    many (degenerate clouds) fall back to :func:`_farthest_point_sampling_reference`.
+    The result is bit-for-bit DGL's, at a fraction of the cost.
+    """
+    x = points.detach().to(torch.float64)
+    batch, num_points, channels = x.shape
+    if num_samples == 1:
+        return torch.full((batch, 1), start_idx, dtype=torch.long, device=x.device)
+    sq_norm = (x * x).sum(-1)  # (B, N)
+    gram = torch.bmm(x, x.transpose(1, 2))  # (B, N, N)
+    eps = torch.finfo(torch.float64).eps
+    tol = (64.0 * channels * eps) * (sq_norm + sq_norm.amax(dim=1, keepdim=True))
+    tol = tol + torch.finfo(torch.float64).tiny
+
+    batch_index = torch.arange(batch, device=x.device)
+    samples = torch.empty(batch, num_samples, dtype=torch.long, device=x.device)
+    samples[:, 0] = start_idx
+    current = samples[:, 0].clone()
+    fallback = torch.zeros(batch, dtype=torch.bool, device=x.device)
+    min_dist = None
+    for i in range(1, num_samples):
+        dist = sq_norm + sq_norm[batch_index, current][:, None] - 2.0 * gram[batch_index, current]
+        min_dist = dist if min_dist is None else torch.minimum(min_dist, dist)
+        current = min_dist.argmax(dim=1)
+        lower = (min_dist - tol).amax(dim=1, keepdim=True)
+        candidates = (min_dist + tol) >= lower  # (B, N)
+        num_candidates = candidates.sum(dim=1)
+        unsure = (num_candidates > 1) & ~fallback
+        if bool(unsure.any()):
+            too_many = unsure & (num_candidates > _MAX_EXACT_CANDIDATES)
+            fallback |= too_many
+            rows = (unsure & ~too_many).nonzero().squeeze(1)
+            if rows.numel():
+                current[rows] = _resolve_exactly(x[rows], candidates[rows], samples[rows, :i])
+        samples[:, i] = current
+    rows = fallback.nonzero().squeeze(1)
+    if rows.numel():
+        samples[rows] = _farthest_point_sampling_reference(x[rows], num_samples, start_idx)
+    return samples
+
+
+def _channel_ordered_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distances summed channel after channel, as DGL's kernel does.
+
+    ``a`` (..., C) and ``b`` (..., C) broadcast; returns (...) float64. ``cumsum`` adds
+    the channels in order (a plain ``.sum()`` reduces pairwise and can round differently).
+    """
+    diff = a - b
+    return diff.mul_(diff).cumsum(dim=-1)[..., -1]
+
+
+def _resolve_exactly(
+    x: torch.Tensor, candidates: torch.Tensor, selected: torch.Tensor
+) -> torch.Tensor:
+    """DGL's pick among near-tied candidates, from exact channel-ordered distances.
+
+    x (R, N, C) float64, candidates (R, N) bool (at most ``_MAX_EXACT_CANDIDATES`` per
+    row), selected (R, k) int64 samples so far. Returns (R,) int64.
+    """
+    rows = x.shape[0]
+    width = int(candidates.sum(dim=1).max())
+    # Candidate indices in ascending order, padded with -1.
+    order = torch.arange(x.shape[1], device=x.device).expand(rows, -1)
+    keyed = torch.where(candidates, order, x.shape[1])
+    cand_idx = keyed.sort(dim=1).values[:, :width]
+    valid = cand_idx < x.shape[1]
+    cand_idx = cand_idx.clamp(max=x.shape[1] - 1)
+    cand_pts = torch.gather(x, 1, cand_idx[..., None].expand(-1, -1, x.shape[2]))
+    sel_pts = torch.gather(x, 1, selected[..., None].expand(-1, -1, x.shape[2]))
+    exact = _channel_ordered_sq_dist(cand_pts[:, :, None, :], sel_pts[:, None, :, :])
+    exact = exact.amin(dim=2).masked_fill(~valid, -1.0)  # (R, width)
+    return torch.gather(cand_idx, 1, exact.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def _farthest_point_sampling_reference(
+    points: torch.Tensor, num_samples: int, start_idx: int
+) -> torch.Tensor:
+    """Reference path: DGL's loop, vectorised over batch and points, one (B, N, C)
+    channel-ordered distance pass per sample."""
+    points = points.detach().to(torch.float64)
+    batch, num_points, _ = points.shape
+    batch_index = torch.arange(batch, device=points.device)
+    samples = torch.empty(batch, num_samples, dtype=torch.long, device=points.device)
+    samples[:, 0] = start_idx
+    current = samples[:, 0]
+    min_dist = None
+    for i in range(1, num_samples):
+        dist = _channel_ordered_sq_dist(points, points[batch_index, current][:, None, :])
+        min_dist = dist if min_dist is None else torch.minimum(min_dist, dist)
+        current = min_dist.argmax(dim=1)  # torch documents: first maximal index
+        samples[:, i] = current
+    return samples

@@ -1,0 +1,122 @@
+"""Superpixel pooling: average a feature grid within each superpixel.
+
+This is the tokeniser of CAST (Ke et al., "Learning Hierarchical Image Segmentation
+For Recognition and By Recognition", ICLR 2024): the convolutional stem gives a
+(B, H, W, C) feature grid, the superpixel ids of the image are resized to that grid
+by nearest neighbour, and the features (and position embeddings) of the grid cells
+that share an id are averaged into one token per superpixel. The numbers equal those
+of ``segment_mean_nd`` in CAST's ``cast_models/utils.py`` (sum per id divided by the
+number of cells, zero for ids with no cell).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hcast.ops import _validation as V
+
+__all__ = ["superpixel_pool", "resize_segments"]
+
+
+def resize_segments(segments: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize superpixel ids to ``size`` by nearest neighbour, exactly as CAST does.
+
+    CAST calls ``F.interpolate(ids[:, None].float(), size, mode="nearest")`` and casts
+    back to ``long``; this function does the same, so the grid cells pick the same ids.
+    Ids are exact through the float32 round trip up to 2**24.
+
+    Args:
+        segments (Tensor[B, h, w], int64): superpixel ids.
+        size: the target ``(H, W)``.
+
+    Returns:
+        Tensor[B, H, W], int64: the resized ids (``segments`` itself if the size matches).
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(segments.shape[-2:]) == size:
+        return segments.long()
+    resized = F.interpolate(segments[:, None].float(), size=size, mode="nearest")
+    return resized[:, 0].long()
+
+
+def _check_inputs(features: torch.Tensor, segments: torch.Tensor) -> None:
+    V.check_tensor("features", features)
+    V.check_tensor("segments", segments)
+    V.check_rank("features", features, 4, "(B, H, W, C)")
+    V.check_rank("segments", segments, 3, "(B, h, w)")
+    V.check_floating("features", features)
+    V.check_integer("segments", segments)
+    V.check_non_empty("features", features, "(B, H, W, C)")
+    V.check_non_empty("segments", segments, "(B, h, w)")
+    V.check_same_batch("features", features, "segments", segments)
+    V.check_same_device("features", features, "segments", segments)
+
+
+def superpixel_pool(
+    features: torch.Tensor,
+    segments: torch.Tensor,
+    num_segments: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average ``features`` within each superpixel id, as CAST's tokeniser does.
+
+    Args:
+        features (Tensor[B, H, W, C], float): a feature grid, channels last.
+        segments (Tensor[B, h, w], int64): superpixel ids >= 0, at the grid's size or
+            at image resolution; they are resized to ``(H, W)`` by nearest neighbour
+            first (see :func:`resize_segments`).
+        num_segments: the number of tokens ``S`` to return. ``None`` (the default, as
+            CAST) uses the largest resized id over the whole batch plus one.
+
+    Returns:
+        A tuple ``(tokens, padding_mask)``:
+
+        - tokens (Tensor[B, S, C], dtype of ``features``): the mean feature of each id;
+          zeros for an id with no grid cell.
+        - padding_mask (Tensor[B, S], bool): True where an id has no grid cell (after
+          resizing), as CAST's ``x_padding_mask``.
+
+    Differentiable in ``features``. On CUDA tensors a Triton kernel computes the sums
+    and counts in one launch; elsewhere (and as the reference) a single
+    ``index_add_`` over the flattened batch.
+
+    Raises:
+        TypeError: if an input is not a tensor or ``num_segments`` not an int.
+        ValueError: if ``features`` is not 4-D float, ``segments`` not 3-D integer,
+            either is empty, their batch sizes or devices differ, an id is negative,
+            or an id is ``>= num_segments``.
+    """
+    _check_inputs(features, segments)
+    V.check_non_negative("segments", segments)
+    segments = resize_segments(segments, features.shape[1:3])
+    max_id = int(segments.max())
+    if num_segments is None:
+        num_segments = max_id + 1
+    else:
+        num_segments = V.check_int("num_segments", num_segments, 1)
+        if max_id >= num_segments:
+            raise ValueError(
+                f"segments must hold ids < num_segments={num_segments} (after resizing to "
+                f"the feature grid), got id {max_id}; pass num_segments={max_id + 1} or "
+                f"None, or relabel the ids."
+            )
+    from hcast.ops import _triton
+
+    if features.is_cuda and _triton.available():
+        return _triton.superpixel_pool(features, segments, num_segments)
+    return _superpixel_pool_torch(features, segments, num_segments)
+
+
+def _superpixel_pool_torch(
+    features: torch.Tensor, segments: torch.Tensor, num_segments: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: one ``index_add`` of all B*H*W cells into B*S bins."""
+    batch, _, _, channels = features.shape
+    offsets = torch.arange(batch, device=segments.device).mul_(num_segments)
+    flat_ids = (segments.reshape(batch, -1) + offsets[:, None]).reshape(-1)
+    sums = features.new_zeros(batch * num_segments, channels).index_add(
+        0, flat_ids, features.reshape(-1, channels)
+    )
+    counts = torch.bincount(flat_ids, minlength=batch * num_segments)
+    tokens = sums / counts.clamp(min=1).to(features.dtype)[:, None]
+    padding_mask = counts == 0
+    return tokens.view(batch, num_segments, channels), padding_mask.view(batch, num_segments)
