@@ -1,0 +1,873 @@
+"""CAST: a vision transformer on superpixel tokens with graph pooling.
+
+Ke, Mo and Yu, "Learning Hierarchical Image Segmentation For Recognition and By
+Recognition", ICLR 2024 (https://openreview.net/forum?id=IRcv4yFX6z); original code
+github.com/twke18/CAST (``cast_models/cast_deit.py`` supervised, ``cast_models/cast.py``
+MoCo v3 self-supervised, ``cast_models/graph_pool.py``). This file is written anew in
+timm's style and gives the same numbers for the same weights, images and superpixels.
+
+How an image flows through the model:
+
+1. :class:`ConvStem` turns the (B, 3, H, W) image into a (B, H/8, W/8, C) grid.
+2. The superpixel ids of the image are resized to the grid by nearest neighbour and the
+   grid features plus position embeddings are averaged per superpixel
+   (:func:`hcast.ops.superpixel_pool`): S segment tokens and a padding mask for ids that
+   own no grid cell.
+3. Four stages of transformer blocks on ``[class token, tokens]``. After stage ``l`` a
+   :class:`GraphPooling` layer clusters the tokens into ``num_clusters[l]`` centroids
+   (farthest point sampling picks the centroids, cosine similarity assigns the tokens);
+   the centroids are the next stage's tokens. The assignment logits of all stages
+   compose into a hierarchical segmentation of the image.
+4. The classifier reads the normalised class token after the last stage.
+
+The last pooling stage feeds nothing the classifier reads, so it only runs for
+:meth:`CAST.forward_segments`. Unlike the original, images with fewer distinct
+superpixels than a stage's cluster count (a blank image, tiny inputs) give valid
+outputs: see :class:`GraphPooling`.
+
+Key layout differences from the original checkpoints (handled by
+:func:`checkpoint_filter_fn`): ``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of
+stage K}`` (slicing ``nn.Sequential`` keeps the global block index N; the duplicate
+``blocks.N`` copies of the same modules are dropped), ``poolK.pool_block.centroid_fc`` ->
+``stages.{K-1}.pool.assign``, ``fc1.0/fc1.1/fc2.0/fc2.1`` -> ``fc1_norm/fc1/fc2_norm/fc2``,
+the last stage's unused ``fc1``/``fc2`` dropped, MoCo's ``pe_token`` joined to the front
+of its ``pos_embed``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import warnings
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Attention, resample_abs_pos_embed
+from timm.models import checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._pretrained import PretrainedCfg
+from timm.models.vision_transformer import Block
+
+from hcast.models._hub import build_model_with_hcast_cfg
+from hcast.ops import farthest_point_sampling, superpixel_pool
+from hcast.ops.superpixel_pool import resize_segments
+
+__all__ = [
+    "CAST",
+    "CASTPretrainedCfg",
+    "ConvStem",
+    "GraphPooling",
+    "AssignmentBlock",
+    "checkpoint_filter_fn",
+    "sincos_2d_pos_embed",
+]
+
+_NUM_STAGES = 4
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------
+
+
+class ConvStem(nn.Module):
+    """Convolutional stem with patch size 8 (Xiao et al., "Early Convolutions Help
+    Transformers See Better", 2021), as MoCo v3 and CAST use it.
+
+    Four 3x3 convolutions (strides 2, 2, 2, 1; widths C/8, C/4, C/2, C), each followed by
+    BatchNorm and ReLU, then a 1x1 convolution to C channels. Module names (``proj.0`` ...
+    ``proj.12``) are the original's, so checkpoints load unchanged.
+
+    Args:
+        img_size: the image size the position embeddings are laid out for.
+        patch_size: must be 8.
+        in_chans: input channels.
+        embed_dim: C, divisible by 8.
+
+    Shapes:
+        (B, in_chans, H, W) float -> (B, H/8, W/8, C), channels last.
+    """
+
+    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 8,
+                 in_chans: int = 3, embed_dim: int = 384) -> None:
+        super().__init__()
+        if patch_size != 8:
+            raise ValueError(f"patch_size must be 8 for CAST's ConvStem, got {patch_size}.")
+        if embed_dim % 8:
+            raise ValueError(f"embed_dim must be divisible by 8 for ConvStem, got {embed_dim}.")
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = img_size
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        layers: List[nn.Module] = []
+        in_dim, out_dim = in_chans, embed_dim // 8
+        for i in range(4):
+            layers += [
+                nn.Conv2d(in_dim, out_dim, 3, stride=2 if i < 3 else 1, padding=1, bias=False),
+                nn.BatchNorm2d(out_dim),
+                nn.ReLU(inplace=True),
+            ]
+            in_dim, out_dim = out_dim, out_dim * 2
+        layers.append(nn.Conv2d(in_dim, embed_dim, kernel_size=1))
+        self.proj = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last convolutions are faster on CPU (oneDNN) and GPU, and make the
+        # channels-last output a free view.
+        return self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+
+
+class AssignmentBlock(nn.Module):
+    """The attention block that embeds tokens before they are assigned to centroids
+    (``GraphPooling.centroid_fc`` in the original): pre-norm self-attention with a
+    residual, no MLP, then the mean over tokens is replaced by a learned bias.
+
+    Shapes:
+        (B, N, C) -> (B, N, C). All N tokens attend to each other (padded ones too, as in
+        the original).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
+                 norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6)) -> None:
+        super().__init__()
+        self.norm = norm_layer(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.bias = nn.Parameter(torch.zeros(dim).normal_(0, 1e-2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm(x))
+        return x - x.mean(dim=1, keepdim=True) + self.bias
+
+
+class GraphPooling(nn.Module):
+    """CAST's graph pooling: cluster N tokens into K centroids.
+
+    1. Centroid selection by farthest point sampling (FPS, :func:`hcast.ops.
+       farthest_point_sampling`, float64) on ``[mean, tokens]``, where padded tokens are
+       replaced by the mean of the valid ones and the mean is the start point; the start
+       point is dropped, leaving K token indices.
+    2. Tokens are embedded by :class:`AssignmentBlock`; the logit of token i for centroid
+       k is 5 x the cosine similarity of their embeddings; assignments are the softmax
+       over k.
+    3. (``update_centroids``) Token features after ``fc1`` (LayerNorm, Linear C->4C, GELU,
+       dropout) are averaged per centroid with the soft assignments; ``fc2`` (LayerNorm,
+       Linear 4C->C) maps them back and the sampled tokens are added as a residual. The
+       class token gets the same MLP update.
+
+    When a token set has fewer than K + 1 distinct points (e.g. a blank image with one
+    superpixel), FPS picks the start point again. The original fails an assertion there;
+    here such picks fall back to the first sampled token (or the first valid token when
+    even the first pick is the start point), giving duplicate centroids that share the
+    assignment mass. Wherever the original runs, the result is identical.
+
+    Args:
+        dim: token width C.
+        num_clusters: K.
+        num_heads: heads of the assignment attention (12 in the released models).
+        update_centroids: build ``fc1``/``fc2`` and return pooled centroids; False for a
+            last stage whose centroids nobody reads (only the assignments).
+        drop: dropout after GELU in ``fc1`` (0.1 in the original).
+    """
+
+    def __init__(self, dim: int, num_clusters: int, num_heads: int = 12, update_centroids: bool = True,
+                 drop: float = 0.1,
+                 norm_layer: Callable[..., nn.Module] = partial(nn.LayerNorm, eps=1e-6)) -> None:
+        super().__init__()
+        self.num_clusters = num_clusters
+        self.update_centroids = update_centroids
+        self.assign = AssignmentBlock(dim, num_heads, qkv_bias=True, norm_layer=norm_layer)
+        if update_centroids:
+            # The original builds these norms with nn.LayerNorm's default eps (1e-5).
+            self.fc1_norm = nn.LayerNorm(dim)
+            self.fc1 = nn.Linear(dim, dim * 4)
+            self.act = nn.GELU()
+            self.drop = nn.Dropout(drop)
+            self.fc2_norm = nn.LayerNorm(dim * 4)
+            self.fc2 = nn.Linear(dim * 4, dim)
+
+    @torch.no_grad()
+    def sample_centroids(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """FPS centroid indices (B, K) int64 in ``[0, N)`` for tokens (B, N, C) with
+        padding mask (B, N) bool (True = padded)."""
+        valid = (~padding_mask).unsqueeze(-1).to(tokens.dtype)
+        mean = (tokens * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
+        filled = torch.where(padding_mask.unsqueeze(-1), mean, tokens)
+        points = torch.cat([mean, filled], dim=1).to(torch.float64)
+        num_points = points.shape[1]
+        num_samples = self.num_clusters + 1
+        inds = farthest_point_sampling(points, min(num_samples, num_points), 0)
+        if num_samples > num_points:  # more clusters than tokens: FPS would repeat the start
+            inds = F.pad(inds, (0, num_samples - num_points), value=0)
+        inds = inds[:, 1:] - 1
+        # A re-picked start point (-1) means the token set ran out of distinct points.
+        first_valid = (~padding_mask).to(torch.uint8).argmax(dim=1)
+        fallback = torch.where(inds[:, 0] >= 0, inds[:, 0], first_valid)
+        return torch.where(inds < 0, fallback[:, None], inds)
+
+    def forward(self, cls_token: torch.Tensor, tokens: torch.Tensor,
+                padding_mask: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
+                                                     torch.Tensor, torch.Tensor]:
+        """Pool tokens into centroids.
+
+        Args:
+            cls_token (Tensor[B, 1, C]): the class token.
+            tokens (Tensor[B, N, C]): the tokens to cluster.
+            padding_mask (Tensor[B, N], bool): True where a token is padding.
+
+        Returns:
+            ``(cls_token, centroids, logits, sampled)``: the updated class token
+            (B, 1, C), the centroids (B, K, C) (both None without ``update_centroids``),
+            the assignment logits (B, N, K) and the FPS token indices (B, K) int64.
+        """
+        sampled = self.sample_centroids(tokens, padding_mask)
+        gather_index = sampled.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+        embedded = self.assign(tokens)
+        centroid_embedded = torch.gather(embedded, 1, gather_index)
+        logits = 5 * F.normalize(embedded, dim=-1) @ F.normalize(centroid_embedded, dim=-1).transpose(1, 2)
+        if not self.update_centroids:
+            return None, None, logits, sampled
+        assignments = logits.softmax(dim=-1)  # (B, N, K)
+        hidden = self.drop(self.act(self.fc1(self.fc1_norm(torch.cat([cls_token, tokens], dim=1)))))
+        cls_hidden, token_hidden = hidden[:, :1], hidden[:, 1:]
+        pooled = assignments.transpose(1, 2) @ token_hidden / assignments.sum(dim=1).unsqueeze(-1)
+        out = self.fc2(self.fc2_norm(torch.cat([cls_hidden, pooled], dim=1)))
+        centroids = out[:, 1:] + torch.gather(tokens, 1, gather_index)
+        return out[:, :1] + cls_token, centroids, logits, sampled
+
+
+class CASTStage(nn.Module):
+    """Transformer blocks on ``[class token, tokens]`` followed by graph pooling."""
+
+    def __init__(self, blocks: Sequence[nn.Module], pool: GraphPooling) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = pool
+        self.grad_checkpointing = False
+
+    def forward_blocks(self, cls_x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, cls_x)
+        return self.blocks(cls_x)
+
+
+def sincos_2d_pos_embed(grid_size: Tuple[int, int], dim: int, temperature: float = 10000.) -> torch.Tensor:
+    """MoCo v3's fixed 2D sin-cos position embedding, as CAST's MoCo models build it.
+
+    The grid is built as ``meshgrid(arange(w), arange(h))`` (``ij`` indexing) and flattened,
+    so for square grids the first half of the channels encodes the *row* of a cell; this
+    quirk of the original is kept because the released weights were trained with it.
+
+    Returns:
+        Tensor[1, h*w, dim], float32.
+
+    Raises:
+        ValueError: if ``dim`` is not divisible by 4.
+    """
+    if dim % 4:
+        raise ValueError(f"dim must be divisible by 4 for a 2D sin-cos embedding, got {dim}.")
+    h, w = grid_size
+    grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float32),
+                                    torch.arange(h, dtype=torch.float32), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    out_w = grid_w.flatten()[:, None] * omega[None]
+    out_h = grid_h.flatten()[:, None] * omega[None]
+    return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
+
+
+def init_linear(module: nn.Module) -> None:
+    """normal(0, 0.02) weights and zero biases for ``nn.Linear`` modules."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _has_seeds() -> bool:
+    try:
+        import cv2
+    except ImportError:
+        return False
+    return hasattr(cv2, "ximgproc") and hasattr(cv2.ximgproc, "createSuperpixelSEEDS")
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+
+class CAST(nn.Module):
+    """CAST classifier (Ke et al., ICLR 2024) on superpixel tokens.
+
+    Args:
+        img_size: the image size the position embedding is laid out for; other sizes
+            (multiples of 8) work, the embedding is resampled on the fly.
+        patch_size: 8 (the conv stem's stride).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 for a feature extractor.
+        global_pool: ``'token'`` (class token, as the original) or ``'avg'`` (mean of the
+            last stage's segment tokens).
+        embed_dim: token width C.
+        depths: transformer blocks per stage (4 stages).
+        num_heads: attention heads of the blocks and of the pooling's assignment block.
+        num_clusters: centroids K of each stage's graph pooling.
+        mlp_ratio, qkv_bias: transformer block settings.
+        pos_embed: ``'learn'`` (DeiT-style learned, with a class slot) or ``'sincos'``
+            (MoCo v3's fixed 2D sin-cos embedding; zero class slot, not trained).
+        drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: dropout
+            and stochastic depth rates (timm's meanings).
+        pool_drop_rate: dropout inside graph pooling's MLP (0.1 in the original).
+        norm_layer: norm of the blocks and of the final norm.
+
+    Inputs:
+        images (Tensor[B, in_chans, H, W], float): normalised with the ``pretrained_cfg``
+            mean/std; H and W multiples of 8.
+        segments (Tensor[B, h, w], int64, optional): superpixel ids >= 0, usually at the
+            image's resolution (any resolution works; they are resized to the H/8 x W/8
+            grid by nearest neighbour). Without them the model computes superpixels with
+            :func:`hcast.ops.superpixels` as ``pretrained_cfg`` says (``superpixel_method``,
+            ``num_segments``; SEEDS, 196 for the released weights).
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 8,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "token",
+            embed_dim: int = 384,
+            depths: Sequence[int] = (3, 3, 3, 2),
+            num_heads: int = 12,
+            num_clusters: Sequence[int] = (64, 32, 16, 8),
+            mlp_ratio: float = 4.0,
+            qkv_bias: bool = True,
+            pos_embed: str = "learn",
+            drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
+            attn_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            pool_drop_rate: float = 0.1,
+            norm_layer: Optional[Callable[..., nn.Module]] = None,
+    ) -> None:
+        super().__init__()
+        if len(depths) != _NUM_STAGES or len(num_clusters) != _NUM_STAGES:
+            raise ValueError(
+                f"depths and num_clusters must have {_NUM_STAGES} entries (one per stage), got "
+                f"depths={tuple(depths)} and num_clusters={tuple(num_clusters)}.")
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
+        if pos_embed not in ("learn", "sincos"):
+            raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}.")
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.depths = tuple(depths)
+        self.num_clusters = tuple(num_clusters)
+        self.pos_embed_type = pos_embed
+        self.grad_checkpointing = False
+
+        self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim)
+        self.grid_size = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        num_blocks = sum(depths)  # stochastic depth rate rising linearly over all blocks
+        dpr = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        stages = []
+        for i, (depth, clusters) in enumerate(zip(depths, num_clusters)):
+            start = sum(depths[:i])
+            blocks = [
+                Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                      attn_drop=attn_drop_rate, drop_path=dpr[start + j], norm_layer=norm_layer)
+                for j in range(depth)
+            ]
+            last = i == _NUM_STAGES - 1
+            pool = GraphPooling(embed_dim, clusters, num_heads=num_heads, update_centroids=not last,
+                                drop=pool_drop_rate, norm_layer=norm_layer)
+            stages.append(CASTStage(blocks, pool))
+        self.stages = nn.ModuleList(stages)
+        # The last pooling only produces the coarsest segmentation; like the original, it
+        # is not trained (its weights stay as loaded).
+        self.stages[-1].pool.requires_grad_(False)
+        self.norm = norm_layer(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # -- initialisation, timm helpers ------------------------------------------------------
+
+    def init_weights(self) -> None:
+        """ViT init as timm's: normal(0, 0.02) for linear weights, the position embedding
+        and the class token, zero biases. (timm's ``trunc_normal_(std=.02)`` truncates at
+        +-2, i.e. 100 standard deviations: the same distribution, sampled far slower.) The
+        sin-cos variant gets its fixed embedding, frozen."""
+        nn.init.normal_(self.cls_token, std=0.02)
+        if self.pos_embed_type == "sincos":
+            with torch.no_grad():
+                self.pos_embed.zero_()
+                self.pos_embed[:, 1:] = sincos_2d_pos_embed(self.grid_size, self.embed_dim)
+            self.pos_embed.requires_grad_(False)
+        else:
+            nn.init.normal_(self.pos_embed, std=0.02)
+        self.apply(init_linear)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^cls_token|pos_embed|patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)\.pool", (99999,)),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier with a new ``num_classes``-way linear layer (Identity for
+        0); optionally change ``global_pool`` (``'token'`` or ``'avg'``)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def superpixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Superpixel ids (B, H, W) int64 for normalised images (B, 3, H, W), computed as
+        ``pretrained_cfg`` says (``superpixel_method``, ``num_segments``; the images are
+        un-normalised with its ``mean``/``std`` first). SEEDS needs
+        OpenCV contrib; without it this falls back to ``torch_slic`` with a warning."""
+        from hcast.ops import superpixels
+
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        method = cfg.get("superpixel_method") or "seeds"
+        num_segments = cfg.get("num_segments") or 196
+        if method == "seeds" and not _has_seeds():
+            warnings.warn("SEEDS superpixels need OpenCV contrib (pip install opencv-contrib-python-headless); "
+                          "falling back to method='torch_slic', outputs will differ from the released models'.",
+                          RuntimeWarning, stacklevel=3)
+            method = "torch_slic"
+        mean = cfg.get("mean") or IMAGENET_DEFAULT_MEAN
+        std = cfg.get("std") or IMAGENET_DEFAULT_STD
+        with torch.no_grad():
+            return superpixels(images, num_segments=num_segments, method=method, mean=mean, std=std)
+
+    def _check_inputs(self, images: torch.Tensor, segments: Optional[torch.Tensor]) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {got}.")
+        if images.shape[-2] % 8 or images.shape[-1] % 8:
+            raise ValueError(f"images height and width must be multiples of 8 (CAST's stem stride), "
+                             f"got {tuple(images.shape[-2:])}; resize or pad the images.")
+        if segments is not None:
+            if not isinstance(segments, torch.Tensor) or segments.ndim != 3 or segments.is_floating_point():
+                got = tuple(segments.shape) if isinstance(segments, torch.Tensor) else type(segments).__name__
+                raise ValueError(f"segments must be an integer tensor of shape (B, H, W) holding superpixel "
+                                 f"ids, got {got}.")
+            if segments.shape[0] != images.shape[0]:
+                raise ValueError(f"segments must have the batch size of images ({images.shape[0]}), got "
+                                 f"{segments.shape[0]}.")
+
+    def _pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """Position embedding (1, 1 + h*w, C) for a (h, w) grid, resampled if needed."""
+        if tuple(grid) == tuple(self.grid_size):
+            return self.pos_embed
+        if self.pos_embed_type == "sincos":
+            grid_embed = sincos_2d_pos_embed(grid, self.embed_dim).to(self.pos_embed)
+            return torch.cat([self.pos_embed[:, :1], grid_embed], dim=1)
+        return resample_abs_pos_embed(self.pos_embed, list(grid), old_size=list(self.grid_size),
+                                      num_prefix_tokens=1)
+
+    def embed(self, images: torch.Tensor, segments: torch.Tensor
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Superpixel tokens ``(cls_token (B,1,C), tokens (B,S,C), padding_mask (B,S))``."""
+        x = self.patch_embed(images)
+        batch, height, width, channels = x.shape
+        pos_embed = self._pos_embed((height, width))
+        # Pooling is linear, so pooling features + position embedding at once equals the
+        # original's two poolings.
+        x = x + pos_embed[:, 1:].reshape(1, height, width, channels)
+        tokens, padding_mask = superpixel_pool(x, segments)
+        cls_token = (self.cls_token + pos_embed[:, :1]).expand(batch, -1, -1)
+        return cls_token, self.pos_drop(tokens), padding_mask
+
+    def forward_stages(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None,
+                       num_pools: int = _NUM_STAGES - 1) -> Dict[str, Any]:
+        """Run the stages and return everything a head or a segmentation needs.
+
+        Args:
+            images, segments: as for :meth:`forward`.
+            num_pools: how many of the graph poolings to run (the first three are always
+                needed; 4 adds the last stage's assignments).
+
+        Returns:
+            dict with ``segments`` (B, h, w) int64 (the superpixels used),
+            ``class_tokens``: list of 4 (B, C) class tokens after each stage's blocks (not
+            normalised), ``tokens``: (B, 1 + K_3, C) last stage output (not normalised),
+            ``logits``: list of ``num_pools`` assignment logits (B, N_l, K_l),
+            ``sampled``: list of FPS indices (B, K_l), ``padding_mask``: (B, S) bool.
+        """
+        self._check_inputs(images, segments)
+        if segments is None:
+            segments = self.superpixels(images)
+        cls_token, x, padding_mask = self.embed(images, segments.to(images.device))
+        mask = padding_mask
+        class_tokens, logits, sampled = [], [], []
+        cls_x = None
+        for i, stage in enumerate(self.stages):
+            cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1))
+            class_tokens.append(cls_x[:, 0])
+            if i < num_pools:
+                cls_token, x, logit, inds = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask)
+                logits.append(logit)
+                sampled.append(inds)
+                if x is not None:
+                    mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
+        return dict(segments=segments, class_tokens=class_tokens, tokens=cls_x, logits=logits,
+                    sampled=sampled, padding_mask=padding_mask)
+
+    def forward_features(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalised last-stage tokens (B, 1 + K_3, C): the class token, then the K_3 = 16
+        (cast_small) segment tokens that stage 4 runs on."""
+        return self.norm(self.forward_stages(images, segments)["tokens"])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, 1 + K, C) tokens -> (B, num_classes) logits, or (B, C) with ``pre_logits``."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 3, H, W) images [+ (B, H, W) superpixels] -> (B, num_classes) logits."""
+        return self.forward_head(self.forward_features(images, segments))
+
+    @torch.no_grad()
+    def forward_segments(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
+                         ) -> Dict[str, Any]:
+        """The hierarchical segmentation CAST learns: superpixels grouped stage by stage.
+
+        Returns:
+            dict with ``superpixels`` (B, h, w) int64, the ids used; ``segmentations``: list
+            of 4 (B, h, w) int64 label maps, finest first (map l holds each pixel's
+            stage-l cluster in ``[0, num_clusters[l])``); ``logits``: list of the 4
+            stages' assignment logits (B, N_l, K_l) (N_1 = number of superpixel tokens,
+            N_l = K_{l-1}). Superpixels too small to own a cell of the H/8 x W/8 grid take
+            the label of the grid cell they fall in.
+        """
+        from hcast.ops import hierarchical_segmentation
+
+        out = self.forward_stages(images, segments, num_pools=_NUM_STAGES)
+        segments = out["segments"].to(images.device).long()
+        grid = (images.shape[-2] // 8, images.shape[-1] // 8)
+        grid_ids = resize_segments(segments, grid)
+        cell_ids = F.interpolate(grid_ids[:, None].float(), size=segments.shape[-2:], mode="nearest")[:, 0].long()
+        padding_mask = out["padding_mask"]
+        num_tokens = padding_mask.shape[1]
+        has_token = segments < num_tokens
+        has_token &= ~torch.gather(padding_mask, 1, segments.clamp(max=num_tokens - 1).flatten(1)).view_as(segments)
+        token_ids = torch.where(has_token, segments, cell_ids)
+        maps = hierarchical_segmentation(out["logits"], token_ids)
+        return dict(superpixels=segments, segmentations=maps, logits=out["logits"])
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint conversion
+# ---------------------------------------------------------------------------------------
+
+_POOL_RENAMES = (
+    ("centroid_fc.", "assign."),
+    ("fc1.0.", "fc1_norm."),
+    ("fc1.1.", "fc1."),
+    ("fc2.0.", "fc2_norm."),
+    ("fc2.1.", "fc2."),
+)
+_DROP_PREFIXES = ("momentum_encoder.", "predictor.", "module.momentum_encoder.", "module.predictor.")
+
+
+def _unwrap_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The state dict inside an original training checkpoint: DeiT's ``{'model': ...}``
+    (preferred over its ``model_ema``), MoCo's ``{'state_dict': ...}``, or a bare one."""
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f"checkpoint must be a dict (a state dict or a training checkpoint holding one), "
+                        f"got {type(checkpoint).__name__}.")
+    for key in ("model", "state_dict"):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def _strip_prefixes(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Drop DDP's ``module.`` and MoCo's ``base_encoder.`` prefixes, the momentum encoder,
+    the predictor and MoCo's projection MLP (``head.0`` ...)."""
+    is_moco = any(k.startswith(("module.base_encoder.", "base_encoder.")) for k in state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(_DROP_PREFIXES):
+            continue
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if is_moco:
+            if not key.startswith("base_encoder."):
+                continue
+            key = key[len("base_encoder."):]
+            if key.startswith("head."):  # MoCo's projection MLP, not a classifier
+                continue
+        out[key] = value
+    return out
+
+
+def _original_to_hcast(state_dict: Dict[str, torch.Tensor], depths: Sequence[int]
+                       ) -> Dict[str, torch.Tensor]:
+    """Rename original CAST keys to this module's layout (see the module docstring)."""
+    has_stage_blocks = any(re.match(r"blocks\d+\.", k) for k in state_dict)
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    out = {}
+    for key, value in state_dict.items():
+        m = re.match(r"blocks(\d+)\.(\d+)\.(.*)", key)
+        if m:
+            # Slicing an nn.Sequential keeps the global indices: blocks2.3 is stage 2's first.
+            stage = int(m.group(1)) - 1
+            out[f"stages.{stage}.blocks.{int(m.group(2)) - starts[stage]}.{m.group(3)}"] = value
+            continue
+        m = re.match(r"blocks\.(\d+)\.(.*)", key)
+        if m:
+            if has_stage_blocks:
+                continue  # the duplicate registration of the same modules
+            index = int(m.group(1))
+            stage = max(i for i, s in enumerate(starts) if s <= index)
+            out[f"stages.{stage}.blocks.{index - starts[stage]}.{m.group(2)}"] = value
+            continue
+        m = re.match(r"pool(\d+)\.pool_block\.(.*)", key)
+        if m:
+            stage, rest = int(m.group(1)) - 1, m.group(2)
+            if stage == len(depths) - 1 and rest.startswith(("fc1.", "fc2.")):
+                continue  # the last pooling's centroid update feeds nothing
+            for old, new in _POOL_RENAMES:
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+                    break
+            out[f"stages.{stage}.pool.{rest}"] = value
+            continue
+        if key in ("pe_token", "pre_logits", "dist_token") or key.startswith(("family_head.", "manufacturer_head.",
+                                                                                   "head_dist.")):
+            continue
+        out[key] = value
+    if "pe_token" in state_dict and "pos_embed" in out:
+        out["pos_embed"] = torch.cat([state_dict["pe_token"].reshape(1, 1, -1).to(out["pos_embed"]),
+                                      out["pos_embed"]], dim=1)
+    return out
+
+
+def _adapt_pos_embed(state_dict: Dict[str, torch.Tensor], model: CAST) -> None:
+    """Resize the checkpoint's position embedding to the model's grid, in place. A
+    sin-cos embedding is fixed, so the model's own (exact) one is used instead."""
+    pos_embed = state_dict.get("pos_embed")
+    if pos_embed is None or pos_embed.shape == model.pos_embed.shape:
+        return
+    if model.pos_embed_type == "sincos":
+        state_dict["pos_embed"] = model.pos_embed.detach().clone()
+        return
+    num_grid = pos_embed.shape[1] - 1
+    side = int(math.sqrt(num_grid))
+    if side * side != num_grid:
+        raise ValueError(f"pos_embed of the checkpoint has {num_grid} grid positions, not a square grid; "
+                         f"create the model with the checkpoint's img_size.")
+    state_dict["pos_embed"] = resample_abs_pos_embed(pos_embed, list(model.grid_size), old_size=[side, side],
+                                                     num_prefix_tokens=1)
+
+
+def convert_backbone(checkpoint: Dict[str, Any], model: CAST) -> Dict[str, torch.Tensor]:
+    """Original or hcast checkpoint -> hcast backbone keys (heads untouched except MoCo's
+    projection MLP and H-CAST's extra heads, which a plain CAST has no place for)."""
+    state_dict = _strip_prefixes(_unwrap_checkpoint(checkpoint))
+    if not any(k.startswith("stages.") for k in state_dict):
+        state_dict = _original_to_hcast(state_dict, model.depths)
+    else:
+        state_dict = dict(state_dict)
+    _adapt_pos_embed(state_dict, model)
+    return state_dict
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: CAST) -> Dict[str, torch.Tensor]:
+    """Convert a checkpoint into this model's keys; timm's ``pretrained_filter_fn``.
+
+    Reads: the original training checkpoints (a dict holding ``model`` or ``state_dict``)
+    or bare state dicts, with the original key names (``blocksK.M`` and the duplicate
+    ``blocks.N``, ``poolK.pool_block.*``, MoCo's ``pe_token``), MoCo's
+    ``module.base_encoder.`` prefix (the momentum encoder, predictor and projection MLP are
+    dropped), H-CAST checkpoints (only the fine ``head`` is kept, its extra heads dropped),
+    and hcast's own keys unchanged (e.g. from ``save_for_hf`` safetensors). The position
+    embedding is resized to the model's grid when the image size differs.
+
+    Returns:
+        dict[str, Tensor] with this model's key names.
+    """
+    out = convert_backbone(state_dict, model)
+    if isinstance(model.head, nn.Identity):
+        out = {k: v for k, v in out.items() if not k.startswith("head.")}
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Pretrained configs and entry points
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CASTPretrainedCfg(PretrainedCfg):
+    """timm's ``PretrainedCfg`` plus what a superpixel model needs to preprocess images and
+    what H-CAST's released checkpoints carry.
+
+    Attributes:
+        superpixel_method: :func:`hcast.ops.superpixels` method used in training
+            (``'seeds'`` for the released weights).
+        num_segments: superpixels requested per image (196 for 224 x 224).
+        gdrive_id: Google Drive file id of a checkpoint hosted there (H-CAST).
+        level_classes: class counts per taxonomy level, finest first (H-CAST).
+        fpa: full-path accuracy (%) the authors report for the checkpoint.
+    """
+    superpixel_method: Optional[str] = "seeds"
+    num_segments: Optional[int] = 196
+    gdrive_id: Optional[str] = None
+    level_classes: Optional[Tuple[int, ...]] = None
+    fpa: Optional[float] = None
+
+    @property
+    def has_weights(self):
+        return super().has_weights or self.gdrive_id
+
+
+def as_pretrained_cfg(cfg: Any) -> Any:
+    """A dict pretrained cfg (e.g. from a hub ``config.json``) as :class:`CASTPretrainedCfg`,
+    so timm keeps hcast's keys; anything else is returned unchanged."""
+    if isinstance(cfg, dict):
+        fields = {f.name for f in dataclasses.fields(CASTPretrainedCfg)}
+        cfg = dict(cfg)
+        for key in ("input_size", "test_input_size", "min_input_size", "mean", "std", "pool_size",
+                    "level_classes"):
+            if isinstance(cfg.get(key), list):
+                cfg[key] = tuple(cfg[key])
+        return CASTPretrainedCfg(**{k: v for k, v in cfg.items() if k in fields})
+    return cfg
+
+
+def _create_cast(variant: str, pretrained: bool = False, model_cls: type = None,
+                 filter_fn: Callable = checkpoint_filter_fn, **kwargs: Any) -> nn.Module:
+    model_cls = model_cls or CAST
+    if "pretrained_cfg" in kwargs:
+        kwargs["pretrained_cfg"] = as_pretrained_cfg(kwargs["pretrained_cfg"])
+    # hcast's builder: timm's plus safe .pth loading and Google Drive tags (hcast.models._hub)
+    return build_model_with_hcast_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
+
+
+def _cfg(**kwargs: Any) -> CASTPretrainedCfg:
+    cfg = dict(
+        num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875,
+        interpolation="bicubic", fixed_input_size=False, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.proj.0", classifier="head", license="mit",
+        origin_url="https://github.com/twke18/CAST",
+        paper_name="Learning Hierarchical Image Segmentation For Recognition and By Recognition",
+        superpixel_method="seeds", num_segments=196,
+    )
+    cfg.update(kwargs)
+    return CASTPretrainedCfg(**cfg)
+
+
+_HUB = "twke/CAST"
+default_cfgs = generate_default_cfgs({
+    "cast_small.deit_in1k": _cfg(
+        hf_hub_id=_HUB, hf_hub_filename="snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth",
+        description="DeiT-style supervised training on ImageNet-1K, 80.4% top-1."),
+    "cast_small.moco_in1k": _cfg(
+        hf_hub_id=_HUB, hf_hub_filename="snapshots/moco/imagenet1k/cast_small/checkpoint_0099.pth.tar",
+        num_classes=0, description="MoCo v3 self-supervised on ImageNet-1K (100 epochs), 68.1% linear probe."),
+    "cast_small_deep.moco_in1k": _cfg(
+        hf_hub_id=_HUB, hf_hub_filename="snapshots/moco/imagenet1k/cast_small_deep/checkpoint_0099.pth.tar",
+        num_classes=0, description="MoCo v3 self-supervised on ImageNet-1K (100 epochs), 69.1% linear probe."),
+    "cast_base.moco_in1k": _cfg(
+        hf_hub_id=_HUB, hf_hub_filename="snapshots/moco/imagenet1k/cast_base/checkpoint_0099.pth.tar",
+        num_classes=0, description="MoCo v3 self-supervised on ImageNet-1K (100 epochs), 72.4% linear probe."),
+    "cast_base_deep": _cfg(),
+    "cast_tiny": _cfg(input_size=(3, 64, 64), num_segments=49),
+})
+
+
+def _resolve_tag(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
+    """The pretrained tag a model is being built for (given, or the variant's default)."""
+    cfg = kwargs.get("pretrained_cfg")
+    if isinstance(cfg, str):
+        return cfg
+    if isinstance(cfg, PretrainedCfg):
+        return cfg.tag
+    if isinstance(cfg, dict):
+        return cfg.get("tag")
+    default = get_pretrained_cfg(variant)
+    return default.tag if default is not None else None
+
+
+def _variant_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """MoCo v3 tags were trained with the fixed sin-cos position embedding."""
+    tag = _resolve_tag(variant, kwargs)
+    if tag and tag.startswith("moco"):
+        kwargs.setdefault("pos_embed", "sincos")
+    return kwargs
+
+
+@register_model
+def cast_tiny(pretrained: bool = False, **kwargs: Any) -> CAST:
+    """CAST-Ti for small images (64 x 64): width 192, 3 heads, depths 3,3,3,2, clusters
+    16,8,4,2. No released weights; for quick experiments and tests."""
+    args = dict(img_size=64, embed_dim=192, depths=(3, 3, 3, 2), num_heads=3, num_clusters=(16, 8, 4, 2))
+    return _create_cast("cast_tiny", pretrained, **dict(args, **_variant_kwargs("cast_tiny", kwargs)))
+
+
+@register_model
+def cast_small(pretrained: bool = False, **kwargs: Any) -> CAST:
+    """CAST-S: width 384, 12 heads, depths 3,3,3,2, clusters 64,32,16,8."""
+    args = dict(embed_dim=384, depths=(3, 3, 3, 2), num_heads=12, num_clusters=(64, 32, 16, 8))
+    return _create_cast("cast_small", pretrained, **dict(args, **_variant_kwargs("cast_small", kwargs)))
+
+
+@register_model
+def cast_small_deep(pretrained: bool = False, **kwargs: Any) -> CAST:
+    """CAST-SD: width 384, 12 heads, depths 6,3,3,3, clusters 64,32,16,8."""
+    args = dict(embed_dim=384, depths=(6, 3, 3, 3), num_heads=12, num_clusters=(64, 32, 16, 8))
+    return _create_cast("cast_small_deep", pretrained, **dict(args, **_variant_kwargs("cast_small_deep", kwargs)))
+
+
+@register_model
+def cast_base(pretrained: bool = False, **kwargs: Any) -> CAST:
+    """CAST-B: width 768, 12 heads, depths 3,3,3,2, clusters 64,32,16,8."""
+    args = dict(embed_dim=768, depths=(3, 3, 3, 2), num_heads=12, num_clusters=(64, 32, 16, 8))
+    return _create_cast("cast_base", pretrained, **dict(args, **_variant_kwargs("cast_base", kwargs)))
+
+
+@register_model
+def cast_base_deep(pretrained: bool = False, **kwargs: Any) -> CAST:
+    """CAST-BD: width 768, 12 heads, depths 6,3,3,3, clusters 64,32,16,8."""
+    args = dict(embed_dim=768, depths=(6, 3, 3, 3), num_heads=12, num_clusters=(64, 32, 16, 8))
+    return _create_cast("cast_base_deep", pretrained, **dict(args, **_variant_kwargs("cast_base_deep", kwargs)))

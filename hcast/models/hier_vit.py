@@ -1,0 +1,292 @@
+"""Hier-ViT: a DeiT with one classification head per taxonomy level.
+
+The baseline of H-CAST ("Visually Consistent Hierarchical Image Classification",
+ICLR 2025): a plain ViT whose class token is read after different blocks for different
+levels of the taxonomy, fine levels earlier, coarse levels later. With 12 blocks:
+3 levels read blocks 6, 9, 12; 2 levels read blocks 9, 12. Each read class token goes
+through the ViT's final LayerNorm (``norm``, shared by all levels, as in the authors'
+``deit/models_hier.py`` at HiOT b1a222b) and then its level's linear head.
+
+Heads are ``heads`` (``nn.ModuleList``, finest level first), as in
+:class:`hcast.models.hcast.HCAST`; the authors' ``head`` / ``family_head`` /
+``manufacturer_head`` are ``heads.0`` / ``heads.1`` / ``heads.2``. ``forward_features``
+returns the per-level class-token features, ``forward_head`` the per-level logits, as
+for H-CAST.
+
+``hier_vit_small`` starts from timm's ``deit_small_patch16_224.fb_in1k`` weights with
+``pretrained=True`` (backbone and, when the finest level has 1000 classes, the head;
+other heads initialised as in the original code).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
+
+from hcast.models._hub import build_model_with_hcast_cfg
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn", "hier_vit_small"]
+
+# the authors' head names, finest level first
+_ORIGINAL_HEADS = ("head", "family_head", "manufacturer_head")
+
+
+def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
+    """Blocks (1-based, finest level first) whose class token each level reads.
+
+    Levels are a quarter of the depth apart, the coarsest on the last block: for 12 blocks
+    ``(6, 9, 12)`` with 3 levels and ``(9, 12)`` with 2, as in H-CAST's Hier-ViT.
+
+    Raises:
+        ValueError: the depth is too small for that many levels.
+    """
+    step = max(depth // 4, 1)
+    blocks = tuple(depth - (num_levels - 1 - level) * step for level in range(num_levels))
+    if blocks[0] < 1:
+        raise ValueError(
+            f"level_blocks: cannot place {num_levels} levels a quarter of depth={depth} apart; "
+            f"pass level_blocks=(b_fine, ..., b_coarse) explicitly (1-based block indices).")
+    return blocks
+
+
+def _resolve_level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any,
+                           num_classes: Optional[int]) -> Tuple[int, ...]:
+    if taxonomy is not None:
+        counts = tuple(int(c) for c in taxonomy.num_classes)
+        if level_classes is not None and tuple(level_classes) != counts:
+            raise ValueError(f"level_classes: got {tuple(level_classes)}, but the taxonomy has {counts} classes "
+                             f"per level (finest first); pass one of them.")
+        level_classes = counts
+    if level_classes is None:
+        level_classes = (1000 if num_classes is None else num_classes,)
+    if isinstance(level_classes, int) or not isinstance(level_classes, Sequence) or len(level_classes) == 0:
+        raise ValueError(f"level_classes: expected a non-empty sequence of class counts, finest level first "
+                         f"(e.g. (100, 70, 30)), got {level_classes!r}.")
+    counts = tuple(level_classes)
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        raise ValueError(f"level_classes: expected non-negative integer class counts, got {counts!r}.")
+    if num_classes is not None and num_classes != counts[0]:
+        raise ValueError(f"num_classes: got {num_classes}, but level_classes={counts} puts {counts[0]} classes at "
+                         f"the finest level; pass level_classes only.")
+    return counts
+
+
+class HierVisionTransformer(VisionTransformer):
+    """ViT with per-level classifiers on the class token of different blocks (Hier-ViT).
+
+    Args:
+        level_classes: class count per taxonomy level, finest first (e.g. ``(100, 70, 30)``).
+            Default: one level of ``num_classes``.
+        taxonomy: a :class:`hcast.hierarchy.Taxonomy` (or its ``to_dict()``) giving
+            ``level_classes``; kept as ``model.taxonomy``.
+        level_blocks: 1-based block index each level reads, finest first, non-decreasing
+            (default :func:`default_level_blocks`).
+        num_classes: the finest level's class count (set by timm's builder; must agree
+            with ``level_classes``).
+        **kwargs: :class:`~timm.models.vision_transformer.VisionTransformer` arguments
+            (``embed_dim``, ``depth``, ``num_heads``, ``img_size``, ...). Class-token
+            pooling only (``global_pool='token'``).
+
+    Shapes:
+        input (B, 3, H, W) float images, ImageNet-normalised;
+        output tuple of ``len(level_classes)`` logits (B, C_l) float, finest first.
+    """
+
+    def __init__(
+            self,
+            level_classes: Optional[Sequence[int]] = None,
+            taxonomy: Any = None,
+            level_blocks: Optional[Sequence[int]] = None,
+            num_classes: Optional[int] = None,
+            **kwargs: Any,
+    ) -> None:
+        if isinstance(taxonomy, Mapping):
+            from hcast.hierarchy import Taxonomy
+
+            taxonomy = Taxonomy.from_dict(taxonomy)
+        level_classes = _resolve_level_classes(level_classes, taxonomy, num_classes)
+        if kwargs.get("global_pool", "token") != "token" or not kwargs.get("class_token", True):
+            raise ValueError(f"global_pool: Hier-ViT reads the class token (global_pool='token', class_token=True), "
+                             f"got global_pool={kwargs.get('global_pool')!r}, class_token={kwargs.get('class_token')!r}.")
+        super().__init__(num_classes=level_classes[0], **kwargs)
+        depth = len(self.blocks)
+        if level_blocks is None:
+            level_blocks = default_level_blocks(depth, len(level_classes))
+        level_blocks = tuple(int(b) for b in level_blocks)
+        if (len(level_blocks) != len(level_classes) or any(not 1 <= b <= depth for b in level_blocks)
+                or list(level_blocks) != sorted(level_blocks)):
+            raise ValueError(f"level_blocks: expected {len(level_classes)} non-decreasing block indices in "
+                             f"[1, {depth}], finest level first, got {level_blocks}.")
+        self.taxonomy = taxonomy
+        self.level_blocks = level_blocks
+        del self.head  # replaced by one head per level
+        self._set_heads(level_classes)
+
+    def _set_heads(self, level_classes: Tuple[int, ...]) -> None:
+        device = self.cls_token.device if self.cls_token is not None else None
+        heads = nn.ModuleList(
+            nn.Linear(self.embed_dim, n, device=device) if n > 0 else nn.Identity() for n in level_classes)
+        for head in heads:
+            if isinstance(head, nn.Linear):  # as the original: trunc normal (std 0.02), zero bias
+                trunc_normal_(head.weight, std=.02)
+                nn.init.zeros_(head.bias)
+        heads.train(self.training)
+        self.heads = heads
+        self.level_classes = tuple(level_classes)
+        self.num_classes = self.level_classes[0]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_classes)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.ModuleList:
+        return self.heads
+
+    def reset_classifier(self, num_classes: Union[int, Sequence[int]], global_pool: Optional[str] = None) -> None:
+        """New heads: ``num_classes`` is a per-level sequence of counts (finest first), or
+        one int for every level (0 removes all heads: features come out), as for H-CAST.
+
+        Raises:
+            ValueError: a sequence of the wrong length, or ``global_pool`` other than
+                ``'token'``.
+        """
+        # '' with 0 classes is timm's prune_intermediate_layers() dropping the heads (features_only)
+        if global_pool not in (None, "token") and not (global_pool == "" and num_classes == 0):
+            raise ValueError(f"global_pool: Hier-ViT reads the class token ('token'), got {global_pool!r}.")
+        counts = (num_classes,) * self.num_levels if isinstance(num_classes, int) else tuple(num_classes)
+        counts = _resolve_level_classes(counts, None, None)
+        if len(counts) != self.num_levels:
+            raise ValueError(f"num_classes: expected {self.num_levels} class counts (one per level, finest "
+                             f"first), got {counts}.")
+        self._set_heads(counts)
+        if counts != tuple(getattr(self.taxonomy, "num_classes", ())):
+            self.taxonomy = None
+
+    def forward_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Per-level features, finest first: tuple of (B, embed_dim) normalised class tokens.
+
+        Level l reads the class token after block ``level_blocks[l]`` through the final
+        LayerNorm. Blocks after the last level's block are not run.
+        """
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        feats = []
+        for index, block in enumerate(self.blocks[:self.level_blocks[-1]], start=1):
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+            # LayerNorm is per token: normalising the class token alone equals
+            # the original's norm(x)[:, 0] over all tokens.
+            feats.extend(self.norm(x[:, 0]) for _ in range(self.level_blocks.count(index)))
+        return tuple(feats)
+
+    def forward_head(self, x: Sequence[torch.Tensor], pre_logits: bool = False) -> Tuple[torch.Tensor, ...]:
+        """Per-level features (from :meth:`forward_features`) -> tuple of (B, C_l) logits,
+        finest first; with ``pre_logits`` the features after ``head_drop``."""
+        if isinstance(x, torch.Tensor) or len(x) != self.num_levels:
+            got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"{len(x)} items"
+            raise ValueError(f"x: expected {self.num_levels} (B, {self.embed_dim}) per-level features from "
+                             f"forward_features(), got {got}.")
+        feats = [self.head_drop(self.fc_norm(f)) for f in x]
+        if pre_logits:
+            return tuple(feats)
+        return tuple(head(f) for head, f in zip(self.heads, feats))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, 3, H, W) images -> tuple of (B, C_l) logits, finest first."""
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: HierVisionTransformer) -> Dict[str, torch.Tensor]:
+    """Convert DeiT / timm ViT and original Hier-ViT checkpoints to this model's keys.
+
+    Reads timm's and DeiT's ViT weights (through timm's ViT filter, which resizes the
+    position embedding to the model's grid) and the H-CAST authors' Hier-ViT
+    checkpoints (``head`` / ``family_head`` / ``manufacturer_head`` -> ``heads.0/1/2``),
+    DDP's ``module.`` prefix removed. Heads the checkpoint lacks, or has with other class
+    counts (e.g. DeiT's 1000-class head for a 100-class fine level), keep the model's
+    initialisation.
+
+    Returns:
+        dict[str, Tensor] with this model's key names, including every head.
+    """
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        for index, name in enumerate(_ORIGINAL_HEADS):
+            if key.startswith(name + "."):
+                key = f"heads.{index}." + key[len(name) + 1:]
+                break
+        renamed[key] = value
+    out = _vit_checkpoint_filter_fn(renamed, model)
+    own = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}
+    for key in [k for k in out if k.startswith("heads.")]:
+        if key not in own:
+            del out[key]  # the checkpoint has more levels than the model
+        elif out[key].shape != own[key].shape:
+            _logger.info(f"Checkpoint {key} has shape {tuple(out[key].shape)}, the model "
+                         f"{tuple(own[key].shape)} (other class counts): keeping the model's initialisation.")
+            del out[key]
+    for key, value in own.items():
+        out.setdefault(key, value)
+    return out
+
+
+def _create_hier_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> HierVisionTransformer:
+    taxonomy = kwargs.get("taxonomy")
+    level_classes = kwargs.get("level_classes")
+    if isinstance(taxonomy, Mapping):
+        from hcast.hierarchy import Taxonomy
+
+        kwargs["taxonomy"] = taxonomy = Taxonomy.from_dict(taxonomy)
+    if taxonomy is not None and level_classes is None:
+        level_classes = getattr(taxonomy, "num_classes", None)
+    if isinstance(level_classes, Sequence) and len(level_classes) > 0 and "num_classes" not in kwargs:
+        # timm's builder would otherwise pass the pretrained cfg's 1000 classes
+        kwargs["num_classes"] = level_classes[0]
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_hcast_cfg(
+        HierVisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return dict(
+        num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=.9, interpolation="bicubic",
+        fixed_input_size=True, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.proj", classifier="heads.0", license="apache-2.0",
+        paper_name="Visually Consistent Hierarchical Image Classification",
+        origin_url="https://github.com/ngocquanai/HiOT", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "hier_vit_small.fb_in1k": _cfg(
+        hf_hub_id="timm/deit_small_patch16_224.fb_in1k",
+        url="https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth",
+        description="DeiT-S ImageNet-1K weights (timm's deit_small_patch16_224.fb_in1k) for the backbone; "
+                    "level heads initialised."),
+})
+
+
+@register_model
+def hier_vit_small(pretrained: bool = False, **kwargs: Any) -> HierVisionTransformer:
+    """Hier-ViT-S: DeiT-S (patch 16, width 384, 12 blocks, 6 heads) with per-level heads on
+    blocks 6/9/12 (3 levels) or 9/12 (2 levels). Pass ``level_classes=(fine, ..., coarse)``."""
+    args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create_hier_vit("hier_vit_small", pretrained, **dict(args, **kwargs))
