@@ -73,6 +73,20 @@ def _check_images(images: ImageLike) -> torch.Tensor:
     return images
 
 
+def _check_settings(num_segments: int, method: str, mean: Sequence[float],
+                    std: Sequence[float]) -> int:
+    """Check the arguments shared by :func:`superpixels` and :class:`SuperpixelTransform`;
+    returns ``num_segments`` as an int."""
+    if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) \
+            or num_segments < 1:
+        raise ValueError(f"num_segments: expected an integer >= 1, received "
+                         f"{num_segments!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, received {method!r}.")
+    _check_mean_std(mean, std)
+    return int(num_segments)
+
+
 def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> None:
     for name, value in (("mean", mean), ("std", std)):
         if len(value) != 3:
@@ -152,14 +166,7 @@ def superpixels(
         ImportError: ``"seeds"`` without OpenCV contrib installed.
     """
     images = _check_images(images)
-    if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) \
-            or num_segments < 1:
-        raise ValueError(f"num_segments: expected an integer >= 1, received "
-                         f"{num_segments!r}.")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, received {method!r}.")
-    _check_mean_std(mean, std)
-    num_segments = int(num_segments)
+    num_segments = _check_settings(num_segments, method, mean, std)
     device = images.device
     if method == "seeds":
         out = _seeds(_to_uint8_hwc(images, mean, std), num_segments, **method_kwargs)
@@ -537,14 +544,7 @@ class SuperpixelTransform:
     def __init__(self, num_segments: int = 196, method: str = "seeds",
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
                  std: Sequence[float] = IMAGENET_DEFAULT_STD, **method_kwargs) -> None:
-        if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) \
-                or num_segments < 1:
-            raise ValueError(f"num_segments: expected an integer >= 1, received "
-                             f"{num_segments!r}.")
-        if method not in METHODS:
-            raise ValueError(f"method: expected one of {METHODS}, received {method!r}.")
-        _check_mean_std(mean, std)
-        self.num_segments = int(num_segments)
+        self.num_segments = _check_settings(num_segments, method, mean, std)
         self.method = method
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
