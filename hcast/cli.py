@@ -1,0 +1,701 @@
+"""The ``hcast`` command: fine-tune, evaluate, predict, convert and push.
+
+::
+
+    hcast finetune --model hcast_tiny --data fashion-mnist --output runs/fmnist
+    hcast evaluate runs/fmnist fashion-mnist --json metrics.json
+    hcast predict runs/fmnist shirt.png --segment shirt_segments.png
+    hcast convert hcast_living17.pth runs/living17 --model hcast_small
+    hcast push runs/fmnist my-user/hcast-tiny-fashion-mnist
+
+MODEL arguments take a timm model name (``hcast_small``), a hub id
+(``hf-hub:user/repo``) or a folder written by ``hcast finetune`` / ``hcast convert``
+(``config.json`` + ``model.safetensors``; loaded with
+``timm.create_model("local-dir:FOLDER", pretrained=True)``).
+Every sub-command has ``--help``. Under ``torchrun --nproc_per_node=N hcast finetune ...``
+the training runs with DDP (gloo on CPU, nccl on GPU); rank 0 prints and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["main", "build_parser", "load_model", "load_taxonomy"]
+
+CHECKPOINT_NAME = "checkpoint-latest.pth"
+LOG_NAME = "log.jsonl"
+
+
+# ----------------------------------------------------------------------------- model loading
+
+
+def _model_name(source: str) -> str:
+    """``source`` as a name ``timm.create_model`` accepts: a folder becomes ``local-dir:FOLDER``."""
+    if source.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return source
+    if Path(source).is_dir():
+        if not (Path(source) / "config.json").is_file():
+            raise ValueError(
+                f"model: the folder {source!r} has no config.json; pass a folder written by `hcast finetune` "
+                "or `hcast convert`, a timm model name, or an hf-hub: id."
+            )
+        return "local-dir:" + str(Path(source).resolve())
+    return source
+
+
+def _read_config(name: str) -> Dict[str, Any]:
+    """The ``config.json`` of a local folder or hub repo (empty for a registry name)."""
+    if name.startswith("local-dir:"):
+        return json.loads((Path(name[len("local-dir:"):]) / "config.json").read_text())
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        from huggingface_hub import hf_hub_download
+
+        repo = name.split(":", 1)[1]
+        repo_id, _, revision = repo.partition("@")
+        return json.loads(Path(hf_hub_download(repo_id, "config.json", revision=revision or None)).read_text())
+    return {}
+
+
+def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] = None, data: Optional[str] = None):
+    """The taxonomy from ``--taxonomy FILE``, else a model's config, else Fashion-MNIST's.
+
+    Returns ``None`` when none of the three applies.
+    """
+    from hcast.data import is_fashion_mnist
+    from hcast.hierarchy import Taxonomy, fashion_mnist_taxonomy
+
+    if path:
+        if not Path(path).is_file():
+            raise ValueError(f"taxonomy: {path!r} is not a file; pass a JSON file written by Taxonomy.save.")
+        return Taxonomy.load(path)
+    if config and config.get("taxonomy"):
+        return Taxonomy.from_dict(config["taxonomy"])
+    if data is not None and is_fashion_mnist(data):
+        return fashion_mnist_taxonomy()
+    return None
+
+
+def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = None, **kwargs: Any):
+    """Build ``source`` with timm and find its taxonomy.
+
+    Args:
+        source: a timm name, an ``hf-hub:`` id, or a folder with ``config.json``.
+        device: where to put the model (it is returned in eval mode).
+        taxonomy_path: a taxonomy JSON file overriding the one the model's config stores.
+        kwargs: more ``timm.create_model`` arguments (e.g. ``pretrained=True``).
+
+    Returns:
+        ``(model, taxonomy or None, config dict)``.
+    """
+    import timm
+
+    import hcast  # noqa: F401  (registers the models)
+
+    name = _model_name(source)
+    config = _read_config(name)
+    taxonomy = load_taxonomy(taxonomy_path, config)
+    if kwargs.get("pretrained") is None:
+        # a folder or hub repo is its weights; a registry name starts from scratch unless asked
+        kwargs["pretrained"] = name.startswith(("local-dir:", "hf-hub:", "hf_hub:"))
+    model = timm.create_model(name, **kwargs)
+    if taxonomy is None:
+        taxonomy = getattr(model, "taxonomy", None)
+    return model.to(device).eval(), taxonomy, config
+
+
+def _superpixel_settings(model: Any, args: argparse.Namespace) -> Tuple[str, int]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    method = getattr(args, "superpixel_method", None) or cfg.get("superpixel_method") or "seeds"
+    num_segments = getattr(args, "num_segments", None) or cfg.get("num_segments") or 196
+    return method, int(num_segments)
+
+
+def _data_config(model: Any) -> Dict[str, Any]:
+    from timm.data import resolve_data_config
+
+    return resolve_data_config({}, model=model)
+
+
+# ----------------------------------------------------------------------------- finetune
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a hierarchical classifier on an image folder or Fashion-MNIST",
+        description=(
+            "Fine-tune an H-CAST (or Hier-ViT) model: AdamW, cosine schedule with warm-up, AMP on CUDA, "
+            "gradient clipping, optional hierarchical mixup/cutmix, the H-CAST loss (per-level CE + "
+            "tree-path KL). Writes OUTPUT/config.json + model.safetensors (timm-loadable with "
+            "timm.create_model('local-dir:OUTPUT', pretrained=True)), OUTPUT/checkpoint-latest.pth (for --resume), "
+            "OUTPUT/taxonomy.json and OUTPUT/log.jsonl. Run under torchrun for DDP."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="hcast_tiny", help="timm model name, hf-hub: id or folder")
+    g.add_argument("--pretrained", action="store_true", help="start from the model's pretrained weights")
+    g.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more timm.create_model arguments, e.g. drop_rate=0.1 depths='[1,1,1,1]' (values read as JSON when they parse)")
+    g.add_argument("--initial-checkpoint", default=None, help="a checkpoint file to start from (original format or safetensors)")
+    g.add_argument("--data", required=True, help="'fashion-mnist' or a folder with one sub-folder per fine class")
+    g.add_argument("--data-root", default=None, help="Fashion-MNIST: a folder with the IDX files")
+    g.add_argument("--taxonomy", default=None, help="taxonomy JSON (Taxonomy.save); default for fashion-mnist: 10 garments -> 5 groups")
+    g.add_argument("--output", "-o", required=True, help="output folder")
+    g.add_argument("--input-size", type=int, default=None, help="image side in pixels (default: the model's)")
+    g.add_argument("--train-samples", type=int, default=None, help="class-balanced training subset size (default: all)")
+    g.add_argument("--val-samples", type=int, default=None, help="validation subset size (fashion-mnist default 1000, held out of train)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="image folder without train/ val/: share held out")
+    g.add_argument("--scale-min", type=float, default=0.7, help="random resized crop: smallest area fraction")
+    g = p.add_argument_group("superpixels")
+    g.add_argument("--superpixels", choices=("loader", "device"), default="loader",
+                   help="compute superpixels in the DataLoader workers or batched on the training device (torch_slic)")
+    g.add_argument("--superpixel-method", default=None, help="seeds | slic | torch_slic (default: the model's)")
+    g.add_argument("--num-segments", type=int, default=None, help="superpixels per image (default: the model's)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch-size", "-b", type=int, default=64, help="per process")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--warmup-lr", type=float, default=1e-5)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    g.add_argument("--kl-weight", type=float, default=0.5, help="weight of H-CAST's tree-path KL term")
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
+    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
+    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="auto: bf16/fp16 on CUDA, off on CPU")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="resume from OUTPUT/checkpoint-latest.pth (or the given file)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (quick runs)")
+    g.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="wall-clock limit of the training loop (updates + per-epoch evaluation): after timing "
+                        "the first updates, the schedule is shortened to fit if needed")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
+
+
+def _build_model_for_finetune(args: argparse.Namespace, taxonomy: Any):
+    import timm
+
+    import hcast  # noqa: F401
+
+    name = _model_name(args.model)
+    kwargs: Dict[str, Any] = dict(pretrained=args.pretrained or bool(args.initial_checkpoint),
+                                  level_classes=tuple(taxonomy.num_classes))
+    if args.initial_checkpoint:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(args.initial_checkpoint))
+    if args.drop_path:
+        kwargs["drop_path_rate"] = args.drop_path
+    if args.input_size:
+        kwargs["img_size"] = args.input_size
+    kwargs.update(parse_kwargs(args.model_kwargs))
+    return timm.create_model(name, **kwargs)
+
+
+def parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
+    """``["a=1", "b=[1,2]", "c=gelu"]`` -> ``{"a": 1, "b": [1, 2], "c": "gelu"}`` (JSON when it parses).
+
+    Raises:
+        ValueError: for an item without ``=``.
+    """
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-kwargs: expected KEY=VALUE items, got {item!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from hcast import engine
+    from hcast.data import WithSuperpixels, create_train_val_datasets, create_transform
+    from hcast.hierarchy.losses import HCASTLoss
+    from hcast.ops import SuperpixelTransform, superpixels
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = engine.init_distributed(args.device)
+    out = Path(args.output)
+    taxonomy = load_taxonomy(args.taxonomy, data=args.data)
+    if taxonomy is None:
+        raise SystemExit("hcast finetune: --taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
+    _seed_everything(args.seed + ctx.rank)
+
+    model = _build_model_for_finetune(args, taxonomy)
+    data_cfg = _data_config(model)
+    if args.input_size:
+        data_cfg["input_size"] = (3, args.input_size, args.input_size)
+    input_size = data_cfg["input_size"][-2:]
+    method, num_segments = _superpixel_settings(model, args)
+    train_tf = create_transform(input_size, True, data_cfg["mean"], data_cfg["std"], scale=(args.scale_min, 1.0))
+    val_tf = create_transform(input_size, False, data_cfg["mean"], data_cfg["std"])
+    superpixel_fn = None
+    if args.superpixels == "loader":
+        sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
+        train_tf, val_tf = WithSuperpixels(train_tf, sp), WithSuperpixels(val_tf, sp)
+    else:
+        method = args.superpixel_method or "torch_slic"
+
+        def superpixel_fn(images: torch.Tensor) -> torch.Tensor:  # noqa: F811
+            return superpixels(images, num_segments=num_segments, method=method)
+
+    train_set, val_set = create_train_val_datasets(
+        args.data, train_tf, val_tf, taxonomy=taxonomy, train_samples=args.train_samples,
+        val_samples=args.val_samples, val_fraction=args.val_fraction, seed=args.seed, data_root=args.data_root,
+    )
+    # also for one process: a seeded shuffle per epoch (set_epoch), so a resumed run sees the same order
+    train_sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed, drop_last=True)
+    val_sampler = engine.ShardSampler(len(val_set), ctx.rank, ctx.world_size)
+    loader_kw = dict(num_workers=args.workers, pin_memory=ctx.device.type == "cuda",
+                     persistent_workers=args.workers > 0)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **loader_kw)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=val_sampler, **loader_kw)
+    if len(train_loader) == 0:
+        raise SystemExit(f"hcast finetune: {len(train_set)} training images give no full batch of {args.batch_size}; "
+                         "lower --batch-size.")
+
+    model.to(ctx.device)
+    net: torch.nn.Module = model
+    if ctx.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    optimizer, scheduler, steps_per_epoch, warmup_updates = _optimizer_and_schedule(model, args, len(train_loader))
+    amp_dtype = engine.resolve_amp_dtype(ctx.device, args.amp)
+    grad_scaler = torch.amp.GradScaler(ctx.device.type) if amp_dtype == torch.float16 else None
+    mixup = None
+    if args.mixup > 0 or args.cutmix > 0:
+        from hcast.hierarchy.mixup import HierarchicalMixup
+
+        mixup = HierarchicalMixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                                  label_smoothing=args.label_smoothing, level_classes=taxonomy.num_classes)
+    criterion = HCASTLoss(kl_weight=args.kl_weight, label_smoothing=args.label_smoothing)
+
+    start_epoch, num_updates, best_fpa = 0, 0, -1.0
+    resume_path = None
+    if args.resume:
+        resume_path = out / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
+    if resume_path is not None:
+        state = engine.load_checkpoint(resume_path, map_location=ctx.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if grad_scaler is not None and state.get("grad_scaler"):
+            grad_scaler.load_state_dict(state["grad_scaler"])
+        start_epoch, num_updates = int(state["epoch"]) + 1, int(state["num_updates"])
+        best_fpa = float(state.get("best_fpa", -1.0))
+        scheduler.step_update(num_updates)
+        if ctx.is_main:
+            print(f"resumed from {resume_path} at epoch {start_epoch} (update {num_updates})", flush=True)
+
+    model_args = {"level_classes": list(taxonomy.num_classes)}
+    if args.input_size:
+        model_args["img_size"] = args.input_size
+    sp_cfg = {"superpixel_method": method, "num_segments": num_segments, "level_classes": list(taxonomy.num_classes)}
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        taxonomy.save(out / "taxonomy.json")
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"hcast finetune: {args.model} ({n_params / 1e6:.2f}M parameters) on {ctx.device} x{ctx.world_size}, "
+              f"{len(train_set)} train / {len(val_set)} val images, levels {taxonomy.num_classes}, "
+              f"superpixels {method} ({num_segments}) in the {args.superpixels}, "
+              f"AMP {amp_dtype if amp_dtype else 'off'}, {args.epochs} epochs x {steps_per_epoch} steps", flush=True)
+    metrics: Dict[str, Any] = {}
+    train_start = time.perf_counter()
+    budget = None
+    if args.time_budget:
+        # evaluation costs about a third of a training step per image, plus the superpixels
+        eval_updates = (args.epochs - start_epoch) * len(val_set) / (args.batch_size * ctx.world_size * 2.5)
+        budget = engine.TimeBudget(args.time_budget * 60, args.epochs * steps_per_epoch, scheduler,
+                                   warmup_updates=warmup_updates, reserve_updates=eval_updates + 5,
+                                   sync=ctx.distributed, start_update=num_updates)
+    for epoch in range(start_epoch, args.epochs):
+        train_sampler.set_epoch(epoch)
+        stats = engine.train_one_epoch(
+            net, train_loader, criterion, optimizer, taxonomy, ctx.device, epoch=epoch, scheduler=scheduler,
+            num_updates=num_updates, mixup=mixup, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
+            clip_grad=args.clip_grad, superpixel_fn=superpixel_fn, max_steps=args.max_steps,
+            progress=ctx.is_main and not args.no_progress, world_size=ctx.world_size, should_stop=budget,
+        )
+        num_updates = stats["num_updates"]
+        last_epoch = epoch == args.epochs - 1 or (budget is not None and budget(num_updates))
+        metrics = engine.evaluate(model, val_loader, taxonomy, ctx.device, superpixel_fn=superpixel_fn,
+                                  amp_dtype=amp_dtype)
+        fpa = metrics["plain"]["fpa"]
+        if ctx.is_main:
+            accs = " ".join(f"{n} {100 * a:.2f}" for n, a in zip(metrics["level_names"], metrics["plain"]["level_accuracy"]))
+            print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, lr {stats['lr']:.2e}, "
+                  f"{stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f}s | val {accs}, FPA {100 * fpa:.2f}, "
+                  f"TICE {100 * metrics['plain']['tice']:.2f}", flush=True)
+            best_fpa = max(best_fpa, fpa)
+            engine.save_model_folder(model, out, taxonomy, model_args=model_args,
+                                     extra_config={"pretrained_cfg": sp_cfg},
+                                     data_config={"input_size": tuple(data_cfg["input_size"])})
+            engine.save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
+                "epoch": epoch, "num_updates": num_updates, "best_fpa": best_fpa,
+                "args": {k: v for k, v in vars(args).items() if k != "func"},
+            }, out / CHECKPOINT_NAME)
+            with open(out / LOG_NAME, "a") as f:
+                f.write(json.dumps({"epoch": epoch + 1, "train": stats, "val": metrics}) + "\n")
+        if last_epoch:
+            if budget is not None and budget.shortened and ctx.is_main:
+                print(f"time budget of {args.time_budget:g} min: stopped after {num_updates} of "
+                      f"{budget.planned_updates} planned updates ({budget.seconds_per_update or 0:.2f} s each); "
+                      "the cosine schedule was shortened to match", flush=True)
+            break
+    if ctx.is_main:
+        print(f"trained in {time.perf_counter() - train_start:.0f}s; model folder: {out} "
+              f"(timm.create_model('local-dir:{out}', pretrained=True))", flush=True)
+    engine.destroy_distributed()
+    return 0
+
+
+def _optimizer_and_schedule(model: Any, args: argparse.Namespace, steps_per_epoch: int):
+    import torch
+    from timm.optim import param_groups_weight_decay
+    from timm.scheduler import CosineLRScheduler
+
+    if args.max_steps:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps)
+    groups = param_groups_weight_decay(model, args.weight_decay,
+                                       no_weight_decay_list=getattr(model, "no_weight_decay", lambda: set())())
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    total = max(1, args.epochs * steps_per_epoch)
+    warmup = min(int(round(args.warmup_epochs * steps_per_epoch)), total - 1)
+    # warm-up first, then a cosine over the remaining updates down to min_lr at the last one
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=max(1, total - warmup), lr_min=args.min_lr, warmup_t=warmup,
+        warmup_lr_init=args.warmup_lr, warmup_prefix=True, t_in_epochs=False,
+    )
+    scheduler.step_update(0)
+    return optimizer, scheduler, steps_per_epoch, warmup
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="per-level accuracy, FPA, TICE and mistake severity of a model on a dataset",
+        description=(
+            "Evaluate MODEL on DATA with plain (per-level argmax) and consistent (best taxonomy path) decoding: "
+            "per-level accuracy, full-path accuracy (FPA), tree-based inconsistency error (TICE) and mistake "
+            "severity (mean LCA height of fine-level mistakes). Prints a table; --json writes the numbers."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
+    p.add_argument("data", metavar="DATA", help="'fashion-mnist' or an image folder (its test/ or val/ sub-folder if present)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's, or Fashion-MNIST's)")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST: a folder with the IDX files")
+    p.add_argument("--num-samples", type=int, default=None, help="class-balanced subset size (default: all)")
+    p.add_argument("--batch-size", "-b", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hcast import engine
+    from hcast.data import WithSuperpixels, create_dataset, create_transform
+    from hcast.ops import SuperpixelTransform
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = engine.init_distributed(args.device)
+    model, taxonomy, _ = load_model(args.model, device=str(ctx.device), taxonomy_path=args.taxonomy)
+    if taxonomy is None:
+        taxonomy = load_taxonomy(data=args.data)
+    if taxonomy is None:
+        raise SystemExit(f"hcast evaluate: no taxonomy for {args.model!r}; pass --taxonomy FILE.")
+    data_cfg = _data_config(model)
+    method, num_segments = _superpixel_settings(model, args)
+    tf = WithSuperpixels(
+        create_transform(data_cfg["input_size"][-2:], False, data_cfg["mean"], data_cfg["std"]),
+        SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"]),
+    )
+    dataset = create_dataset(args.data, args.split, tf, taxonomy=taxonomy, num_samples=args.num_samples,
+                             data_root=args.data_root)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                        sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size))
+    start = time.perf_counter()
+    metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
+                              amp_dtype=engine.resolve_amp_dtype(ctx.device, args.amp),
+                              progress=ctx.is_main and not args.no_progress)
+    metrics.update(model=args.model, data=str(args.data), split=args.split, seconds=time.perf_counter() - start)
+    if ctx.is_main:
+        print(f"{args.model} on {args.data} ({args.split}):")
+        print(engine.format_metrics_table(metrics), flush=True)
+        if args.json_out:
+            engine.write_json(metrics, args.json_out)
+            print(f"metrics written to {args.json_out}")
+    engine.destroy_distributed()
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="the top taxonomy path of images, with names and probabilities per level",
+        description=(
+            "Predict the most probable taxonomy path (consistent decoding) of each IMAGE and print, per level, "
+            "the class name and its probability. --segment OUT.png draws the image, its superpixels and the "
+            "model's four grouping levels (one row per image)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's)")
+    p.add_argument("--top-k", type=int, default=1, help="also list the k best paths")
+    p.add_argument("--segment", default=None, metavar="OUT.png", help="write the segmentation picture")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the predictions as JSON")
+    p.set_defaults(func=cmd_predict)
+
+
+def predict_paths(model: Any, images: Any, segments: Any, taxonomy: Any, top_k: int = 1) -> List[List[Dict[str, Any]]]:
+    """The ``top_k`` best taxonomy paths of each image.
+
+    Args:
+        model: returns per-level logits, finest first.
+        images: (B,3,H,W) normalised float; segments: (B,H,W) int64 superpixels.
+        taxonomy: the model's class tree.
+
+    Returns:
+        per image, a list of ``top_k`` paths, each ``{"score": p(path), "levels": [{"level",
+        "class_id", "name", "probability"}, ...]}`` (finest first; ``probability`` is the
+        level's softmax probability of that class; ``score`` the product over levels).
+    """
+    import torch
+
+    from hcast.hierarchy.decoding import path_log_probs
+
+    with torch.no_grad():
+        out = model(images, segments)
+    logits = [out] if isinstance(out, torch.Tensor) else list(out)
+    probs = [lg.float().softmax(-1).cpu() for lg in logits]
+    scores = path_log_probs([lg.float() for lg in logits], taxonomy).cpu()
+    paths = taxonomy.paths()
+    results = []
+    for b in range(images.shape[0]):
+        best = scores[b].topk(min(top_k, scores.shape[1]))
+        rows = []
+        for score, fine in zip(best.values.tolist(), best.indices.tolist()):
+            levels = []
+            for level, class_id in enumerate(paths[fine].tolist()):
+                names = taxonomy.names[level]
+                levels.append({
+                    "level": taxonomy.level_names[level],
+                    "class_id": class_id,
+                    "name": names[class_id] if names is not None else str(class_id),
+                    "probability": float(probs[level][b, class_id]),
+                })
+            rows.append({"score": math.exp(score), "levels": levels})
+        results.append(rows)
+    return results
+
+
+def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: int):
+    import torch
+    from PIL import Image
+
+    from hcast.data import create_transform
+    from hcast.ops import SuperpixelTransform
+
+    data_cfg = _data_config(model)
+    tf = create_transform(data_cfg["input_size"][-2:], False, data_cfg["mean"], data_cfg["std"])
+    sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"hcast predict: image {path!r} does not exist.")
+        with Image.open(path) as im:
+            images.append(tf(im))
+    batch = torch.stack(images)
+    segments = torch.stack([sp(im) for im in images])
+    return batch, segments, data_cfg
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hcast import engine
+
+    device = engine.resolve_device(args.device)
+    model, taxonomy, _ = load_model(args.model, device=str(device), taxonomy_path=args.taxonomy)
+    if taxonomy is None:
+        raise SystemExit(f"hcast predict: no taxonomy for {args.model!r}; pass --taxonomy FILE.")
+    method, num_segments = _superpixel_settings(model, args)
+    images, segments, data_cfg = _load_images(args.images, model, method, num_segments)
+    results = predict_paths(model, images.to(device), segments.to(device), taxonomy, top_k=args.top_k)
+    for path, rows in zip(args.images, results):
+        print(f"{path}:")
+        for rank, row in enumerate(rows, 1):
+            parts = [f"{lv['level']}: {lv['name']} ({100 * lv['probability']:.1f}%)" for lv in row["levels"]]
+            print(f"  {rank}. " + "  ->  ".join(parts) + f"   [path p={row['score']:.3f}]")
+    if args.json_out:
+        engine.write_json([{"image": p, "paths": r} for p, r in zip(args.images, results)], args.json_out)
+    if args.segment:
+        from hcast.visualize import save_segmentation_figure
+
+        if not hasattr(model, "forward_segments"):
+            raise ValueError(f"--segment: {args.model!r} ({type(model).__name__}) does not segment images; "
+                             "use a CAST or H-CAST model.")
+
+        seg = model.forward_segments(images.to(device), segments.to(device))
+        titles = ["predicted: " + " / ".join(lv["name"] for lv in rows[0]["levels"]) for rows in results]
+        save_segmentation_figure(images, seg["superpixels"].cpu(), [m.cpu() for m in seg["segmentations"]],
+                                 args.segment, mean=data_cfg["mean"], std=data_cfg["std"],
+                                 titles=[f"{Path(p).name}: {t}" for p, t in zip(args.images, titles)])
+        print(f"segmentation picture written to {args.segment}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- convert / push
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="turn an original CAST/H-CAST checkpoint into a timm model folder",
+        description=(
+            "Convert a checkpoint in the original repositories' format (a .pth holding 'model' or 'state_dict') "
+            "into OUTPUT/config.json + model.safetensors, loadable with timm.create_model('local-dir:OUTPUT', pretrained=True) "
+            "and uploadable with `hcast push`."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the original .pth file")
+    p.add_argument("output", metavar="OUTPUT", help="output folder")
+    p.add_argument("--model", default=None, help="architecture, e.g. hcast_small (default: guessed by the converter)")
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON to store with the weights")
+    p.add_argument("--level-classes", type=int, nargs="+", default=None, metavar="N",
+                   help="classes per level, finest first (default: read from the checkpoint's heads)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT folder")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hcast.convert import convert_checkpoint
+
+    taxonomy = load_taxonomy(args.taxonomy) if args.taxonomy else None
+    out = convert_checkpoint(args.checkpoint, args.output, model_name=args.model, level_classes=args.level_classes,
+                             taxonomy=taxonomy, overwrite=args.overwrite)
+    print(f"converted {args.checkpoint} -> {out} (timm.create_model('local-dir:{out}', pretrained=True))")
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a model folder to the Hugging Face Hub (timm format)",
+        description=(
+            "Upload MODEL (usually a folder written by finetune or convert) to REPO_ID with "
+            "timm.models.push_to_hf_hub: config.json (architecture, level classes, taxonomy, superpixel "
+            "settings) + model.safetensors + a model card. Uses your huggingface_hub login (or --token); "
+            "HF_ENDPOINT selects another hub server."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="folder, timm name or hf-hub: id")
+    p.add_argument("repo_id", metavar="REPO_ID", help="e.g. my-user/hcast-tiny-fashion-mnist")
+    p.add_argument("--token", default=None)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--commit-message", default="Add hcast model")
+    p.set_defaults(func=cmd_push)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from timm.models import push_to_hf_hub
+
+    model, taxonomy, config = load_model(args.model)
+    model_config: Dict[str, Any] = {}
+    if taxonomy is not None:
+        model_config["taxonomy"] = taxonomy.to_dict()
+        if taxonomy.names[0] is not None:
+            model_config["label_names"] = list(taxonomy.names[0])
+    model_args = config.get("model_args") or None
+    model_card = {"tags": ["image-classification", "timm", "hcast", "hierarchical-classification"],
+                  "license": "mit", "library_name": "timm"}
+    url = push_to_hf_hub(model, args.repo_id, commit_message=args.commit_message, token=args.token,
+                         revision=args.revision, private=args.private, model_config=model_config,
+                         model_args=model_args, model_card=model_card, safe_serialization=True)
+    print(f"pushed {args.model} to {args.repo_id}: {url}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hcast`` argument parser (sub-commands finetune, evaluate, predict, convert, push)."""
+    from hcast import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hcast",
+        description="CAST and H-CAST for timm: fine-tune, evaluate, predict, convert and push hierarchical classifiers.",
+    )
+    parser.add_argument("--version", action="version", version=f"hcast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_finetune, _add_evaluate, _add_predict, _add_convert, _add_push):
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``hcast`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"hcast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Image transforms for superpixel models: resize, augment, normalise, add superpixels.
+
+CAST and H-CAST read superpixel ids next to the image. In the original code the data
+loader computes them (OpenCV SEEDS) on the *augmented, normalised* image, so the ids
+line up with the pixels the model sees. :class:`WithSuperpixels` does the same in the
+DataLoader workers: it wraps an image transform and a superpixel transform (e.g.
+:class:`hcast.ops.SuperpixelTransform`) and returns both.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms as T
+
+__all__ = ["create_transform", "WithSuperpixels", "ToRGB"]
+
+
+class ToRGB:
+    """Convert any PIL image (grayscale ``"L"``, ``"RGBA"``, palette ...) to ``"RGB"``.
+
+    Grayscale images become three equal channels, as models pretrained on RGB expect.
+    """
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def _size_pair(input_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(input_size, int):
+        size = (input_size, input_size)
+    else:
+        size = tuple(int(s) for s in input_size)[-2:]
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"input_size: expected a positive int or (H, W) / (C, H, W), got {input_size!r}.")
+    return size  # type: ignore[return-value]
+
+
+def create_transform(
+    input_size: Union[int, Sequence[int]],
+    is_training: bool = False,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    scale: Tuple[float, float] = (0.7, 1.0),
+    hflip: float = 0.5,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> (3, H, W) float32 tensor normalised with ``mean``/``std``.
+
+    Evaluation resizes the whole image to ``input_size`` (no center crop: small images
+    such as Fashion-MNIST's 28x28 garments fill the frame). Training adds a random
+    resized crop covering ``scale`` of the area (aspect ratio 3/4..4/3) and a
+    horizontal flip with probability ``hflip``: light augmentation, suited to short
+    fine-tuning runs; mixup/cutmix are applied later, on the batch.
+
+    Args:
+        input_size: the model's input size, an int or (H, W) or (C, H, W)
+            (``model.pretrained_cfg["input_size"]``).
+        is_training: add the random crop and flip.
+        mean, std: per-channel normalisation, in [0, 1] pixel units.
+        scale: area range of the random resized crop (training only).
+        hflip: probability of a horizontal flip (training only).
+
+    Raises:
+        ValueError: for a bad ``input_size`` or ``scale``.
+    """
+    size = _size_pair(input_size)
+    if not (0.0 < scale[0] <= scale[1] <= 1.0):
+        raise ValueError(f"scale: expected 0 < min <= max <= 1, got {scale!r}.")
+    ops: list = [ToRGB()]
+    if is_training:
+        ops.append(T.RandomResizedCrop(size, scale=scale, ratio=(3 / 4, 4 / 3), antialias=True))
+        if hflip > 0:
+            ops.append(T.RandomHorizontalFlip(hflip))
+    else:
+        ops.append(T.Resize(size, antialias=True))
+    ops += [T.ToTensor(), T.Normalize(mean=tuple(mean), std=tuple(std))]
+    return T.Compose(ops)
+
+
+class WithSuperpixels:
+    """Apply an image transform, then compute the transformed image's superpixels.
+
+    Args:
+        transform: PIL image -> (3, H, W) normalised float tensor (e.g. from
+            :func:`create_transform`).
+        superpixel_transform: (3, H, W) normalised float tensor -> (H, W) int64
+            superpixel ids (e.g. ``hcast.ops.SuperpixelTransform(num_segments=64)``).
+
+    Returns (from ``__call__``): a pair ``(image (3,H,W) float32, segments (H,W) int64)``;
+    PyTorch's default collate turns a batch of them into ``[images (B,3,H,W),
+    segments (B,H,W)]``. Both callables must be picklable for DataLoader workers.
+    """
+
+    def __init__(self, transform: Callable, superpixel_transform: Callable) -> None:
+        self.transform = transform
+        self.superpixel_transform = superpixel_transform
+
+    def __call__(self, image: Image.Image) -> Tuple[torch.Tensor, torch.Tensor]:
+        image = self.transform(image)
+        return image, self.superpixel_transform(image)
+
+    def __repr__(self) -> str:
+        return f"WithSuperpixels(transform={self.transform!r}, superpixel_transform={self.superpixel_transform!r})"

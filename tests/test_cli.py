@@ -1,0 +1,250 @@
+"""The `hcast` command: finetune (+ resume), evaluate, predict (+ picture), push, and
+loading MODEL from a folder, a timm name or an hf-hub: id."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hcast.cli import main, parse_kwargs
+from hcast.data import FASHION_MNIST_CLASSES, FashionMNIST
+from hcast.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
+
+needs_fmnist = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
+
+# a small H-CAST (width 32, one block per stage) on 32x32 images with 16 superpixels
+TINY = [
+    "--model", "hcast_tiny", "--model-kwargs", "embed_dim=32", "depths=[1,1,1,1]", "num_heads=2",
+    "--input-size", "32", "--num-segments", "16", "--superpixel-method", "slic",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+QUICK = ["--batch-size", "16", "--workers", "0", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model fine-tuned for one short epoch on Fashion-MNIST, then resumed for a second."""
+    if not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    out = tmp_path_factory.mktemp("cli") / "run"
+    args = ["finetune", *TINY, *QUICK, "--data", "fashion-mnist", "--output", str(out),
+            "--train-samples", "96", "--val-samples", "20", "--max-steps", "4", "--threads", "1"]
+    assert main(args + ["--epochs", "1"]) == 0
+    first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    return out, first
+
+
+def test_help_of_every_subcommand(capsys):
+    for command in ("finetune", "evaluate", "predict", "convert", "push"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: hcast {command}" in capsys.readouterr().out
+    # the console script the package installs (`python -m hcast.cli` runs in test_ddp.py)
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("hcast") == "hcast.cli:main"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(c in text for c in ("finetune", "evaluate", "predict", "convert", "push"))
+
+
+def test_parse_kwargs():
+    assert parse_kwargs(["a=1", "b=[1,2]", "c=gelu", "d=0.5"]) == {"a": 1, "b": [1, 2], "c": "gelu", "d": 0.5}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_kwargs(["oops"])
+
+
+@needs_fmnist
+def test_finetune_writes_a_timm_folder_and_resumes(trained, capsys):
+    import timm
+
+    out, first = trained
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoint-latest.pth", "config.json", "log.jsonl", "model.safetensors", "taxonomy.json"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2]  # the resumed run went on at epoch 2
+    assert log[1]["train"]["num_updates"] == 8  # 4 updates per epoch, counted across the resume
+    # the resumed cosine was re-planned over both epochs' 8 updates and ended at --min-lr
+    assert first["train"]["num_updates"] == 4
+    assert log[1]["train"]["lr"] == pytest.approx(1e-5)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "hcast_tiny"
+    assert config["model_args"]["level_classes"] == [10, 5] and config["model_args"]["embed_dim"] == 32
+    assert config["pretrained_cfg"]["superpixel_method"] == "slic"
+    assert config["pretrained_cfg"]["num_segments"] == 16
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]  # --input-size, not hcast_tiny's 64
+    assert config["taxonomy"]["names"][0][0] == "T-shirt/top"
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert model.level_classes == (10, 5) and model.embed_dim == 32
+
+
+@needs_fmnist
+def test_evaluate_prints_a_table_and_writes_json(trained, tmp_path, capsys):
+    out, _ = trained
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "fashion-mnist", "--num-samples", "30", "--workers", "0",
+                 "--no-progress", "--json", str(tmp_path / "m.json")]) == 0
+    text = capsys.readouterr().out
+    assert "plain" in text and "consistent" in text and "FPA" in text and "TICE" in text
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["num_samples"] == 30 and metrics["split"] == "test"
+    for key in ("plain", "consistent"):
+        assert len(metrics[key]["level_accuracy"]) == 2
+        assert 0.0 <= metrics[key]["fpa"] <= min(metrics[key]["level_accuracy"])
+    assert metrics["consistent"]["tice"] == 0.0
+
+
+@needs_fmnist
+def test_predict_prints_the_path_and_draws_the_segments(trained, tmp_path, capsys):
+    out, _ = trained
+    test = FashionMNIST(split="test", indices=[0, 1])
+    files = []
+    for i in range(2):
+        image, _ = test[i]
+        files.append(str(tmp_path / f"garment{i}.png"))
+        image.save(files[-1])
+    picture = tmp_path / "segments.png"
+    capsys.readouterr()
+    assert main(["predict", str(out), *files, "--top-k", "2", "--segment", str(picture), "--device", "cpu",
+                 "--json", str(tmp_path / "p.json")]) == 0
+    text = capsys.readouterr().out
+    assert files[0] in text and "garment:" in text and "group:" in text
+    predictions = json.loads((tmp_path / "p.json").read_text())
+    assert len(predictions) == 2 and len(predictions[0]["paths"]) == 2
+    best = predictions[0]["paths"][0]
+    assert best["levels"][0]["name"] in FASHION_MNIST_CLASSES
+    assert best["score"] >= predictions[0]["paths"][1]["score"]
+    assert 0.0 < best["levels"][0]["probability"] <= 1.0
+    image = np.asarray(Image.open(picture))
+    assert image.shape[0] > 300 and image.shape[1] > 3 * image.shape[0] / 2  # two rows of six panels
+    assert image.std() > 10  # not a blank canvas
+
+
+@needs_fmnist
+def test_bad_inputs_fail_with_a_message(tmp_path, capsys):
+    assert main(["finetune", *TINY, *QUICK, "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o"),
+                 "--taxonomy", str(tmp_path / "missing.json")]) == 2
+    assert "taxonomy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "hcast_tiny"])  # no image
+    assert main(["evaluate", str(tmp_path), "fashion-mnist"]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_image_folder_with_a_taxonomy_file(tmp_path, capsys):
+    from skimage import data
+
+    from hcast.hierarchy import Taxonomy
+
+    photos = {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea(),
+              "rocket": data.rocket()}
+    for name, photo in photos.items():
+        for split in ("train", "val"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(4 if split == "train" else 1):
+                crop = photo[i * 30:i * 30 + 200, i * 30:i * 30 + 200]
+                Image.fromarray(crop).save(tmp_path / "data" / split / name / f"{i}.png")
+    taxonomy = Taxonomy.from_named_paths(
+        [("astronaut", "person"), ("chelsea", "animal"), ("coffee", "object"), ("rocket", "object")])
+    taxonomy.save(tmp_path / "taxonomy.json")
+    out = tmp_path / "run"
+    assert main(["finetune", *TINY, *QUICK, "--data", str(tmp_path / "data"), "--taxonomy",
+                 str(tmp_path / "taxonomy.json"), "--output", str(out), "--epochs", "1", "--batch-size", "8"]) == 0
+    assert "16 train / 4 val images" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert Taxonomy.from_dict(config["taxonomy"]) == taxonomy
+    assert main(["evaluate", str(out), str(tmp_path / "data"), "--split", "val", "--workers", "0",
+                 "--no-progress"]) == 0
+    assert "(4 images" in capsys.readouterr().out
+
+
+@needs_fmnist
+def test_push_uploads_a_reloadable_folder_and_hf_hub_ids_load(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import huggingface_hub
+    import timm
+
+    out, _ = trained
+    uploaded = tmp_path / "uploaded"
+
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        shutil.copytree(folder_path, uploaded)
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "file_exists", lambda self, **kw: False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert main(["push", str(out), "someone/hcast-tiny-fmnist", "--token", "x"]) == 0
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in uploaded.iterdir()}
+    pushed = json.loads((uploaded / "config.json").read_text())
+    assert pushed["taxonomy"] == json.loads((out / "config.json").read_text())["taxonomy"]
+    original = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    reloaded = timm.create_model(f"local-dir:{uploaded}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    s = torch.arange(16).view(4, 4).repeat_interleave(8, 0).repeat_interleave(8, 1).expand(2, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(original(x, s)[0], reloaded(x, s)[0])
+
+    # the same folder served by a local stand-in for the Hub: `hf-hub:` ids work too
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from hf_server import LocalHub, use_local_hub
+
+    with LocalHub() as hub:
+        hub.add_folder("someone/hcast-tiny-fmnist", uploaded)
+        use_local_hub(monkeypatch, hub, tmp_path / "hf_home")
+        capsys.readouterr()
+        assert main(["evaluate", "hf-hub:someone/hcast-tiny-fmnist", "fashion-mnist", "--num-samples", "20",
+                     "--workers", "0", "--no-progress"]) == 0
+        assert "(20 images" in capsys.readouterr().out
+
+
+def test_convert_an_original_format_checkpoint(tmp_path, capsys):
+    import timm
+
+    from hcast.hierarchy import fashion_mnist_taxonomy
+
+    torch.manual_seed(0)
+    model = timm.create_model("hcast_tiny", level_classes=(10, 5)).eval()
+    # the original training code's format: {"model": state_dict, ...} in a .pth
+    torch.save({"model": model.state_dict(), "epoch": 99}, tmp_path / "checkpoint.pth")
+    fashion_mnist_taxonomy().save(tmp_path / "taxonomy.json")
+    assert main(["convert", str(tmp_path / "checkpoint.pth"), str(tmp_path / "out"), "--model", "hcast_tiny",
+                 "--taxonomy", str(tmp_path / "taxonomy.json")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["taxonomy"]["names"][1][0] == fashion_mnist_taxonomy().names[1][0]
+    converted = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    s = torch.arange(64).view(8, 8).repeat_interleave(8, 0).repeat_interleave(8, 1).expand(2, -1, -1)
+    with torch.no_grad():
+        for a, b in zip(model(x, s), converted(x, s)):
+            torch.testing.assert_close(a, b)
+    # a second conversion into the same folder needs --overwrite
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "checkpoint.pth"), str(tmp_path / "out"), "--model", "hcast_tiny"]) == 2
+    assert "overwrite" in capsys.readouterr().err
