@@ -14,6 +14,8 @@ from hcast.cli import main, parse_kwargs
 from hcast.data import FASHION_MNIST_CLASSES, FashionMNIST
 from hcast.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 needs_fmnist = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
@@ -26,13 +28,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 QUICK = ["--batch-size", "16", "--workers", "0", "--no-progress", "--device", "cpu"]

@@ -16,18 +16,11 @@ from hcast.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
 from hcast.hierarchy import fashion_mnist_taxonomy
 from hcast.hierarchy.losses import HCASTLoss
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
-)
+)]
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # A small H-CAST that trains in seconds on 32x32 images (4x4 grid, 16 superpixels).

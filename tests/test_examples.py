@@ -15,6 +15,8 @@ from PIL import Image
 
 from hcast.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY_KWARGS = ["embed_dim=32", "depths=[1,1,1,1]", "num_heads=2"]
 
@@ -34,13 +36,6 @@ def run_example(name: str, *args: str, cwd: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

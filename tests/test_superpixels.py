@@ -13,6 +13,8 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from hcast.ops import SuperpixelTransform, explained_variation, superpixels
 from hcast.ops.superpixels import SEEDS_ITERATIONS, SEEDS_SETTINGS, enforce_connectivity
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 cv2 = pytest.importorskip("cv2")  # the `seeds` extra; CI installs it
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -22,14 +24,6 @@ TORCH_SLIC_MIN_EV = 0.80
 COUNT_TOLERANCE = 0.10  # segment count within 10% of the request (slic, torch_slic)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # torch_slic runs many short ops; with cores shared by other test processes, torch's
-    # OpenMP threads wait on each other at every op. One thread keeps this file fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _photo(name: str, size: int = 224) -> np.ndarray:

@@ -21,6 +21,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+# The ten garment names in label order 0..9, defined once beside the dataset's taxonomy.
+from hcast.hierarchy.datasets import FASHION_MNIST_CLASSES
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "DEBIAN_FASHION_MNIST_DIR",
@@ -29,11 +32,6 @@ __all__ = [
     "stratified_indices",
 ]
 
-#: The ten garment names, in label order 0..9 (as the dataset's README lists them).
-FASHION_MNIST_CLASSES: Tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the IDX files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
