@@ -33,13 +33,13 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
 from hcast.models._hub import build_model_with_hcast_cfg
+from hcast.models.hcast import rename_level_heads
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn", "hier_vit_small"]
 
 # the authors' head names, finest level first
-_ORIGINAL_HEADS = ("head", "family_head", "manufacturer_head")
 
 
 def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
@@ -225,16 +225,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: HierVisionT
     Returns:
         dict[str, Tensor] with this model's key names, including every head.
     """
-    renamed = {}
-    for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
-        for index, name in enumerate(_ORIGINAL_HEADS):
-            if key.startswith(name + "."):
-                key = f"heads.{index}." + key[len(name) + 1:]
-                break
-        renamed[key] = value
-    out = _vit_checkpoint_filter_fn(renamed, model)
+    unprefixed = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    out = _vit_checkpoint_filter_fn(rename_level_heads(unprefixed), model)
     own = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}
     for key in [k for k in out if k.startswith("heads.")]:
         if key not in own:
