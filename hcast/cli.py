@@ -153,8 +153,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--val-fraction", type=float, default=0.1, help="image folder without train/ val/: share held out")
     g.add_argument("--scale-min", type=float, default=0.7, help="random resized crop: smallest area fraction")
     g = p.add_argument_group("superpixels")
-    g.add_argument("--superpixels", choices=("loader", "device"), default="loader",
-                   help="compute superpixels in the DataLoader workers or batched on the training device (torch_slic)")
+    g.add_argument("--superpixels", choices=("loader", "device", "cache"), default="loader",
+                   help="compute superpixels in the DataLoader workers, batched on the training device (torch_slic), "
+                        "or once before training and kept in memory (cache: flip-only augmentation, --scale-min 1)")
     g.add_argument("--superpixel-method", default=None, help="seeds | slic | torch_slic (default: the model's)")
     g.add_argument("--num-segments", type=int, default=None, help="superpixels per image (default: the model's)")
     g = p.add_argument_group("optimisation")
@@ -262,7 +263,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     train_tf = create_transform(input_size, True, data_cfg["mean"], data_cfg["std"], scale=(args.scale_min, 1.0))
     val_tf = create_transform(input_size, False, data_cfg["mean"], data_cfg["std"])
     superpixel_fn = None
-    if args.superpixels == "loader":
+    if args.superpixels == "cache":
+        if args.scale_min != 1.0:
+            raise SystemExit(f"hcast finetune: --superpixels cache needs flip-only augmentation (--scale-min 1), got "
+                             f"--scale-min {args.scale_min:g}; cached superpixels cannot follow random crops. Use "
+                             "--superpixels loader for crops.")
+        # both sets get the deterministic transform; SuperpixelCache flips training images with their ids
+        train_tf = val_tf
+    if args.superpixels in ("loader", "cache"):
         sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
         train_tf, val_tf = WithSuperpixels(train_tf, sp), WithSuperpixels(val_tf, sp)
     else:
@@ -275,11 +283,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.data, train_tf, val_tf, taxonomy=taxonomy, train_samples=args.train_samples,
         val_samples=args.val_samples, val_fraction=args.val_fraction, seed=args.seed, data_root=args.data_root,
     )
+    cache_seconds = 0.0
+    if args.superpixels == "cache":
+        from hcast.data import SuperpixelCache
+
+        t0 = time.perf_counter()
+        # every process caches the whole training set: the distributed sampler reshuffles shards each epoch
+        train_set = SuperpixelCache(train_set, hflip=0.5, num_workers=args.workers, progress=not args.no_progress)
+        val_set = SuperpixelCache(val_set, hflip=0.0, num_workers=args.workers, progress=not args.no_progress)
+        cache_seconds = time.perf_counter() - t0
+        if ctx.is_main:
+            print(f"superpixels of {len(train_set)} + {len(val_set)} images cached in {cache_seconds:.0f}s "
+                  f"({(train_set.images.nbytes + val_set.images.nbytes) / 2 ** 20:.0f} MiB of images)", flush=True)
     # also for one process: a seeded shuffle per epoch (set_epoch), so a resumed run sees the same order
     train_sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed, drop_last=True)
     val_sampler = engine.ShardSampler(len(val_set), ctx.rank, ctx.world_size)
-    loader_kw = dict(num_workers=args.workers, pin_memory=ctx.device.type == "cuda",
-                     persistent_workers=args.workers > 0)
+    workers = 0 if args.superpixels == "cache" else args.workers  # cached items are tensor slices: no workers
+    loader_kw = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=val_sampler, **loader_kw)
     if len(train_loader) == 0:
@@ -335,7 +355,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.time_budget:
         # evaluation costs about a third of a training step per image, plus the superpixels
         eval_updates = (args.epochs - start_epoch) * len(val_set) / (args.batch_size * ctx.world_size * 2.5)
-        budget = engine.TimeBudget(args.time_budget * 60, args.epochs * steps_per_epoch, scheduler,
+        budget = engine.TimeBudget(max(args.time_budget * 60 - cache_seconds, 1.0), args.epochs * steps_per_epoch, scheduler,
                                    warmup_updates=warmup_updates, reserve_updates=eval_updates + 5,
                                    sync=ctx.distributed, start_update=num_updates)
     for epoch in range(start_epoch, args.epochs):

@@ -313,3 +313,33 @@ def test_bad_inputs_raise_clear_errors(model):
         model(torch.zeros(2, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.long))
     with pytest.raises(ValueError, match="depths"):
         cast_module.CAST(depths=(1, 1, 1))
+
+
+def test_eval_stem_folds_batchnorm_and_equals_the_plain_path(batch, monkeypatch):
+    """model.eval() folds each BatchNorm into its convolution and runs the strided
+    convolutions in groups of images: same numbers as the module-by-module path, and
+    gradients still reach the convolutions and BatchNorm affines."""
+    torch.manual_seed(1)
+    m = timm.create_model("cast_tiny", num_classes=10)
+    for mod in m.patch_embed.proj:  # non-trivial running statistics
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    stem = m.patch_embed.eval()
+    x = batch[0]
+    plain = stem.proj(x).permute(0, 2, 3, 1)
+    with torch.no_grad():
+        folded = stem(x)
+        monkeypatch.setattr(type(stem), "chunk_bytes", 1)  # one image at a time
+        chunked = stem(x)
+    assert folded.shape == plain.shape == (3, 8, 8, m.embed_dim)
+    torch.testing.assert_close(folded, plain.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, folded, rtol=1e-6, atol=1e-6)
+    stem(x).square().mean().backward()
+    for name, p in stem.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # train mode keeps the batch statistics
+    stem.train()
+    assert not torch.allclose(stem(x), folded, atol=1e-3)

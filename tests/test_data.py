@@ -180,3 +180,48 @@ def test_with_superpixels_computes_ids_on_the_transformed_photo():
     # default collate gives [images (B,3,H,W), segments (B,H,W)]
     batch = torch.utils.data.default_collate([(tf(Image.fromarray(data.coffee())), 0)] * 2)
     assert batch[0][0].shape == (2, 3, 64, 64) and batch[0][1].shape == (2, 64, 64)
+
+
+@needs_fmnist
+def test_superpixel_cache_keeps_images_and_ids_and_flips_them_together():
+    from hcast.data import SuperpixelCache
+    from hcast.ops import SuperpixelTransform
+
+    tf = WithSuperpixels(create_transform(64), SuperpixelTransform(num_segments=49, method="seeds"))
+    ds = FashionMNIST(split="test", transform=tf, indices=range(12))
+    cache = SuperpixelCache(ds, hflip=0.0, num_workers=2, batch_size=5)
+    assert len(cache) == 12 and cache.segments.dtype == torch.int16
+    assert torch.equal(cache.targets, ds.targets)
+    for i in (0, 7, 11):
+        (image, segments), label = cache[i]
+        (want_image, want_segments), want_label = ds[i]
+        assert torch.equal(image, want_image) and torch.equal(segments, want_segments) and label == want_label
+        assert segments.dtype == torch.int64
+
+    flipped = SuperpixelCache(ds, hflip=1.0)
+    (image, segments), _ = flipped[3]
+    assert torch.equal(image, cache[3][0][0].flip(-1)) and torch.equal(segments, cache[3][0][1].flip(-1))
+
+    half = SuperpixelCache(ds, hflip=0.5)
+    torch.manual_seed(0)
+    orientations = set()
+    for _ in range(20):
+        (image, segments), _ = half[5]
+        is_flipped = torch.equal(image, cache[5][0][0].flip(-1))
+        assert is_flipped or torch.equal(image, cache[5][0][0])
+        # the ids always follow the image
+        assert torch.equal(segments, cache[5][0][1].flip(-1) if is_flipped else cache[5][0][1])
+        orientations.add(is_flipped)
+    assert orientations == {True, False}
+
+
+def test_superpixel_cache_rejects_bad_input():
+    from hcast.data import SuperpixelCache
+
+    images = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="WithSuperpixels"):
+        SuperpixelCache(images)
+    with pytest.raises(ValueError, match="hflip"):
+        SuperpixelCache(images, hflip=1.5)
+    with pytest.raises(ValueError, match="empty"):
+        SuperpixelCache(torch.utils.data.TensorDataset(torch.zeros(0, 3)))
