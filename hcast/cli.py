@@ -265,9 +265,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     superpixel_fn = None
     if args.superpixels == "cache":
         if args.scale_min != 1.0:
-            raise SystemExit(f"hcast finetune: --superpixels cache needs flip-only augmentation (--scale-min 1), got "
-                             f"--scale-min {args.scale_min:g}; cached superpixels cannot follow random crops. Use "
-                             "--superpixels loader for crops.")
+            raise ValueError(f"--superpixels cache needs flip-only augmentation (--scale-min 1), got --scale-min "
+                             f"{args.scale_min:g}: cached superpixels cannot follow random crops. Pass --scale-min 1, "
+                             "or --superpixels loader to keep the crops.")
         # both sets get the deterministic transform; SuperpixelCache flips training images with their ids
         train_tf = val_tf
     if args.superpixels in ("loader", "cache"):
@@ -410,7 +410,12 @@ def _optimizer_and_schedule(model: Any, args: argparse.Namespace, steps_per_epoc
         steps_per_epoch = min(steps_per_epoch, args.max_steps)
     groups = param_groups_weight_decay(model, args.weight_decay,
                                        no_weight_decay_list=getattr(model, "no_weight_decay", lambda: set())())
-    optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    # the fused kernel updates all parameters in one pass (CPU and CUDA): 7 ms instead of 26 ms a step
+    # for hcast_tiny on 2 CPU cores; the for-loop form elsewhere
+    device_types = {p.device.type for p in model.parameters()}
+    fused = len(device_types) == 1 and device_types <= {"cpu", "cuda"} and all(
+        p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters())
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, fused=fused or None)
     total = max(1, args.epochs * steps_per_epoch)
     warmup = min(int(round(args.warmup_epochs * steps_per_epoch)), total - 1)
     # warm-up first, then a cosine over the remaining updates down to min_lr at the last one

@@ -37,7 +37,7 @@ mkdir -p "$OUT"
 echo "== 1. fine-tune hcast_tiny on Fashion-MNIST"
 T0=$(date +%s)
 hcast finetune --model hcast_tiny --data fashion-mnist --output "$OUT/model" \
-    --train-samples 24000 --val-samples 500 --epochs 2 --batch-size 64 \
+    --train-samples 18000 --val-samples 500 --epochs 2 --batch-size 64 \
     --lr 2e-3 --min-lr 1e-5 --warmup-epochs 0.2 --weight-decay 0.05 --scale-min 1.0 \
     --superpixel-method seeds --num-segments 49 --superpixels cache --threads "$THREADS" --workers "$THREADS" \
     --time-budget "$TIME_BUDGET" --no-progress "$@"

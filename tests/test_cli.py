@@ -243,3 +243,17 @@ def test_convert_an_original_format_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert main(["convert", str(tmp_path / "checkpoint.pth"), str(tmp_path / "out"), "--model", "hcast_tiny"]) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_finetune_with_cached_superpixels(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["finetune", *TINY, *QUICK, "--data", "fashion-mnist", "--output", str(out), "--train-samples", "48",
+            "--val-samples", "16", "--epochs", "1", "--threads", "1", "--superpixels", "cache"]
+    assert main(args) == 2  # random crops cannot reuse cached superpixels
+    assert "--scale-min 1" in capsys.readouterr().err and not out.exists()
+    assert main(args + ["--scale-min", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "superpixels of 48 + 16 images cached" in text and "in the cache" in text
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert log["train"]["num_updates"] == 3 and 0.0 <= log["val"]["plain"]["fpa"] <= 1.0
