@@ -137,7 +137,11 @@ class ConvStem(nn.Module):
         return self._forward_folded(x).permute(0, 2, 3, 1)
 
     def _folded_convs(self) -> List[Tuple[torch.Tensor, torch.Tensor, nn.Conv2d]]:
-        """(weight, bias, conv) of each 3x3 convolution with its eval-mode BatchNorm folded in."""
+        """(weight, bias, conv) of each 3x3 convolution with its eval-mode BatchNorm folded in.
+
+        Not ``torch.nn.utils.fusion.fuse_conv_bn_weights``: it returns new leaf Parameters,
+        which would cut the gradient to the convolution and BatchNorm weights.
+        """
         folded = []
         for i in range(0, 12, 3):
             conv, bn = self.proj[i], self.proj[i + 1]
