@@ -13,6 +13,7 @@ from PIL import Image
 from hcast.cli import main, parse_kwargs
 from hcast.data import FASHION_MNIST_CLASSES, FashionMNIST
 from hcast.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
+from hcast.models.cast import sincos_2d_pos_embed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,9 +22,11 @@ needs_fmnist = pytest.mark.skipif(
     reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
 )
 
-# a small H-CAST (width 32, one block per stage) on 32x32 images with 16 superpixels
+# a small H-CAST (width 32, one block per stage) on 32x32 images with 16 superpixels and the
+# fixed sin-cos position embedding (a model argument the saved folder must carry)
 TINY = [
     "--model", "hcast_tiny", "--model-kwargs", "embed_dim=32", "depths=[1,1,1,1]", "num_heads=2",
+    "pos_embed=sincos",
     "--input-size", "32", "--num-segments", "16", "--superpixel-method", "slic",
 ]
 
@@ -93,6 +96,10 @@ def test_finetune_writes_a_timm_folder_and_resumes(trained, capsys):
     assert config["taxonomy"]["names"][0][0] == "T-shirt/top"
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert model.level_classes == (10, 5) and model.embed_dim == 32
+    # the fixed sin-cos position embedding comes back as such, unchanged by training
+    assert config["model_args"]["pos_embed"] == "sincos"
+    assert model.pos_embed_type == "sincos" and not model.pos_embed.requires_grad
+    assert torch.equal(model.pos_embed[:, 1:], sincos_2d_pos_embed(model.grid_size, 32))
 
 
 @needs_fmnist
