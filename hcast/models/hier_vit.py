@@ -39,8 +39,6 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn", "hier_vit_small"]
 
-# the authors' head names, finest level first
-
 
 def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
     """Blocks (1-based, finest level first) whose class token each level reads.
