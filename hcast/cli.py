@@ -18,33 +18,89 @@ the training runs with DDP (gloo on CPU, nccl on GPU); rank 0 prints and writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["main", "build_parser", "load_model", "load_taxonomy"]
+__all__ = ["main", "build_parser", "load_model", "load_taxonomy", "UsageError"]
 
 CHECKPOINT_NAME = "checkpoint-latest.pth"
 LOG_NAME = "log.jsonl"
+
+
+# ----------------------------------------------------------------------------- user errors
+
+
+class UsageError(ValueError):
+    """Bad input from the person running ``hcast``: printed as one line, exit status 2.
+
+    Everything else (a bug in hcast or a library it calls) keeps its traceback and exits with 1.
+    """
+
+
+@contextlib.contextmanager
+def user_input(what: str) -> Iterator[None]:
+    """Treat ``ValueError`` / ``OSError`` raised while reading ``what`` (an argument, a file, a folder
+    the user named) as a :class:`UsageError` naming ``what``.
+
+    Only the steps that read what the user passed run under it (loading the model, the taxonomy,
+    the dataset, a checkpoint); errors from the training loop or the model's forward keep their
+    traceback.
+    """
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, OSError) as e:
+        message = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+            message = f"{e.filename}: {message}"
+        raise UsageError(message if message.startswith(what) else f"{what}: {message}") from e
 
 
 # ----------------------------------------------------------------------------- model loading
 
 
 def _model_name(source: str) -> str:
-    """``source`` as a name ``timm.create_model`` accepts: a folder becomes ``local-dir:FOLDER``."""
+    """``source`` as a name ``timm.create_model`` accepts: a folder becomes ``local-dir:FOLDER``.
+
+    Raises:
+        UsageError: for a folder without ``config.json``, a checkpoint file, or a string that is
+            neither a folder, a hub id nor a registered model name.
+    """
+    from timm.models import is_model, split_model_name_tag
+
+    import hcast  # noqa: F401  (registers the models)
+
     if source.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         return source
-    if Path(source).is_dir():
-        if not (Path(source) / "config.json").is_file():
-            raise ValueError(
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(
                 f"model: the folder {source!r} has no config.json; pass a folder written by `hcast finetune` "
                 "or `hcast convert`, a timm model name, or an hf-hub: id."
             )
-        return "local-dir:" + str(Path(source).resolve())
+        return "local-dir:" + str(path.resolve())
+    if path.is_file():
+        raise UsageError(
+            f"model: {source!r} is a file, not a model folder; turn an original checkpoint into a folder with "
+            f"`hcast convert {source} OUTPUT_FOLDER` (or fine-tune from it with --initial-checkpoint)."
+        )
+    if not is_model(split_model_name_tag(source)[0]):
+        looks_like_path = os.sep in source or source.startswith((".", "~"))
+        hint = (" If it is a Hugging Face Hub repo, pass hf-hub:" + source + "."
+                if source.count("/") == 1 and not source.startswith(("/", ".", "~")) else "")
+        raise UsageError(
+            f"model: {source!r} matches no {'folder' if looks_like_path else 'registered model name'}: it is "
+            "neither an existing folder, a hub id (hf-hub:ORG/NAME) nor a model name registered with timm "
+            f"(e.g. hcast_small.living17; list them with timm.list_models('*cast*')).{hint}"
+        )
     return source
 
 
@@ -71,8 +127,9 @@ def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] =
 
     if path:
         if not Path(path).is_file():
-            raise ValueError(f"taxonomy: {path!r} is not a file; pass a JSON file written by Taxonomy.save.")
-        return Taxonomy.load(path)
+            raise UsageError(f"taxonomy: {path!r} is not a file; pass a JSON file written by Taxonomy.save.")
+        with user_input(f"taxonomy {path!r}"):
+            return Taxonomy.load(path)
     if config and config.get("taxonomy"):
         return Taxonomy.from_dict(config["taxonomy"])
     if data is not None and is_fashion_mnist(data):
@@ -217,7 +274,7 @@ def parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-kwargs: expected KEY=VALUE items, got {item!r}.")
+            raise UsageError(f"--model-kwargs: expected KEY=VALUE items, got {item!r}.")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -251,10 +308,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out = Path(args.output)
     taxonomy = load_taxonomy(args.taxonomy, data=args.data)
     if taxonomy is None:
-        raise SystemExit("hcast finetune: --taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
+        raise UsageError("--taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
     _seed_everything(args.seed + ctx.rank)
 
-    model = _build_model_for_finetune(args, taxonomy)
+    with user_input(f"model {args.model!r}"):
+        model = _build_model_for_finetune(args, taxonomy)
     data_cfg = _data_config(model)
     if args.input_size:
         data_cfg["input_size"] = (3, args.input_size, args.input_size)
@@ -265,7 +323,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     superpixel_fn = None
     if args.superpixels == "cache":
         if args.scale_min != 1.0:
-            raise ValueError(f"--superpixels cache needs flip-only augmentation (--scale-min 1), got --scale-min "
+            raise UsageError(f"--superpixels cache needs flip-only augmentation (--scale-min 1), got --scale-min "
                              f"{args.scale_min:g}: cached superpixels cannot follow random crops. Pass --scale-min 1, "
                              "or --superpixels loader to keep the crops.")
         # both sets get the deterministic transform; SuperpixelCache flips training images with their ids
@@ -279,10 +337,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         def superpixel_fn(images: torch.Tensor) -> torch.Tensor:  # noqa: F811
             return superpixels(images, num_segments=num_segments, method=method)
 
-    train_set, val_set = create_train_val_datasets(
-        args.data, train_tf, val_tf, taxonomy=taxonomy, train_samples=args.train_samples,
-        val_samples=args.val_samples, val_fraction=args.val_fraction, seed=args.seed, data_root=args.data_root,
-    )
+    with user_input(f"data {args.data!r}"):
+        train_set, val_set = create_train_val_datasets(
+            args.data, train_tf, val_tf, taxonomy=taxonomy, train_samples=args.train_samples,
+            val_samples=args.val_samples, val_fraction=args.val_fraction, seed=args.seed, data_root=args.data_root,
+        )
     cache_seconds = 0.0
     if args.superpixels == "cache":
         from hcast.data import SuperpixelCache
@@ -303,7 +362,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=val_sampler, **loader_kw)
     if len(train_loader) == 0:
-        raise SystemExit(f"hcast finetune: {len(train_set)} training images give no full batch of {args.batch_size}; "
+        raise UsageError(f"{len(train_set)} training images give no full batch of {args.batch_size}; "
                          "lower --batch-size.")
 
     model.to(ctx.device)
@@ -326,7 +385,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.resume:
         resume_path = out / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
     if resume_path is not None:
-        state = engine.load_checkpoint(resume_path, map_location=ctx.device)
+        with user_input(f"--resume {str(resume_path)!r}"):
+            state = engine.load_checkpoint(resume_path, map_location=ctx.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if grad_scaler is not None and state.get("grad_scaler"):
@@ -468,19 +528,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = engine.init_distributed(args.device)
-    model, taxonomy, _ = load_model(args.model, device=str(ctx.device), taxonomy_path=args.taxonomy)
+    with user_input(f"model {args.model!r}"):
+        model, taxonomy, _ = load_model(args.model, device=str(ctx.device), taxonomy_path=args.taxonomy)
     if taxonomy is None:
         taxonomy = load_taxonomy(data=args.data)
     if taxonomy is None:
-        raise SystemExit(f"hcast evaluate: no taxonomy for {args.model!r}; pass --taxonomy FILE.")
+        raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     data_cfg = _data_config(model)
     method, num_segments = _superpixel_settings(model, args)
     tf = WithSuperpixels(
         create_transform(data_cfg["input_size"][-2:], False, data_cfg["mean"], data_cfg["std"]),
         SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"]),
     )
-    dataset = create_dataset(args.data, args.split, tf, taxonomy=taxonomy, num_samples=args.num_samples,
-                             data_root=args.data_root)
+    with user_input(f"data {args.data!r}"):
+        dataset = create_dataset(args.data, args.split, tf, taxonomy=taxonomy, num_samples=args.num_samples,
+                                 data_root=args.data_root)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                         sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size))
     start = time.perf_counter()
@@ -574,47 +636,61 @@ def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: in
     data_cfg = _data_config(model)
     tf = create_transform(data_cfg["input_size"][-2:], False, data_cfg["mean"], data_cfg["std"])
     sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
-    images = []
+    images, read = [], []
     for path in paths:
         if not Path(path).is_file():
-            raise SystemExit(f"hcast predict: image {path!r} does not exist.")
-        with Image.open(path) as im:
-            images.append(tf(im))
+            print(f"hcast predict: skipped {path!r}: no such file.", file=sys.stderr)
+            continue
+        try:
+            with Image.open(path) as im:
+                images.append(tf(im))
+        except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+            print(f"hcast predict: skipped {path!r}: not an image PIL can read ({e}).", file=sys.stderr)
+            continue
+        read.append(path)
+    if not images:
+        return None, None, data_cfg, read
     batch = torch.stack(images)
     segments = torch.stack([sp(im) for im in images])
-    return batch, segments, data_cfg
+    return batch, segments, data_cfg, read
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from hcast import engine
 
     device = engine.resolve_device(args.device)
-    model, taxonomy, _ = load_model(args.model, device=str(device), taxonomy_path=args.taxonomy)
+    with user_input(f"model {args.model!r}"):
+        model, taxonomy, _ = load_model(args.model, device=str(device), taxonomy_path=args.taxonomy)
     if taxonomy is None:
-        raise SystemExit(f"hcast predict: no taxonomy for {args.model!r}; pass --taxonomy FILE.")
+        raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     method, num_segments = _superpixel_settings(model, args)
-    images, segments, data_cfg = _load_images(args.images, model, method, num_segments)
+    images, segments, data_cfg, read = _load_images(args.images, model, method, num_segments)
+    if images is None:
+        raise UsageError(f"none of the {len(args.images)} IMAGE arguments could be read (see above).")
     results = predict_paths(model, images.to(device), segments.to(device), taxonomy, top_k=args.top_k)
-    for path, rows in zip(args.images, results):
+    for path, rows in zip(read, results):
         print(f"{path}:")
         for rank, row in enumerate(rows, 1):
             parts = [f"{lv['level']}: {lv['name']} ({100 * lv['probability']:.1f}%)" for lv in row["levels"]]
             print(f"  {rank}. " + "  ->  ".join(parts) + f"   [path p={row['score']:.3f}]")
     if args.json_out:
-        engine.write_json([{"image": p, "paths": r} for p, r in zip(args.images, results)], args.json_out)
+        engine.write_json([{"image": p, "paths": r} for p, r in zip(read, results)], args.json_out)
     if args.segment:
         from hcast.visualize import save_segmentation_figure
 
         if not hasattr(model, "forward_segments"):
-            raise ValueError(f"--segment: {args.model!r} ({type(model).__name__}) does not segment images; "
+            raise UsageError(f"--segment: {args.model!r} ({type(model).__name__}) does not segment images; "
                              "use a CAST or H-CAST model.")
 
         seg = model.forward_segments(images.to(device), segments.to(device))
         titles = ["predicted: " + " / ".join(lv["name"] for lv in rows[0]["levels"]) for rows in results]
         save_segmentation_figure(images, seg["superpixels"].cpu(), [m.cpu() for m in seg["segmentations"]],
                                  args.segment, mean=data_cfg["mean"], std=data_cfg["std"],
-                                 titles=[f"{Path(p).name}: {t}" for p, t in zip(args.images, titles)])
+                                 titles=[f"{Path(p).name}: {t}" for p, t in zip(read, titles)])
         print(f"segmentation picture written to {args.segment}")
+    if len(read) < len(args.images):
+        print(f"hcast predict: {len(args.images) - len(read)} of {len(args.images)} images skipped.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -646,8 +722,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from hcast.convert import convert_checkpoint
 
     taxonomy = load_taxonomy(args.taxonomy) if args.taxonomy else None
-    out = convert_checkpoint(args.checkpoint, args.output, model_name=args.model, level_classes=args.level_classes,
-                             taxonomy=taxonomy, overwrite=args.overwrite)
+    with user_input(f"checkpoint {args.checkpoint!r}"):
+        out = convert_checkpoint(args.checkpoint, args.output, model_name=args.model, level_classes=args.level_classes,
+                                 taxonomy=taxonomy, overwrite=args.overwrite)
     print(f"converted {args.checkpoint} -> {out} (timm.create_model('local-dir:{out}', pretrained=True))")
     return 0
 
@@ -676,7 +753,8 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 def cmd_push(args: argparse.Namespace) -> int:
     from timm.models import push_to_hf_hub
 
-    model, taxonomy, config = load_model(args.model)
+    with user_input(f"model {args.model!r}"):
+        model, taxonomy, config = load_model(args.model)
     model_config: Dict[str, Any] = {}
     if taxonomy is not None:
         model_config["taxonomy"] = taxonomy.to_dict()
@@ -717,7 +795,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except UsageError as e:
+        # the user's mistake: one line; anything else is a bug and keeps its traceback (exit 1)
         print(f"hcast {args.command}: error: {e}", file=sys.stderr)
         return 2
 

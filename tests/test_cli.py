@@ -264,3 +264,47 @@ def test_finetune_with_cached_superpixels(tmp_path, capsys):
     assert "superpixels of 48 + 16 images cached" in text and "in the cache" in text
     log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert log["train"]["num_updates"] == 3 and 0.0 <= log["val"]["plain"]["fpa"] <= 1.0
+
+
+@needs_fmnist
+def test_predict_skips_a_file_that_is_not_an_image(trained, tmp_path, capsys):
+    out, _ = trained
+    image, _ = FashionMNIST(split="test", indices=[0])[0]
+    good, bad = tmp_path / "garment.png", tmp_path / "notes.png"
+    image.save(good)
+    bad.write_text("not an image")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(bad), str(good), str(tmp_path / "missing.png"), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert f"{good}:" in captured.out and "garment:" in captured.out  # the readable image is still predicted
+    assert f"skipped {str(bad)!r}: not an image" in captured.err
+    assert f"skipped {str(tmp_path / 'missing.png')!r}: no such file" in captured.err
+    assert "2 of 3 images skipped" in captured.err
+
+
+def test_a_model_that_is_nothing_names_every_kind_it_tried(tmp_path, capsys):
+    missing = str(tmp_path / "nonexistent_model")
+    assert main(["evaluate", missing, "fashion-mnist"]) == 2
+    err = capsys.readouterr().err
+    assert missing in err and "neither an existing folder, a hub id" in err and "local-dir:" not in err
+    assert main(["evaluate", "my-org/my-model", "fashion-mnist"]) == 2
+    assert "hf-hub:my-org/my-model" in capsys.readouterr().err
+    checkpoint = tmp_path / "weights.pth"
+    checkpoint.write_bytes(b"")
+    assert main(["evaluate", str(checkpoint), "fashion-mnist"]) == 2
+    assert "hcast convert" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_a_library_bug_keeps_its_traceback(trained, monkeypatch):
+    """Exit status 2 and one line are for the user's mistakes; a ValueError from inside hcast
+    (here: the evaluation loop) is not turned into one."""
+    import hcast.engine
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(hcast.engine, "evaluate", broken)
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(["evaluate", str(trained[0]), "fashion-mnist", "--num-samples", "4", "--workers", "0",
+              "--device", "cpu", "--no-progress"])
