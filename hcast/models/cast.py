@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 import warnings
 from functools import partial
@@ -342,7 +343,7 @@ def init_linear(module: nn.Module) -> None:
 
 
 def _check_num_classes(num_classes: Any) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
         raise ValueError(f"num_classes must be an integer >= 0 (0 builds no classifier, for features), "
                          f"got {num_classes!r}.")
 
