@@ -17,6 +17,7 @@ Three methods behind one call, :func:`superpixels`:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence, Tuple, Union
 
@@ -121,6 +122,7 @@ def _seeds_grid(height: int, width: int, num_segments: int) -> Tuple[int, int]:
     return rows, cols
 
 
+@functools.lru_cache(maxsize=256)
 def _seeds_range(height: int, width: int) -> Tuple[int, int]:
     """``(low, high)``: the requests OpenCV's SEEDS can lay out on an H x W image.
 
@@ -150,7 +152,8 @@ def _seeds_range(height: int, width: int) -> Tuple[int, int]:
 
 
 def max_superpixels(height: int, width: int, method: str = "seeds", downsample: int = 2) -> int:
-    """The largest ``num_segments`` :func:`superpixels` accepts for an H x W image.
+    """The largest ``num_segments`` that takes effect in :func:`superpixels` on an H x W
+    image.
 
     The rule per method:
 
@@ -178,7 +181,7 @@ def max_superpixels(height: int, width: int, method: str = "seeds", downsample: 
         none).
 
     Raises:
-        ValueError: for an unknown ``method`` or a size under 1.
+        ValueError: for an unknown ``method``, a size under 1 or ``downsample`` under 1.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, received {method!r}.")
@@ -188,6 +191,8 @@ def max_superpixels(height: int, width: int, method: str = "seeds", downsample: 
     if method == "slic":
         return height * width
     if method == "torch_slic":
+        if int(downsample) < 1:
+            raise ValueError(f"downsample: expected an integer >= 1, received {downsample!r}.")
         return max(1, height // int(downsample)) * max(1, width // int(downsample))
     low, high = _seeds_range(height, width)
     return high if low <= high else 0
