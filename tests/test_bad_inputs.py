@@ -175,16 +175,24 @@ def test_seeds_at_the_bound_runs_on_a_photo():
 
 
 def test_opencv_seeds_crashes_one_past_the_bound():
-    """The bound is OpenCV's, not a guess: one request more kills the process (in a
-    subprocess here). If a new OpenCV stops crashing, revisit hcast's bound."""
+    """The bound is OpenCV's, not a guess: OpenCV itself (in a subprocess here) runs at
+    the bound and dies by a signal (SIGSEGV) one request past it. If a new OpenCV stops
+    crashing, revisit hcast's bound."""
     script = textwrap.dedent("""
-        import cv2, numpy as np
-        s = cv2.ximgproc.createSuperpixelSEEDS(32, 32, 3, 289, 1, 2, 5, False)
-        s.iterate(np.zeros((32, 32, 3), np.uint8), 15)
-        print(s.getLabels().max())
+        import sys, cv2, numpy as np
+        n = int(sys.argv[1])
+        s = cv2.ximgproc.createSuperpixelSEEDS(32, 32, 3, n, 1, 2, 5, False)
+        s.iterate(np.full((32, 32, 3), 128, np.uint8), 15)
+        print(s.getNumberOfSuperpixels())
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
-    assert result.returncode != 0
+
+    def run(n):
+        return subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True,
+                              text=True, timeout=120)
+
+    at_bound = run(288)
+    assert at_bound.returncode == 0 and at_bound.stdout.split() == ["256"], at_bound.stderr
+    assert run(289).returncode < 0  # killed by a signal
 
 
 # ----------------------------------------------------------------------------- clamped, not rejected
