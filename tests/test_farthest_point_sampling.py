@@ -103,6 +103,28 @@ def test_cast_usage_on_real_photo_patches():
     assert torch.equal(result, dgl_reference(sampling, 9, 0))
 
 
+def test_huge_float64_coordinates_do_not_overflow():
+    # Squared distances of coordinates ~1e300 overflow float64 (DGL's kernel and the
+    # unscaled Gram path give [[0, 0, 0, 0]] here). By hand: from 0, points 1 and 2 are
+    # both 1e300 away (first wins: 1); then 2 is 1e300 from 0, 3 only 5e299: 2, then 3.
+    points = torch.tensor([[[0.0], [1e300], [-1e300], [5e299]]], dtype=torch.float64)
+    assert farthest_point_sampling(points, 4).tolist() == [[0, 1, 2, 3]]
+
+
+def test_huge_scale_keeps_dgl_indices_on_photo_tokens():
+    """Scaling a cloud by a power of two is exact: a photo's tokens times 2**600 (~4e180,
+    beyond float64's squared range) give DGL's indices of the unscaled tokens."""
+    skimage_data = pytest.importorskip("skimage.data")
+    image = torch.from_numpy(skimage_data.chelsea()[::12, ::12].copy()).double() / 255
+    tokens = image.reshape(1, -1, 3)
+    expected = dgl_reference(tokens, 12, 5)
+    assert torch.equal(farthest_point_sampling(tokens, 12, 5), expected)
+    assert torch.equal(farthest_point_sampling(tokens * 2.0**600, 12, 5), expected)
+    # a batch mixing a huge and a normal cloud: each cloud is scaled on its own
+    both = torch.cat([tokens * 2.0**1000, tokens])
+    assert torch.equal(farthest_point_sampling(both, 12, 5), expected.expand(2, -1))
+
+
 def test_gradient_free_and_keeps_input():
     points = torch.randn(2, 10, 3, requires_grad=True)
     before = points.detach().clone()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 import warnings
 from functools import partial
@@ -53,6 +54,7 @@ from timm.models.vision_transformer import Block
 
 from hcast.models._hub import build_model_with_hcast_cfg
 from hcast.ops import farthest_point_sampling, superpixel_pool
+from hcast.ops._validation import check_finite
 from hcast.ops.superpixel_pool import resize_segments
 
 __all__ = [
@@ -340,6 +342,12 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def _check_num_classes(num_classes: Any) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0 (0 builds no classifier, for features), "
+                         f"got {num_classes!r}.")
+
+
 def _has_seeds() -> bool:
     try:
         import cv2
@@ -375,15 +383,24 @@ class CAST(nn.Module):
             and stochastic depth rates (timm's meanings).
         pool_drop_rate: dropout inside graph pooling's MLP (0.1 in the original).
         norm_layer: norm of the blocks and of the final norm.
+        validate_args: check input values at the forward boundary (``images`` finite,
+            one pass and a host sync); shape and dtype checks always run. Also an
+            attribute, ``model.validate_args``.
 
     Inputs:
         images (Tensor[B, in_chans, H, W], float): normalised with the ``pretrained_cfg``
-            mean/std; H and W multiples of 8.
-        segments (Tensor[B, h, w], int64, optional): superpixel ids >= 0, usually at the
-            image's resolution (any resolution works; they are resized to the H/8 x W/8
-            grid by nearest neighbour). Without them the model computes superpixels with
-            :func:`hcast.ops.superpixels` as ``pretrained_cfg`` says (``superpixel_method``,
-            ``num_segments``; SEEDS, 196 for the released weights).
+            mean/std; H and W multiples of 8; finite.
+        segments (Tensor[B, H, W], int64, optional): superpixel ids >= 0 at the image's
+            resolution (the model resizes them to its H/8 x W/8 grid by nearest
+            neighbour, as the original does; ids at another resolution raise
+            ``ValueError``: resize them explicitly with
+            :func:`hcast.ops.resize_segments`). Without them the model computes
+            superpixels with :func:`hcast.ops.superpixels` as ``pretrained_cfg`` says
+            (``superpixel_method``, ``num_segments``; SEEDS, 196 for the released weights).
+
+    Raises:
+        ValueError: at construction, for a negative ``num_classes``, mismatched
+            ``depths``/``num_clusters`` or an unknown ``global_pool``/``pos_embed``.
     """
 
     def __init__(
@@ -407,8 +424,10 @@ class CAST(nn.Module):
             drop_path_rate: float = 0.0,
             pool_drop_rate: float = 0.1,
             norm_layer: Optional[Callable[..., nn.Module]] = None,
+            validate_args: bool = True,
     ) -> None:
         super().__init__()
+        _check_num_classes(num_classes)
         if len(depths) != _NUM_STAGES or len(num_clusters) != _NUM_STAGES:
             raise ValueError(
                 f"depths and num_clusters must have {_NUM_STAGES} entries (one per stage), got "
@@ -426,6 +445,7 @@ class CAST(nn.Module):
         self.num_clusters = tuple(num_clusters)
         self.pos_embed_type = pos_embed
         self.grad_checkpointing = False
+        self.validate_args = validate_args
 
         self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim)
         self.grid_size = self.patch_embed.grid_size
@@ -505,6 +525,7 @@ class CAST(nn.Module):
             if global_pool not in ("token", "avg"):
                 raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
             self.global_pool = global_pool
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -545,6 +566,14 @@ class CAST(nn.Module):
             if segments.shape[0] != images.shape[0]:
                 raise ValueError(f"segments must have the batch size of images ({images.shape[0]}), got "
                                  f"{segments.shape[0]}.")
+            if segments.shape[-2:] != images.shape[-2:]:
+                raise ValueError(f"segments must have the images' height and width: images have shape "
+                                 f"{tuple(images.shape)}, segments {tuple(segments.shape)}. Compute the "
+                                 f"superpixels on the images as passed, or, if nearest-neighbour resizing "
+                                 f"is what you want, resize them explicitly with "
+                                 f"hcast.ops.resize_segments(segments, {tuple(images.shape[-2:])}).")
+        if self.validate_args:
+            check_finite("images", images)
 
     def _pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
         """Position embedding (1, 1 + h*w, C) for a (h, w) grid, resampled if needed."""

@@ -24,6 +24,7 @@ from timm.models import generate_default_cfgs, get_pretrained_cfg, register_mode
 
 from hcast.models.cast import (CAST, _cfg, _create_cast, _strip_prefixes, _unwrap_checkpoint, _variant_kwargs,
                                convert_backbone, init_linear)
+from hcast.models.cast import _check_num_classes
 
 __all__ = ["HCAST", "checkpoint_filter_fn"]
 
@@ -90,7 +91,9 @@ class HCAST(CAST):
         if not 2 <= len(level_classes) <= 4:
             raise ValueError(f"H-CAST needs 2 to 4 taxonomy levels (one head per stage), got "
                              f"level_classes={level_classes}.")
-        kwargs.pop("num_classes", None)
+        num_classes = kwargs.pop("num_classes", None)
+        if num_classes is not None:  # ignored, but a negative count is a mistake to report
+            _check_num_classes(num_classes)
         super().__init__(num_classes=0, **kwargs)
         self.taxonomy = taxonomy
         self.level_classes = level_classes

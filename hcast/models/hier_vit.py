@@ -20,6 +20,7 @@ other heads initialised as in the original code).
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -60,6 +61,9 @@ def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
 
 def _resolve_level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any,
                            num_classes: Optional[int]) -> Tuple[int, ...]:
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+                                    or num_classes < 0):
+        raise ValueError(f"num_classes must be an integer >= 0 (0 builds no classifier), got {num_classes!r}.")
     if taxonomy is not None:
         counts = tuple(int(c) for c in taxonomy.num_classes)
         if level_classes is not None and tuple(level_classes) != counts:

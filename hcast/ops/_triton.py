@@ -12,7 +12,8 @@ also run on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set b
 - ``farthest_point_sampling``: one launch for the whole call, one program per point
   cloud looping over the samples; each program keeps its points' float64 minimum
   distances in registers, so the N points of a cloud must fit one block
-  (``N <= MAX_FPS_POINTS``; larger clouds use the torch path). Squared distances are
+  (``N <= MAX_FPS_POINTS``; :func:`hcast.ops.farthest_point_sampling` sends larger
+  clouds to the torch path). Squared distances are
   summed channel after channel like DGL's CPU and CUDA kernels; compiled for a GPU the
   multiply-add is fused (FMA), as nvcc compiles DGL's CUDA kernel by default, while the
   interpreter and the torch path round the product first, as DGL's CPU kernel does.
@@ -162,13 +163,12 @@ def farthest_point_sampling(
     points: torch.Tensor, num_samples: int, start_idx: int
 ) -> torch.Tensor:
     """Triton farthest point sampling; same contract as
-    :func:`hcast.ops.farthest_point_sampling` for checked inputs. Clouds of more than
-    ``MAX_FPS_POINTS`` points go to the torch path."""
+    :func:`hcast.ops.farthest_point_sampling` for checked inputs of at most
+    ``MAX_FPS_POINTS`` points per cloud (the caller picks the torch path above that)."""
     batch, num_points, channels = points.shape
     if num_points > MAX_FPS_POINTS:
-        from hcast.ops.farthest_point_sampling import _farthest_point_sampling_torch
-
-        return _farthest_point_sampling_torch(points, num_samples, start_idx)
+        raise ValueError(f"points: the Triton kernel takes at most {MAX_FPS_POINTS} points per "
+                         f"cloud, got {num_points}; call hcast.ops.farthest_point_sampling.")
     points = points.detach()
     out = torch.empty(batch, num_samples, dtype=torch.int64, device=points.device)
     block_n = max(triton.next_power_of_2(num_points), 16)

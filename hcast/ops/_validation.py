@@ -10,6 +10,12 @@ from collections.abc import Sequence
 
 import torch
 
+__all__ = [
+    "check_tensor", "check_rank", "check_floating", "check_integer", "check_non_empty",
+    "check_non_negative", "check_finite", "check_same_batch", "check_same_device",
+    "check_int", "check_sequence",
+]
+
 
 def _shape(tensor: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in tensor.shape) + ")"

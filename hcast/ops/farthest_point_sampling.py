@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import torch
 
+from hcast.ops import _triton
 from hcast.ops import _validation as V
 
 __all__ = ["farthest_point_sampling"]
 
 
-def _check_inputs(points: torch.Tensor, num_samples: int, start_idx: int) -> tuple[int, int]:
+def _check_inputs(
+    points: torch.Tensor, num_samples: int, start_idx: int, validate_args: bool = True
+) -> tuple[int, int]:
     V.check_tensor("points", points)
     V.check_rank("points", points, 3, "(B, N, C)")
     V.check_floating("points", points)
@@ -49,12 +52,37 @@ def _check_inputs(points: torch.Tensor, num_samples: int, start_idx: int) -> tup
             f"start_idx must be in [0, N-1] = [0, {num_points - 1}] for points of shape "
             f"{tuple(points.shape)}, got start_idx={start_idx}."
         )
-    V.check_finite("points", points)
+    if validate_args:
+        V.check_finite("points", points)
     return num_samples, start_idx
 
 
+def _rescale_huge(points: torch.Tensor) -> torch.Tensor:
+    """Scale float64 clouds whose squared distances could overflow by a power of two.
+
+    A squared distance sums C terms of at most ``(2 M)^2`` for coordinates up to ``M``
+    in magnitude; above ``M ~ 1e150`` that overflows float64 to infinity (and the
+    Gram-matrix path to NaN), and every index would come out 0. Such clouds are
+    multiplied by ``2**-e`` with ``2**e > M``: scaling by a power of two is exact, so
+    the distances keep their order and ties (DGL's kernel itself would return
+    overflowed, meaningless indices there). Clouds below the bound, every float32 or
+    float16 cloud included, are left exactly as they are, so DGL's indices are kept.
+    Runs without a host sync (one ``amax`` and a multiply by 1 where nothing is huge).
+    """
+    if points.dtype != torch.float64:
+        return points  # float32's largest value squared is ~1e77: no overflow
+    channels = points.shape[2]
+    # (2 M)^2 * C stays below 2**1020 for M below this bound.
+    bound = 2.0 ** ((1020 - 2 - max(channels - 1, 1).bit_length()) // 2)
+    peak = points.detach().abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    exponent = torch.frexp(peak).exponent  # peak < 2**exponent
+    scale = torch.where(peak > bound, torch.ldexp(torch.ones_like(peak), -exponent),
+                        torch.ones_like(peak))
+    return points * scale
+
+
 def farthest_point_sampling(
-    points: torch.Tensor, num_samples: int, start_idx: int = 0
+    points: torch.Tensor, num_samples: int, start_idx: int = 0, *, validate_args: bool = True
 ) -> torch.Tensor:
     """Pick ``num_samples`` points per batch element by farthest point sampling.
 
@@ -70,6 +98,9 @@ def farthest_point_sampling(
         num_samples: the number of indices to return per cloud, in ``[1, N]``.
         start_idx: the first sample of every cloud, in ``[0, N)``. CAST puts the mean
             token at index 0 and starts there.
+        validate_args: check that ``points`` is finite (one pass and a host sync);
+            shape, dtype and range checks of the arguments always run. With False,
+            non-finite points give meaningless indices.
 
     Returns:
         Tensor[B, num_samples], int64: indices into dimension 1 of ``points``; column 0
@@ -81,22 +112,22 @@ def farthest_point_sampling(
     cost (see ``_farthest_point_sampling_torch``).
     Not differentiable (returns indices).
 
+    float64 clouds with coordinates above ~1e150 in magnitude, whose squared distances
+    would overflow, are first scaled by a power of two (exact, so the picks are those of
+    exact arithmetic); all other inputs are used as given.
+
     Raises:
         TypeError: if ``points`` is not a tensor or ``num_samples`` / ``start_idx``
             not ints.
-        ValueError: if ``points`` is not 3-D float, is empty, holds NaN or infinity, or
-            ``num_samples`` / ``start_idx`` are out of range.
+        ValueError: if ``points`` is not 3-D float, is empty, holds NaN or infinity
+            (with ``validate_args``), or ``num_samples`` / ``start_idx`` are out of range.
     """
-    num_samples, start_idx = _check_inputs(points, num_samples, start_idx)
-    from hcast.ops import _triton
-
-    if points.is_cuda and _triton.available():
+    num_samples, start_idx = _check_inputs(points, num_samples, start_idx, validate_args)
+    points = _rescale_huge(points.detach())
+    # The Triton kernel holds a cloud's distances in registers: one block of points.
+    if points.is_cuda and _triton.available() and points.shape[1] <= _triton.MAX_FPS_POINTS:
         return _triton.farthest_point_sampling(points, num_samples, start_idx)
     return _farthest_point_sampling_torch(points, num_samples, start_idx)
-
-
-# Clouds per chunk are chosen so a chunk's float64 buffers (~4 MiB) stay in cache.
-_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 # Candidates whose distances the Gram-matrix shortcut cannot separate are resolved
@@ -179,7 +210,8 @@ def _resolve_exactly(
     """
     rows = x.shape[0]
     width = int(candidates.sum(dim=1).max())
-    # Candidate indices in ascending order, padded with -1.
+    # Candidate indices in ascending order; rows with fewer candidates are padded with
+    # N (out of range), then clamped to N - 1 and masked out through ``valid``.
     order = torch.arange(x.shape[1], device=x.device).expand(rows, -1)
     keyed = torch.where(candidates, order, x.shape[1])
     cand_idx = keyed.sort(dim=1).values[:, :width]

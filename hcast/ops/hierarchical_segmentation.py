@@ -19,16 +19,21 @@ from hcast.ops import _validation as V
 __all__ = ["hierarchical_segmentation"]
 
 
-def _stage_labels(name: str, assignment: torch.Tensor, batch: int) -> torch.Tensor:
+def _stage_labels(name: str, assignment: torch.Tensor, batch: int,
+                  validate_args: bool = True) -> torch.Tensor:
     """(B, S, K) logits -> (B, S) argmax labels; (B, S) integer labels pass through."""
     V.check_tensor(name, assignment)
     if assignment.dim() == 3 and assignment.is_floating_point():
         V.check_non_empty(name, assignment, "(B, S_l, K_l)")
+        if validate_args:
+            # argmax over NaN scores picks the NaN's index: a label built from nothing.
+            V.check_finite(name, assignment)
         labels = assignment.argmax(dim=-1)
     elif assignment.dim() == 2 and not assignment.is_floating_point():
         V.check_integer(name, assignment)
         V.check_non_empty(name, assignment, "(B, S_l)")
-        V.check_non_negative(name, assignment)
+        if validate_args:
+            V.check_non_negative(name, assignment)
         labels = assignment.long()
     else:
         raise ValueError(
@@ -45,7 +50,7 @@ def _stage_labels(name: str, assignment: torch.Tensor, batch: int) -> torch.Tens
 
 
 def hierarchical_segmentation(
-    assignments: Sequence[torch.Tensor], segments: torch.Tensor
+    assignments: Sequence[torch.Tensor], segments: torch.Tensor, *, validate_args: bool = True
 ) -> list[torch.Tensor]:
     """Compose per-stage token-to-centroid assignments into per-pixel label maps.
 
@@ -58,6 +63,9 @@ def hierarchical_segmentation(
             stage-``l`` label).
         segments (Tensor[B, H, W], int64): the superpixel id of every pixel, the
             stage-1 tokens (at any resolution; the maps have the same ``(H, W)``).
+        validate_args: check the values: logits finite, ids and labels >= 0 and within
+            the next stage (host syncs); rank, dtype and batch checks always run. With
+            False, out-of-range ids are undefined behaviour of ``gather``.
 
     Returns:
         list of Tensor[B, H, W], int64, one per stage, finest first: map ``l`` holds
@@ -65,15 +73,16 @@ def hierarchical_segmentation(
 
     Raises:
         TypeError: if ``assignments`` is not a list or tuple of tensors.
-        ValueError: on wrong ranks or dtypes, batch mismatch, negative or non-integer
-            ids, or ids / labels that do not index the next stage.
+        ValueError: on wrong ranks or dtypes, batch mismatch, NaN or infinite logits,
+            negative or non-integer ids, or ids / labels that do not index the next stage.
     """
     V.check_sequence("assignments", assignments)
     V.check_tensor("segments", segments)
     V.check_rank("segments", segments, 3, "(B, H, W)")
     V.check_integer("segments", segments)
     V.check_non_empty("segments", segments, "(B, H, W)")
-    V.check_non_negative("segments", segments)
+    if validate_args:
+        V.check_non_negative("segments", segments)
     batch = segments.shape[0]
     flat_segments = segments.reshape(batch, -1).long()
 
@@ -82,10 +91,10 @@ def hierarchical_segmentation(
     maps = []
     for level, assignment in enumerate(assignments):
         name = f"assignments[{level}]"
-        labels = _stage_labels(name, assignment, batch).to(segments.device)
+        labels = _stage_labels(name, assignment, batch, validate_args).to(segments.device)
         num_inputs = labels.shape[1]
         index = flat_segments if token_labels is None else token_labels
-        top = int(index.max())
+        top = int(index.max()) if validate_args else -1
         if top >= num_inputs:
             rows, source = (
                 ("superpixel id", "segments holds ids")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hcast.ops import _triton
 from hcast.ops import _validation as V
 
 __all__ = ["superpixel_pool", "resize_segments"]
@@ -56,6 +57,8 @@ def superpixel_pool(
     features: torch.Tensor,
     segments: torch.Tensor,
     num_segments: int | None = None,
+    *,
+    validate_args: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average ``features`` within each superpixel id, as CAST's tokeniser does.
 
@@ -66,6 +69,9 @@ def superpixel_pool(
             first (see :func:`resize_segments`).
         num_segments: the number of tokens ``S`` to return. ``None`` (the default, as
             CAST) uses the largest resized id over the whole batch plus one.
+        validate_args: check that the ids are >= 0 and, with ``num_segments``, below it
+            (a host sync); shape, dtype, batch and device checks always run. With False,
+            out-of-range ids are undefined behaviour of ``index_add``.
 
     Returns:
         A tuple ``(tokens, padding_mask)``:
@@ -86,21 +92,20 @@ def superpixel_pool(
             or an id is ``>= num_segments``.
     """
     _check_inputs(features, segments)
-    V.check_non_negative("segments", segments)
+    if validate_args:
+        V.check_non_negative("segments", segments)
     segments = resize_segments(segments, features.shape[1:3])
-    max_id = int(segments.max())
     if num_segments is None:
-        num_segments = max_id + 1
+        num_segments = int(segments.max()) + 1
     else:
         num_segments = V.check_int("num_segments", num_segments, 1)
+        max_id = int(segments.max()) if validate_args else -1
         if max_id >= num_segments:
             raise ValueError(
                 f"segments must hold ids < num_segments={num_segments} (after resizing to "
                 f"the feature grid), got id {max_id}; pass num_segments={max_id + 1} or "
                 f"None, or relabel the ids."
             )
-    from hcast.ops import _triton
-
     if features.is_cuda and _triton.available():
         return _triton.superpixel_pool(features, segments, num_segments)
     return _superpixel_pool_torch(features, segments, num_segments)

@@ -17,6 +17,7 @@ Three methods behind one call, :func:`superpixels`:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence, Tuple, Union
 
@@ -25,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ["superpixels", "torch_slic", "explained_variation", "SuperpixelTransform"]
+__all__ = [
+    "superpixels",
+    "torch_slic",
+    "enforce_connectivity",
+    "max_superpixels",
+    "explained_variation",
+    "SuperpixelTransform",
+]
 
 METHODS = ("seeds", "slic", "torch_slic")
 
@@ -38,8 +46,9 @@ ImageLike = Union[torch.Tensor, np.ndarray]
 
 # ----------------------------------------------------------------------------- input
 
-def _check_images(images: ImageLike) -> torch.Tensor:
-    """Return ``images`` as a tensor after checking rank, layout and dtype."""
+def _check_images(images: ImageLike, validate_args: bool = True) -> torch.Tensor:
+    """Return ``images`` as a tensor after checking rank, layout and dtype (and, with
+    ``validate_args``, that float pixels are finite)."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
@@ -61,7 +70,7 @@ def _check_images(images: ImageLike) -> torch.Tensor:
             raise ValueError(
                 f"images: float images must be channels-first (B,3,H,W), ImageNet-"
                 f"normalised RGB, received shape {tuple(images.shape)}.")
-        if not torch.isfinite(images).all():
+        if validate_args and not torch.isfinite(images).all():
             raise ValueError("images: expected finite values, received NaN or inf.")
     else:
         raise ValueError(
@@ -94,6 +103,122 @@ def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> None:
                              f"{len(value)}: {tuple(value)}.")
     if any(s <= 0 for s in std):
         raise ValueError(f"std: expected positive values, received {tuple(std)}.")
+
+
+def _seeds_grid(height: int, width: int, num_segments: int) -> Tuple[int, int]:
+    """Rows and columns of the seed grid OpenCV's SEEDS lays out for a request.
+
+    Mirrors ``SuperpixelSEEDSImpl::initialize`` (opencv_contrib, ``ximgproc/seeds.cpp``):
+    requests under 10 become 10, ``rows = (int)sqrtf(n * H / W)`` in float32 and
+    ``cols = rows * W / H`` in integers. OpenCV uses at least two block levels (H-CAST's
+    ``num_levels=1`` becomes 2), so every seed must span at least 2 x 2 pixels:
+    ``2 * rows <= H`` and ``2 * cols <= W``. Outside that (and with ``rows`` or ``cols``
+    0) OpenCV's level search runs past level 0 and the process segfaults or never
+    returns; :func:`max_superpixels` keeps requests inside it.
+    """
+    n = np.float32(max(int(num_segments), 10))
+    rows = int(np.sqrt(n * np.float32(height) / np.float32(width)))
+    cols = rows * width // height
+    return rows, cols
+
+
+@functools.lru_cache(maxsize=256)
+def _seeds_range(height: int, width: int) -> Tuple[int, int]:
+    """``(low, high)``: the requests OpenCV's SEEDS can lay out on an H x W image.
+
+    ``rows >= 1`` and ``cols >= 1`` hold from some request on, ``2 * rows <= H`` and
+    ``2 * cols <= W`` up to some request (both grow with it), so the valid requests are
+    the interval ``[low, high]``; ``low > high`` when none is valid.
+    """
+    def upper(n: int) -> bool:
+        rows, cols = _seeds_grid(height, width, n)
+        return 2 * rows <= height and 2 * cols <= width
+
+    def lower(n: int) -> bool:
+        rows, cols = _seeds_grid(height, width, n)
+        return rows >= 1 and cols >= 1
+
+    # largest n with upper(n) (upper(1) holds for H, W >= 2), smallest n with lower(n)
+    low_n, high_n = 0, height * width
+    while low_n < high_n:
+        mid = (low_n + high_n + 1) // 2
+        low_n, high_n = (mid, high_n) if upper(mid) else (low_n, mid - 1)
+    high = low_n
+    low_n, high_n = 1, max(high, 1) + 1
+    while low_n < high_n:
+        mid = (low_n + high_n) // 2
+        low_n, high_n = (low_n, mid) if lower(mid) else (mid + 1, high_n)
+    return low_n, high
+
+
+def max_superpixels(height: int, width: int, method: str = "seeds", downsample: int = 2) -> int:
+    """The largest ``num_segments`` that takes effect in :func:`superpixels` on an H x W
+    image.
+
+    The rule per method:
+
+    * ``"seeds"`` (requests above it raise ``ValueError`` before OpenCV is called):
+      OpenCV lays out ``floor(sqrt(n * H / W))`` rows of seeds and
+      ``rows * W // H`` columns (``n`` at least 10), each seed at least 2 x 2 pixels,
+      so about one superpixel per 4 pixels: ``(H // 2 + 1) ** 2 - 1`` for square images
+      (288 for 32 x 32, 12,768 for 224 x 224). Beyond it OpenCV segfaults or never
+      returns. Very elongated images (``W > 10 H`` or ``H > 10 W``) also need a
+      minimum request for one full row and column of seeds (11 for 16 x 161); the
+      ``ValueError`` says which. This returns 0 if no request fits.
+    * ``"slic"``: one superpixel per pixel, ``H * W``. Larger requests are clamped to
+      it: scikit-image's grid is then one seed per pixel either way (same ids).
+    * ``"torch_slic"``: one per pixel of the working resolution,
+      ``max(1, H // downsample) * max(1, W // downsample)``; larger requests are
+      clamped to it (its grid is clamped there anyway: same ids).
+
+    Args:
+        height, width: the image size in pixels.
+        method: as in :func:`superpixels`.
+        downsample: ``torch_slic``'s working-resolution factor (its default is 2).
+
+    Returns:
+        int: the largest ``num_segments`` that takes effect (0 if ``"seeds"`` fits
+        none).
+
+    Raises:
+        ValueError: for an unknown ``method``, a size under 1 or ``downsample`` under 1.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, received {method!r}.")
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"height, width: expected sizes >= 1, received {height} x {width}.")
+    if method == "slic":
+        return height * width
+    if method == "torch_slic":
+        if int(downsample) < 1:
+            raise ValueError(f"downsample: expected an integer >= 1, received {downsample!r}.")
+        return max(1, height // int(downsample)) * max(1, width // int(downsample))
+    low, high = _seeds_range(height, width)
+    return high if low <= high else 0
+
+
+def _check_seeds_fit(num_segments: int, height: int, width: int) -> None:
+    """Raise ValueError unless OpenCV's SEEDS can lay out a seed grid for
+    ``num_segments`` on an image of ``height`` x ``width`` (outside that it segfaults or
+    never returns; see :func:`_seeds_grid`)."""
+    low, high = _seeds_range(height, width)
+    if low > high:
+        raise ValueError(
+            f"images: method='seeds' cannot lay out a seed grid on a {height}x{width} image; "
+            f"pad or crop it to a less elongated shape, or use method='torch_slic'.")
+    if num_segments > high:
+        raise ValueError(
+            f"num_segments={num_segments} is more than method='seeds' can place on a "
+            f"{height}x{width} image: at most {high} (OpenCV's SEEDS needs seeds of at "
+            f"least 2x2 pixels, more segfault or hang). Pass num_segments <= {high} or "
+            f"larger images (a CAST model takes num_segments from its pretrained_cfg: "
+            f"pass it larger images or your own segments).")
+    if num_segments < low:
+        raise ValueError(
+            f"num_segments={num_segments} is too few for method='seeds' on an elongated "
+            f"{height}x{width} image: at least {low} (OpenCV needs one full row and column "
+            f"of seeds, fewer segfault). Pass num_segments >= {low}.")
 
 
 def _to_uint8_hwc(images: torch.Tensor, mean: Sequence[float],
@@ -132,6 +257,7 @@ def superpixels(
         method: str = "seeds",
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        validate_args: bool = True,
         **method_kwargs,
 ) -> torch.Tensor:
     """Superpixel ids for a batch of images.
@@ -140,14 +266,19 @@ def superpixels(
         images: ``(B, 3, H, W)`` float tensor, RGB normalised with ``mean``/``std``
             (what timm's transforms produce), or ``(B, H, W, 3)`` uint8 RGB tensor (or
             numpy array).
-        num_segments: requested number of superpixels per image (>= 1). SEEDS and SLIC
-            treat it as a target on a regular grid: the count they return varies a
-            little (SEEDS returns at least 4).
+        num_segments: requested number of superpixels per image (>= 1). For
+            ``"seeds"`` at most ``max_superpixels(H, W)`` (about one per 4 pixels);
+            ``"slic"`` and ``"torch_slic"`` clamp larger requests to one per pixel (see
+            :func:`max_superpixels`). SEEDS and SLIC treat it as a target on a
+            regular grid: the count they return varies a little (SEEDS returns at
+            least 4).
         method: ``"seeds"`` (OpenCV contrib, H-CAST's settings; needs
             ``pip install "hcast[seeds]"``), ``"slic"`` (scikit-image) or
             ``"torch_slic"`` (batched torch SLIC on the images' device, see
             :func:`torch_slic`).
         mean, std: per-channel normalisation of float images (timm's ImageNet default).
+        validate_args: check that float images are finite (one pass over the pixels);
+            shape, dtype and ``num_segments`` checks always run.
         **method_kwargs: passed to the method: ``num_iterations`` for ``"seeds"``
             (default 15); keyword arguments of :func:`skimage.segmentation.slic` for
             ``"slic"`` (default ``compactness=10``); those of :func:`torch_slic` for
@@ -161,12 +292,24 @@ def superpixels(
         does not guarantee connectivity.
 
     Raises:
-        ValueError: bad shape, dtype, ``num_segments``, ``method`` or ``mean``/``std``.
+        ValueError: bad shape, dtype, ``method`` or ``mean``/``std``; NaN or infinite
+            pixels; ``num_segments`` below 1, or for ``"seeds"`` above
+            :func:`max_superpixels` for the image size (checked before OpenCV is called:
+            beyond it SEEDS segfaults or hangs).
         TypeError: ``images`` is not a tensor or array.
         ImportError: ``"seeds"`` without OpenCV contrib installed.
     """
-    images = _check_images(images)
+    images = _check_images(images, validate_args)
     num_segments = _check_settings(num_segments, method, mean, std)
+    height, width = (images.shape[1:3] if images.dtype == torch.uint8 else images.shape[2:])
+    if method == "seeds" and (height < 16 or width < 16):
+        # SEEDS returns garbage labels or never returns on tiny images.
+        raise ValueError(f"images: method='seeds' needs H, W >= 16, received "
+                         f"H={height}, W={width}; use method='torch_slic' for tiny images.")
+    if method == "seeds":
+        _check_seeds_fit(num_segments, height, width)
+    elif method == "slic":
+        num_segments = min(num_segments, max_superpixels(height, width, method))
     device = images.device
     if method == "seeds":
         out = _seeds(_to_uint8_hwc(images, mean, std), num_segments, **method_kwargs)
@@ -194,10 +337,6 @@ def _seeds(images: np.ndarray, num_segments: int, num_iterations: int = SEEDS_IT
     """SEEDS on each (H,W,3) uint8 RGB image, as the H-CAST data loader calls it."""
     cv2 = _import_cv2()
     b, h, w, _ = images.shape
-    if h < 16 or w < 16:
-        # SEEDS returns garbage labels or never returns on tiny images.
-        raise ValueError(f"images: method='seeds' needs H, W >= 16, received "
-                         f"H={h}, W={w}; use method='torch_slic' for tiny images.")
     out = np.empty((b, h, w), dtype=np.int64)
     for i in range(b):
         lab = cv2.cvtColor(np.ascontiguousarray(images[i]), cv2.COLOR_RGB2LAB)
@@ -442,7 +581,9 @@ def torch_slic(
     Args:
         images: (B,3,H,W) float RGB in [0, 1] (not normalised; :func:`superpixels`
             converts normalised images).
-        num_segments: requested number of superpixels (>= 1).
+        num_segments: requested number of superpixels (>= 1); requests above one per
+            pixel of the working resolution (``max(1, H // downsample) * max(1, W //
+            downsample)``) are clamped to it.
         compactness: SLIC's m: larger values give more square superpixels.
         num_iterations: k-means iterations.
         downsample: integer factor of the working resolution (1 = full resolution).
@@ -450,6 +591,10 @@ def torch_slic(
 
     Returns:
         (B,H,W) int64 ids, contiguous per image, each id one 4-connected region.
+
+    Raises:
+        ValueError: ``images`` not (B,3,H,W) float; ``num_segments``, ``downsample``,
+            ``num_iterations`` or ``compactness`` out of range.
     """
     if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
         raise ValueError(f"images: expected a (B,3,H,W) float RGB tensor in [0,1], "
@@ -460,7 +605,13 @@ def torch_slic(
         raise ValueError(f"num_iterations: expected >= 0, received {num_iterations!r}.")
     if compactness <= 0:
         raise ValueError(f"compactness: expected > 0, received {compactness!r}.")
+    if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) \
+            or num_segments < 1:
+        raise ValueError(f"num_segments: expected an integer >= 1, received "
+                         f"{num_segments!r}.")
     b, _, H, W = images.shape
+    # One superpixel per working pixel at most; the grid below saturates there anyway.
+    num_segments = min(int(num_segments), max_superpixels(H, W, "torch_slic", int(downsample)))
     h, w = max(1, H // downsample), max(1, W // downsample)
     x = images.float()
     if (h, w) != (H, W):
