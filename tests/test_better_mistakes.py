@@ -1,4 +1,4 @@
-"""Tests of hcast.hierarchy.better_mistakes: HXE, soft labels, level-weighted CE.
+"""Tests of hcast.hierarchy.losses (hierarchical_cross_entropy, soft_labels, level_weighted): HXE, soft labels, level-weighted CE.
 
 The reference values come from an independent re-implementation, in plain Python
 loops over an explicit tree, of the algorithms of github:fiveai/making-better-mistakes
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hcast.hierarchy import Taxonomy, fashion_mnist_taxonomy
-from hcast.hierarchy.better_mistakes import (
+from hcast.hierarchy.losses import (
     HierarchicalCrossEntropyLoss,
     LevelWeightedCrossEntropy,
     SoftLabelCrossEntropyLoss,

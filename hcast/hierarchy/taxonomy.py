@@ -22,7 +22,7 @@ Construction:
   ``config.json`` carries.
 
 Dataset-specific builders (FGVC-Aircraft, iNaturalist 2021, WordNet,
-Fashion-MNIST) live in :mod:`hcast.hierarchy.datasets`.
+Fashion-MNIST) live in :mod:`hcast.hierarchy.taxonomies`.
 """
 from __future__ import annotations
 
