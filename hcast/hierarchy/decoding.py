@@ -60,8 +60,24 @@ def path_log_probs(logits: Sequence[torch.Tensor], taxonomy: Taxonomy) -> torch.
     return score
 
 
+def _check_scores(logits: list[torch.Tensor]) -> None:
+    """ValueError naming the level and sample of the first NaN or +inf logit (both make log_softmax NaN)."""
+    for l, x in enumerate(logits):
+        if not x.is_floating_point():
+            continue
+        bad = torch.isnan(x) | torch.isposinf(x)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            what = "NaN" if bool(torch.isnan(x[i]).any()) else "+inf"
+            raise ValueError(
+                f"logits[{l}] holds {what} scores (first at sample {i}); the path scores would be NaN and the "
+                f"decoded path arbitrary. Check the model's output (a diverged run, NaN inputs), or pass "
+                f"validate_args=False to skip this check."
+            )
+
+
 def consistent_decode(
-    logits: Sequence[torch.Tensor], taxonomy: Taxonomy, return_scores: bool = False
+    logits: Sequence[torch.Tensor], taxonomy: Taxonomy, return_scores: bool = False, validate_args: bool = True
 ) -> Union[list[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]:
     """The taxonomy path with the highest summed per-level log-probability.
 
@@ -72,6 +88,7 @@ def consistent_decode(
         logits: per-level (N, C_l) logits, finest first.
         taxonomy: the class tree (its class counts must match the logits).
         return_scores: also return the (N,) summed log-probability of the chosen path.
+        validate_args: reject NaN and +inf logits (a host sync); False skips the check.
 
     Returns:
         list of (N,) int64 tensors, finest first, each row a valid path
@@ -79,9 +96,13 @@ def consistent_decode(
 
     Raises:
         TypeError: as :func:`path_log_probs`.
-        ValueError: level or class counts that do not match the taxonomy.
+        ValueError: level or class counts that do not match the taxonomy; NaN or
+            +inf logits (when ``validate_args``).
     """
-    scores = path_log_probs(logits, taxonomy)
+    checked = check_level_logits(logits, taxonomy=taxonomy, floating=False)
+    if validate_args:
+        _check_scores(checked)
+    scores = path_log_probs(checked, taxonomy)
     best_score, fine = scores.max(dim=1)
     paths = taxonomy.paths().to(fine.device)[fine]
     preds = list(paths.unbind(1))

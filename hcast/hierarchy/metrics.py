@@ -57,9 +57,24 @@ LevelTensors = Sequence[torch.Tensor]
 # ---------------------------------------------------------------------------- input handling
 
 
-def _labels(x: torch.Tensor, name: str) -> torch.Tensor:
-    """(N,) int64 labels from (N,) ids or (N, C) scores."""
+def _check_no_nan(x: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` and the first sample if the scores ``x`` hold a NaN (its argmax is meaningless)."""
+    if x.is_floating_point():
+        nan = torch.isnan(x)
+        if bool(nan.any()):
+            i = int(nan.nonzero()[0, 0])
+            raise ValueError(
+                f"{name} holds NaN scores (first at sample {i}); an argmax over NaN picks an arbitrary class. "
+                f"Check the model's output (a diverged run, NaN inputs) before computing metrics, or pass "
+                f"validate_args=False to skip this check."
+            )
+
+
+def _labels(x: torch.Tensor, name: str, validate_args: bool = True) -> torch.Tensor:
+    """(N,) int64 labels from (N,) ids or (N, C) scores (NaN scores rejected when ``validate_args``)."""
     if x.dim() == 2:
+        if validate_args:
+            _check_no_nan(x, name)
         return x.argmax(dim=1)
     if x.dim() == 1 and not x.is_floating_point():
         return x.long()
@@ -79,12 +94,14 @@ def _check_targets(targets: list[torch.Tensor], n: int) -> list[torch.Tensor]:
     return out
 
 
-def _pair(preds: LevelTensors, targets: LevelTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _pair(
+    preds: LevelTensors, targets: LevelTensors, validate_args: bool = True
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     p = as_levels(preds, "preds")
     t = as_levels(targets, "targets")
     if len(p) != len(t):
         raise ValueError(f"preds has {len(p)} levels but targets has {len(t)}; give one tensor per level, finest first.")
-    labels = [_labels(x, f"preds[{l}]") for l, x in enumerate(p)]
+    labels = [_labels(x, f"preds[{l}]", validate_args) for l, x in enumerate(p)]
     n = labels[0].shape[0]
     for l, x in enumerate(labels):
         if x.shape[0] != n:
@@ -95,6 +112,30 @@ def _pair(preds: LevelTensors, targets: LevelTensors) -> tuple[list[torch.Tensor
 def _fine(x: Union[torch.Tensor, LevelTensors], name: str) -> torch.Tensor:
     """The finest level of ``x`` (a tensor is taken as the fine level itself)."""
     return x if torch.is_tensor(x) else as_levels(x, name)[0]
+
+
+def _check_level_preds(raw: list[torch.Tensor], taxonomy: Taxonomy, validate_args: bool = True) -> None:
+    """Per-level preds against the taxonomy: logits need C_l columns; ids (if ``validate_args``) ``[0, C_l)``."""
+    for l, (x, c) in enumerate(zip(raw, taxonomy.num_classes)):
+        if x.dim() == 2 and x.shape[1] != c:
+            raise ValueError(
+                f"preds[{l}] has {x.shape[1]} classes but level {l} of the taxonomy has {c}; give one (N, C_l) "
+                f"tensor per level, finest first, with the taxonomy's class counts."
+            )
+        if x.dim() == 1 and validate_args and not x.is_floating_point():
+            bad = (x < 0) | (x >= c)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(f"preds[{l}][{i}] is {int(x[i])}, outside [0, {c}) at level {l} of the taxonomy.")
+
+
+def _check_level_targets(targets: list[torch.Tensor], taxonomy: Taxonomy) -> None:
+    """ValueError naming the level and sample of the first target outside ``[0, C_l)``."""
+    for l, (y, c) in enumerate(zip(targets, taxonomy.num_classes)):
+        bad = (y < 0) | (y >= c)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"targets[{l}][{i}] is {int(y[i])}, outside [0, {c}) at level {l} of the taxonomy.")
 
 
 def _check_fine_range(x: torch.Tensor, taxonomy: Taxonomy, name: str) -> None:
@@ -216,21 +257,24 @@ def _precision_recall_f1_compute(counts: torch.Tensor) -> tuple[torch.Tensor, to
 # ---------------------------------------------------------------------------- functional metrics
 
 
-def level_accuracy(preds: LevelTensors, targets: LevelTensors, top_k: int = 1) -> list[torch.Tensor]:
+def level_accuracy(
+    preds: LevelTensors, targets: LevelTensors, top_k: int = 1, validate_args: bool = True
+) -> list[torch.Tensor]:
     """Top-k accuracy of every level, finest first.
 
     Args:
         preds: per-level (N, C_l) logits, or (N,) ids when ``top_k == 1``.
         targets: per-level (N,) int64 labels.
         top_k: k (clipped to C_l for levels with fewer classes).
+        validate_args: check the scores for NaN (a host sync); False skips it.
 
     Returns:
         list of 0-d float64 tensors in [0, 1], one per level (0 for an empty batch).
 
     Raises:
         TypeError: ``preds`` / ``targets`` not sequences of tensors.
-        ValueError: level counts or batch sizes that differ, ``top_k < 1``, or
-            ``top_k > 1`` with class ids.
+        ValueError: level counts or batch sizes that differ, ``top_k < 1``,
+            ``top_k > 1`` with class ids, or NaN scores.
     """
     p = as_levels(preds, "preds")
     t = as_levels(targets, "targets")
@@ -241,36 +285,41 @@ def level_accuracy(preds: LevelTensors, targets: LevelTensors, top_k: int = 1) -
     out = []
     for l, (x, y) in enumerate(zip(p, t)):
         y = _check_targets([y], x.shape[0])[0]
+        if validate_args:
+            _check_no_nan(x, f"preds[{l}]")
         correct = _topk_correct(x, y, [top_k], f"preds[{l}]")[0]
         out.append(_ratio(correct, torch.tensor(y.shape[0])))
     return out
 
 
-def full_path_accuracy(preds: LevelTensors, targets: LevelTensors) -> torch.Tensor:
+def full_path_accuracy(preds: LevelTensors, targets: LevelTensors, validate_args: bool = True) -> torch.Tensor:
     """Full-path accuracy (FPA): share of samples whose prediction is right at every level.
 
     Args:
         preds: per-level (N,) ids or (N, C_l) logits (argmax per level), finest first.
         targets: per-level (N,) int64 labels, finest first.
+        validate_args: check the scores for NaN (a host sync); False skips it.
 
     Returns:
         0-d float64 tensor in [0, 1] (0 for an empty batch).
 
     Raises:
         TypeError: ``preds`` / ``targets`` not sequences of tensors.
-        ValueError: level counts or batch sizes that differ.
+        ValueError: level counts or batch sizes that differ, NaN scores.
     """
-    p, t = _pair(preds, targets)
+    p, t = _pair(preds, targets, validate_args)
     correct, total = _full_path_update(p, t)
     return _ratio(correct, torch.tensor(total))
 
 
-def tree_inconsistency_error(preds: LevelTensors, taxonomy: Taxonomy) -> torch.Tensor:
+def tree_inconsistency_error(preds: LevelTensors, taxonomy: Taxonomy, validate_args: bool = True) -> torch.Tensor:
     """Tree-based inconsistency error (TICE): share of predicted paths not in the taxonomy.
 
     Args:
         preds: per-level (N,) ids or (N, C_l) logits (argmax per level), finest first.
         taxonomy: the class tree.
+        validate_args: check ids against ``[0, C_l)`` and scores for NaN (a host
+            sync); False skips both.
 
     Returns:
         0-d float64 tensor in [0, 1] (0 for an empty batch). Consistent decoding
@@ -278,23 +327,30 @@ def tree_inconsistency_error(preds: LevelTensors, taxonomy: Taxonomy) -> torch.T
 
     Raises:
         TypeError: ``preds`` not a sequence of tensors, ``taxonomy`` not a Taxonomy.
-        ValueError: a level count that does not match the taxonomy.
+        ValueError: a level count or a level's class count that does not match the
+            taxonomy, ids outside it, NaN scores.
     """
-    p = [_labels(x, f"preds[{l}]") for l, x in enumerate(as_levels(preds, "preds"))]
-    check_level_count(len(p), taxonomy, "preds")
+    raw = as_levels(preds, "preds")
+    check_level_count(len(raw), taxonomy, "preds")
+    _check_level_preds(raw, taxonomy, validate_args)
+    p = [_labels(x, f"preds[{l}]", validate_args) for l, x in enumerate(raw)]
     inconsistent, total = _tree_inconsistency_update(p, taxonomy)
     return _ratio(inconsistent, torch.tensor(total))
 
 
 def mistake_severity(
-    preds: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors], taxonomy: Taxonomy
+    preds: Union[torch.Tensor, LevelTensors],
+    targets: Union[torch.Tensor, LevelTensors],
+    taxonomy: Taxonomy,
+    validate_args: bool = True,
 ) -> torch.Tensor:
     """Mean LCA height between top-1 fine prediction and target over the mistakes.
 
     Only the finest level is used: ``preds`` / ``targets`` may be per-level
     sequences (their first entry is taken) or the fine-level tensor itself
     ((N,) ids or (N, C_0) logits). Heights are those of
-    :meth:`Taxonomy.lca_height` (1 .. num_levels for a mistake).
+    :meth:`Taxonomy.lca_height` (1 .. num_levels for a mistake). ``validate_args=False``
+    skips the NaN and id-range checks (host syncs).
 
     Returns:
         0-d float64 tensor in [1, num_levels], or 0 when there is no mistake.
@@ -302,16 +358,21 @@ def mistake_severity(
     Raises:
         ValueError: ids outside the taxonomy's fine classes, batch sizes that differ.
     """
-    p = _labels(_fine(preds, "preds"), "preds")
+    p = _labels(_fine(preds, "preds"), "preds", validate_args)
     t = _check_targets([_fine(targets, "targets")], p.shape[0])[0]
-    _check_fine_range(p, taxonomy, "preds")
-    _check_fine_range(t, taxonomy, "targets")
+    if validate_args:
+        _check_fine_range(p, taxonomy, "preds")
+        _check_fine_range(t, taxonomy, "targets")
     height_sum, mistakes = _mistake_severity_update(p, t, taxonomy.paths().to(p.device))
     return _ratio(height_sum, mistakes)
 
 
 def average_hierarchical_distance(
-    logits: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors], taxonomy: Taxonomy, k: int = 1
+    logits: Union[torch.Tensor, LevelTensors],
+    targets: Union[torch.Tensor, LevelTensors],
+    taxonomy: Taxonomy,
+    k: int = 1,
+    validate_args: bool = True,
 ) -> torch.Tensor:
     """Average hierarchical distance @k ("Making Better Mistakes"): mean LCA height
     between the target and each of the top-k fine predictions, over all samples.
@@ -321,6 +382,8 @@ def average_hierarchical_distance(
             used). (N,) ids are accepted for ``k == 1``.
         targets: (N,) fine labels, or a per-level sequence.
         k: number of top predictions per sample (``k <= C_0``).
+        validate_args: check scores for NaN and ids against the taxonomy (host
+            syncs); False skips them.
 
     Returns:
         0-d float64 tensor in [0, num_levels] (0 for an empty batch).
@@ -331,17 +394,21 @@ def average_hierarchical_distance(
     """
     x = _fine(logits, "logits")
     t = _check_targets([_fine(targets, "targets")], x.shape[0])[0]
-    _check_fine_range(t, taxonomy, "targets")
+    if validate_args:
+        _check_fine_range(t, taxonomy, "targets")
+        if x.dim() == 2:
+            _check_no_nan(x, "logits")
     if x.dim() == 2 and not 1 <= k <= x.shape[1]:
         raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}.")
     top = _top_fine(x, k, "logits")
-    _check_fine_range(top.flatten(), taxonomy, "logits")
+    if validate_args:
+        _check_fine_range(top.flatten(), taxonomy, "logits")
     total = _hierarchical_distance_update(top, t, taxonomy.paths().to(t.device))
     return _ratio(total, torch.tensor(t.numel()))
 
 
 def hierarchical_precision_recall_f1(
-    preds: LevelTensors, targets: LevelTensors, taxonomy: Taxonomy
+    preds: LevelTensors, targets: LevelTensors, taxonomy: Taxonomy, validate_args: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Set-based hierarchical precision, recall and F1 (Kiritchenko et al., 2005).
 
@@ -357,16 +424,23 @@ def hierarchical_precision_recall_f1(
         preds: per-level (N,) ids or (N, C_l) logits, finest first.
         targets: per-level (N,) int64 labels, finest first.
         taxonomy: the class tree.
+        validate_args: check ids against the taxonomy and scores for NaN (host
+            syncs); False skips them.
 
     Returns:
         ``(hP, hR, hF)``, 0-d float64 tensors in [0, 1].
 
     Raises:
         TypeError: ``preds`` / ``targets`` not sequences of tensors.
-        ValueError: level counts that differ from each other or from the taxonomy.
+        ValueError: level or class counts that differ from each other or from the
+            taxonomy, ids outside it, NaN scores.
     """
-    p, t = _pair(preds, targets)
+    raw = as_levels(preds, "preds")
+    p, t = _pair(raw, targets, validate_args)
     check_level_count(len(p), taxonomy, "preds")
+    _check_level_preds(raw, taxonomy, validate_args)
+    if validate_args:
+        _check_level_targets(t, taxonomy)
     return _precision_recall_f1_compute(_hierarchical_set_counts(p, t, taxonomy))
 
 
@@ -400,6 +474,8 @@ class HierarchicalMetrics(_Metric):
         taxonomy: the class tree.
         top_k: ks for per-level top-k accuracy and the average hierarchical
             distance @k (k > 1 needs logits in ``update``).
+        validate_args: check, in ``update``, scores for NaN and ids against the
+            taxonomy (host syncs, as torchmetrics' ``validate_args``); False skips them.
         **kwargs: passed to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
 
     ``update(preds, targets)``: per-level sequences, finest first, of (N,) ids or
@@ -420,10 +496,13 @@ class HierarchicalMetrics(_Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, taxonomy: Taxonomy, top_k: Sequence[int] = (1,), **kwargs: Any) -> None:
+    def __init__(
+        self, taxonomy: Taxonomy, top_k: Sequence[int] = (1,), validate_args: bool = True, **kwargs: Any
+    ) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
         check_taxonomy(taxonomy)
+        self.validate_args = bool(validate_args)
         top_k = tuple(int(k) for k in top_k)
         if not top_k or min(top_k) < 1:
             raise ValueError(f"top_k must be a non-empty sequence of ks >= 1, got {top_k}.")
@@ -442,17 +521,14 @@ class HierarchicalMetrics(_Metric):
 
     def update(self, preds: LevelTensors, targets: LevelTensors) -> None:
         raw = as_levels(preds, "preds")
-        labels, t = _pair(raw, targets)
+        labels, t = _pair(raw, targets, self.validate_args)
         check_level_count(len(labels), self.taxonomy, "preds")
         # Validate everything before touching the states, so a bad batch leaves them as they were.
-        for l, (y, c) in enumerate(zip(t, self.taxonomy.num_classes)):
-            bad = (y < 0) | (y >= c)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(f"targets[{l}][{i}] is {int(y[i])}, outside [0, {c}) at level {l} of the taxonomy.")
-            if raw[l].dim() == 2 and raw[l].shape[1] != c:
-                raise ValueError(f"preds[{l}] has {raw[l].shape[1]} classes but level {l} of the taxonomy has {c}.")
-            if raw[l].dim() == 1 and max(self.top_k) > 1:
+        if self.validate_args:
+            _check_level_targets(t, self.taxonomy)
+        _check_level_preds(raw, self.taxonomy, self.validate_args)
+        for l, x in enumerate(raw):
+            if x.dim() == 1 and max(self.top_k) > 1:
                 raise ValueError(
                     f"preds[{l}] holds class ids; top_k={self.top_k} needs (N, C_{l}) logits (or use top_k=(1,))."
                 )
@@ -490,14 +566,15 @@ class FullPathAccuracy(_Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
+        self.validate_args = bool(validate_args)
         self.add_state("correct", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
 
     def update(self, preds: LevelTensors, targets: LevelTensors) -> None:
-        p, t = _pair(preds, targets)
+        p, t = _pair(preds, targets, self.validate_args)
         correct, total = _full_path_update(p, t)
         self.correct += correct
         self.total += total
@@ -513,17 +590,21 @@ class TreeInconsistencyError(_Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, taxonomy: Taxonomy, **kwargs: Any) -> None:
+    def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
+        check_taxonomy(taxonomy)
         self.taxonomy = taxonomy
+        self.validate_args = bool(validate_args)
         self.add_state("inconsistent", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
 
     def update(self, preds: LevelTensors, targets: Optional[LevelTensors] = None) -> None:
         """``targets`` is accepted (and ignored) so the metric fits a MetricCollection."""
-        p = [_labels(x, f"preds[{l}]") for l, x in enumerate(as_levels(preds, "preds"))]
-        check_level_count(len(p), self.taxonomy, "preds")
+        raw = as_levels(preds, "preds")
+        check_level_count(len(raw), self.taxonomy, "preds")
+        _check_level_preds(raw, self.taxonomy, self.validate_args)
+        p = [_labels(x, f"preds[{l}]", self.validate_args) for l, x in enumerate(raw)]
         inconsistent, total = _tree_inconsistency_update(p, self.taxonomy)
         self.inconsistent += inconsistent
         self.total += total
@@ -539,19 +620,22 @@ class MistakeSeverity(_Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, taxonomy: Taxonomy, **kwargs: Any) -> None:
+    def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
+        check_taxonomy(taxonomy)
         self.taxonomy = taxonomy
+        self.validate_args = bool(validate_args)
         self.register_buffer("_paths", taxonomy.paths(), persistent=False)
         self.add_state("height_sum", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("mistakes", default=_zeros(), dist_reduce_fx="sum")
 
     def update(self, preds: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors]) -> None:
-        p = _labels(_fine(preds, "preds"), "preds")
+        p = _labels(_fine(preds, "preds"), "preds", self.validate_args)
         t = _check_targets([_fine(targets, "targets")], p.shape[0])[0]
-        _check_fine_range(p, self.taxonomy, "preds")
-        _check_fine_range(t, self.taxonomy, "targets")
+        if self.validate_args:
+            _check_fine_range(p, self.taxonomy, "preds")
+            _check_fine_range(t, self.taxonomy, "targets")
         height_sum, mistakes = _mistake_severity_update(p, t, self._paths.to(p.device))
         self.height_sum += height_sum
         self.mistakes += mistakes
