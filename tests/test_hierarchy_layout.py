@@ -66,6 +66,16 @@ def test_old_paths_keep_private_names_and_tests_can_still_reach_known_constants(
         old.nope
 
 
+def test_deprecation_warning_points_at_the_users_import_line(tmp_path):
+    """Python shows DeprecationWarnings by default only when attributed to __main__: it must be the user's line."""
+    script = tmp_path / "user_script.py"
+    script.write_text("x = 1\nfrom hcast.hierarchy.hier import HIERLoss\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"{script}:2: DeprecationWarning: hcast.hierarchy.hier is deprecated" in out.stderr
+    assert "import from hcast.metric_learning instead" in out.stderr
+
+
 def test_package_imports_raise_no_deprecation_warning():
     code = "import hcast, hcast.hierarchy, hcast.metric_learning, hcast.hierarchy.losses"
     out = subprocess.run(

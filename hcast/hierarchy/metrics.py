@@ -560,7 +560,10 @@ class HierarchicalMetrics(_Metric):
 
 
 class FullPathAccuracy(_Metric):
-    """Full-path accuracy (FPA) as a torchmetrics ``Metric``; ``update(preds, targets)`` per level."""
+    """Full-path accuracy (FPA) as a torchmetrics ``Metric``; ``update(preds, targets)`` per level.
+
+    ``validate_args=False`` skips the NaN check of logits (a host sync per ``update``).
+    """
 
     is_differentiable = False
     higher_is_better = True
@@ -584,7 +587,11 @@ class FullPathAccuracy(_Metric):
 
 
 class TreeInconsistencyError(_Metric):
-    """Tree-based inconsistency error (TICE) as a torchmetrics ``Metric``; ``update(preds)`` per level."""
+    """Tree-based inconsistency error (TICE) as a torchmetrics ``Metric``; ``update(preds)`` per level.
+
+    Logits must have the taxonomy's class count at every level (``ValueError``
+    otherwise); ``validate_args=False`` skips the id-range and NaN checks (host syncs).
+    """
 
     is_differentiable = False
     higher_is_better = False
@@ -614,7 +621,10 @@ class TreeInconsistencyError(_Metric):
 
 
 class MistakeSeverity(_Metric):
-    """Mean LCA height of top-1 fine mistakes as a torchmetrics ``Metric`` (0 when there is no mistake)."""
+    """Mean LCA height of top-1 fine mistakes as a torchmetrics ``Metric`` (0 when there is no mistake).
+
+    ``validate_args=False`` skips the id-range and NaN checks (host syncs).
+    """
 
     is_differentiable = False
     higher_is_better = False

@@ -1,26 +1,16 @@
-"""Deprecated alias of :mod:`hcast.metric_learning.retrieval` (Recall@K).
+"""Deprecated alias of the module(s) that now hold Recall@K:
 
-Importing ``hcast.hierarchy.retrieval`` warns with ``DeprecationWarning``; it will be removed in the
-next release. Import from ``hcast.metric_learning`` (or the modules above) instead.
+  :mod:`hcast.metric_learning.retrieval`
+
+Importing ``hcast.hierarchy.retrieval`` warns with ``DeprecationWarning``; the alias will be removed
+in the next release. Import from ``hcast.metric_learning`` instead.
 """
-import importlib as _importlib
-import warnings as _warnings
+from hcast._deprecation import alias_module
 
-_NEW = ('hcast.metric_learning.retrieval',)
-_MODULES = [_importlib.import_module(_m) for _m in _NEW]
-__all__ = [_n for _m in _MODULES for _n in getattr(_m, "__all__", [])]
-globals().update({_n: getattr(_m, _n) for _m in _MODULES for _n in getattr(_m, "__all__", [])})
-
-
-def __getattr__(name):  # private names of the old module keep resolving
-    for m in _MODULES:
-        if hasattr(m, name):
-            return getattr(m, name)
-    raise AttributeError(f"module 'hcast.hierarchy.retrieval' has no attribute {name!r}")
-
-
-_warnings.warn(
-    "hcast.hierarchy.retrieval is deprecated and will be removed in the next release; import from hcast.metric_learning instead.",
-    DeprecationWarning,
-    stacklevel=2,
+alias_module(
+    globals(),
+    [
+        "hcast.metric_learning.retrieval",
+    ],
+    use_instead="hcast.metric_learning",
 )

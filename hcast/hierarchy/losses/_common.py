@@ -1,25 +1,20 @@
 """Argument checks and small helpers shared by the taxonomy losses of :mod:`hcast.hierarchy.losses`.
 
-Private: the public losses re-raise these errors with the argument names users pass.
+Private. Messages name the argument users pass (``logits``, ``targets[1]``). The
+per-level sequence checks shared with decoding and metrics are in
+:mod:`hcast.hierarchy._validation`.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from hcast.hierarchy._validation import check_taxonomy as _check_taxonomy
 from hcast.hierarchy.taxonomy import Taxonomy
 
-__all__: list[str] = []
+__all__: list[str] = []  # private helpers; _check_taxonomy is re-exported for the loss modules
 
 _REDUCTIONS = ("mean", "sum", "none")
-
-
-def _check_taxonomy(taxonomy: Taxonomy) -> None:
-    if not isinstance(taxonomy, Taxonomy):
-        raise TypeError(
-            f"taxonomy must be an hcast.hierarchy.Taxonomy, got {type(taxonomy).__name__}; build one with "
-            f"Taxonomy(parents) or Taxonomy.from_paths(paths)."
-        )
 
 
 def _check_reduction(reduction: str) -> None:

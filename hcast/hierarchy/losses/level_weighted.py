@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hcast.hierarchy._validation import as_levels
 from hcast.hierarchy.taxonomy import Taxonomy
 from hcast.hierarchy.losses._common import (
     _check_taxonomy,
@@ -179,7 +180,7 @@ class LevelWeightedCrossEntropy(nn.Module):
                 else:
                     out.append(_scatter_logsumexp(logits, index, shape))
             return out
-        logits = list(logits)
+        logits = as_levels(logits, "logits")
         if len(logits) != self.num_levels:
             raise ValueError(
                 f"logits has {len(logits)} levels but level_weights has {self.num_levels}; give one (N, C_l) tensor "
