@@ -114,6 +114,14 @@ def _fine(x: Union[torch.Tensor, LevelTensors], name: str) -> torch.Tensor:
     return x if torch.is_tensor(x) else as_levels(x, name)[0]
 
 
+def _check_ids(x: torch.Tensor, num_classes: int, name: str, allowed: str) -> None:
+    """ValueError naming the first id of ``x`` outside ``[0, num_classes)``; ``allowed`` describes the range."""
+    bad = (x < 0) | (x >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}[{i}] is {int(x[i])}, outside {allowed}.")
+
+
 def _check_level_preds(raw: list[torch.Tensor], taxonomy: Taxonomy, validate_args: bool = True) -> None:
     """Per-level preds against the taxonomy: logits need C_l columns; ids (if ``validate_args``) ``[0, C_l)``."""
     for l, (x, c) in enumerate(zip(raw, taxonomy.num_classes)):
@@ -123,26 +131,17 @@ def _check_level_preds(raw: list[torch.Tensor], taxonomy: Taxonomy, validate_arg
                 f"tensor per level, finest first, with the taxonomy's class counts."
             )
         if x.dim() == 1 and validate_args and not x.is_floating_point():
-            bad = (x < 0) | (x >= c)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(f"preds[{l}][{i}] is {int(x[i])}, outside [0, {c}) at level {l} of the taxonomy.")
+            _check_ids(x, c, f"preds[{l}]", f"[0, {c}) at level {l} of the taxonomy")
 
 
 def _check_level_targets(targets: list[torch.Tensor], taxonomy: Taxonomy) -> None:
     """ValueError naming the level and sample of the first target outside ``[0, C_l)``."""
     for l, (y, c) in enumerate(zip(targets, taxonomy.num_classes)):
-        bad = (y < 0) | (y >= c)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"targets[{l}][{i}] is {int(y[i])}, outside [0, {c}) at level {l} of the taxonomy.")
+        _check_ids(y, c, f"targets[{l}]", f"[0, {c}) at level {l} of the taxonomy")
 
 
 def _check_fine_range(x: torch.Tensor, taxonomy: Taxonomy, name: str) -> None:
-    bad = (x < 0) | (x >= taxonomy.num_fine)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name}[{i}] is {int(x[i])}, outside the taxonomy's fine classes [0, {taxonomy.num_fine}).")
+    _check_ids(x, taxonomy.num_fine, name, f"the taxonomy's fine classes [0, {taxonomy.num_fine})")
 
 
 # ---------------------------------------------------------------------------- _update / _compute helpers
