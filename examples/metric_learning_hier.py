@@ -2,7 +2,7 @@
 
 Trains the same CAST embedding twice on a stratified Fashion-MNIST subset, once with
 Proxy-Anchor (Kim et al., CVPR 2020; from pytorch-metric-learning) alone and once
-with Proxy-Anchor + HIER (Kim et al., CVPR 2023; :class:`hcast.hierarchy.HIERLoss`),
+with Proxy-Anchor + HIER (Kim et al., CVPR 2023; :class:`hcast.metric_learning.HIERLoss`),
 from the same initialisation and batch order, then reports leave-one-out Recall@K on
 a stratified subset of the Fashion-MNIST test split, with the Poincare distance as
 HIER's evaluation does. The embedding head is HIER's: ``LayerNorm (no affine) ->
@@ -33,7 +33,7 @@ from torch import nn
 
 import hcast  # noqa: F401  (registers the CAST models with timm)
 from hcast.data.fashion_mnist import FashionMNIST, stratified_indices
-from hcast.hierarchy import HIERLoss, ToPoincare, recall_at_k
+from hcast.metric_learning import HIERLoss, ToPoincare, recall_at_k
 
 KS = (1, 2, 4, 8)
 

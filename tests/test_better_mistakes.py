@@ -1,4 +1,7 @@
-"""Tests of hcast.hierarchy.better_mistakes: HXE, soft labels, level-weighted CE.
+"""Tests of the "Making Better Mistakes" losses in hcast.hierarchy.losses.
+
+HXE (``hierarchical_cross_entropy``), soft labels (``soft_labels``) and the
+level-weighted cross-entropy (``level_weighted``).
 
 The reference values come from an independent re-implementation, in plain Python
 loops over an explicit tree, of the algorithms of github:fiveai/making-better-mistakes
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hcast.hierarchy import Taxonomy, fashion_mnist_taxonomy
-from hcast.hierarchy.better_mistakes import (
+from hcast.hierarchy.losses import (
     HierarchicalCrossEntropyLoss,
     LevelWeightedCrossEntropy,
     SoftLabelCrossEntropyLoss,

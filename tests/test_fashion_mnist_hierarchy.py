@@ -21,7 +21,7 @@ from hcast.hierarchy import (
     level_accuracy,
     tree_inconsistency_error,
 )
-from hcast.hierarchy.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_GROUPS
+from hcast.hierarchy.taxonomies import FASHION_MNIST_CLASSES, FASHION_MNIST_GROUPS
 
 TAX = fashion_mnist_taxonomy()
 

@@ -1,4 +1,4 @@
-"""Tests of hcast.hierarchy.hier: Poincare maps and distances, triplet mining, the HIER loss."""
+"""Tests of hcast.metric_learning.hier: Poincare maps and distances, triplet mining, the HIER loss."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 geoopt = pytest.importorskip("geoopt")
 
-from hcast.hierarchy.hier import (  # noqa: E402
+from hcast.metric_learning.hier import (  # noqa: E402
     HIERLoss,
     ToPoincare,
     hier_triplet_loss,

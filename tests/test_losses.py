@@ -1,4 +1,4 @@
-"""Tests of H-CAST's objective (hcast.hierarchy.losses)."""
+"""Tests of H-CAST's objective (hcast.hierarchy.losses.tree_path)."""
 import math
 
 import pytest

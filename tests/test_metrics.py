@@ -53,6 +53,23 @@ def test_level_and_full_path_accuracy_by_hand():
         level_accuracy(PREDS, TARGETS, top_k=2)
 
 
+def test_functional_metrics_return_float64_tensors_without_host_sync():
+    """Tensors, not floats: a training loop can log them without a sync per call (validate_args=False)."""
+    values = [
+        *level_accuracy(PREDS, TARGETS, validate_args=False),
+        full_path_accuracy(PREDS, TARGETS, validate_args=False),
+        tree_inconsistency_error(PREDS, TAX, validate_args=False),
+        mistake_severity(PREDS, TARGETS, TAX, validate_args=False),
+        average_hierarchical_distance(FINE_LOGITS, TARGETS, TAX, k=2, validate_args=False),
+        *hierarchical_precision_recall_f1(PREDS, TARGETS, TAX, validate_args=False),
+    ]
+    for v in values:
+        assert torch.is_tensor(v) and v.dim() == 0 and v.dtype == torch.float64
+    # the same numbers as with the checks on
+    assert [v.item() for v in values[:6]] == [0.5, 0.5, 0.5, 0.25, 0.25, 2.5]
+    assert values[6].item() == (0.5 + 1 + 0.5 + 3) / 4
+
+
 def test_tree_inconsistency_error_by_hand():
     # paths (0,0,0) (1,0,0) (3,2,0) (0,0,0): mid 2 lies under coarse 1, so the third is not a path
     assert tree_inconsistency_error(PREDS, TAX) == 0.25

@@ -1,11 +1,11 @@
-"""Tests of hcast.hierarchy.retrieval: Recall@K (functional and torchmetrics)."""
+"""Tests of hcast.metric_learning.retrieval: Recall@K (functional and torchmetrics)."""
 import pytest
 import torch
 
 geoopt = pytest.importorskip("geoopt")
 
-from hcast.hierarchy.hier import to_poincare
-from hcast.hierarchy.retrieval import RecallAtK, recall_at_k
+from hcast.metric_learning.hier import to_poincare
+from hcast.metric_learning.retrieval import RecallAtK, recall_at_k
 
 
 def brute_force_recall(distances, query_labels, gallery_labels, k, leave_one_out):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hcast.hierarchy import Taxonomy
-from hcast.hierarchy.datasets import fgvc_aircraft_taxonomy, inat21_taxonomy, wordnet_taxonomy
+from hcast.hierarchy.taxonomies import fgvc_aircraft_taxonomy, inat21_taxonomy, wordnet_taxonomy
 
 # 6 fine classes -> 3 mid -> 2 coarse:
 #   coarse 0: mid 0 {0, 1}, mid 1 {2}

@@ -7,7 +7,7 @@ ten garments (60,000 train, 10,000 test) in the IDX format of MNIST. Debian's
 ``root`` when one is given, and downloads with torchvision otherwise.
 
 The two-level taxonomy hcast trains on (10 garments -> 5 groups) is
-:func:`hcast.hierarchy.datasets.fashion_mnist_taxonomy`.
+:func:`hcast.hierarchy.taxonomies.fashion_mnist_taxonomy`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 # The ten garment names in label order 0..9, defined once beside the dataset's taxonomy.
-from hcast.hierarchy.datasets import FASHION_MNIST_CLASSES
+from hcast.hierarchy.taxonomies import FASHION_MNIST_CLASSES
 
 __all__ = [
     "FASHION_MNIST_CLASSES",

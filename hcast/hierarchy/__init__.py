@@ -1,19 +1,49 @@
-"""Taxonomies, hierarchical losses, metrics and consistent decoding.
+"""Taxonomies, hierarchical losses, metrics, consistent decoding and hierarchical mixup.
 
-Levels are ordered finest first everywhere. ``torchmetrics`` (extra ``train``) is
-needed only for the ``Metric`` classes of :mod:`hcast.hierarchy.metrics`; the
+Levels are ordered finest first everywhere. Where each concept lives:
+
+* :mod:`~hcast.hierarchy.taxonomy`: the class tree, :class:`Taxonomy`.
+* :mod:`~hcast.hierarchy.taxonomies`: taxonomies of datasets (Fashion-MNIST,
+  FGVC-Aircraft, iNaturalist 2021, WordNet).
+* :mod:`~hcast.hierarchy.losses`: one module per loss family (H-CAST's tree-path
+  objective, HXE, soft labels, level-weighted cross-entropy).
+* :mod:`~hcast.hierarchy.metrics`: FPA, TICE, mistake severity, hierarchical
+  distance and precision/recall, functional and as torchmetrics ``Metric`` classes.
+* :mod:`~hcast.hierarchy.decoding`: per-level argmax and consistent decoding.
+* :mod:`~hcast.hierarchy.mixup`: mixup/cutmix with per-level targets.
+
+``torchmetrics`` (extra ``train``) is needed only for the ``Metric`` classes; the
 functional metrics and everything else here work without it.
+
+The metric-learning names (``HIERLoss``, ``ToPoincare``, ``to_poincare``,
+``poincare_distance_matrix``, ``RecallAtK``, ``recall_at_k``) now live in
+:mod:`hcast.metric_learning`; they are re-exported here for code written against
+earlier releases. The old module paths ``hcast.hierarchy.datasets``,
+``.better_mistakes``, ``.hier`` and ``.retrieval`` still import, with a
+``DeprecationWarning``, until the next release.
 """
 from hcast.hierarchy.taxonomy import TAXONOMY_SCHEMA_VERSION, Taxonomy
-from hcast.hierarchy.datasets import (
+from hcast.hierarchy.taxonomies import (
     fashion_mnist_taxonomy,
     fgvc_aircraft_taxonomy,
     inat21_taxonomy,
     wordnet_taxonomy,
 )
-from hcast.hierarchy.losses import HCASTLoss, tree_path_kl
+from hcast.hierarchy.losses import (
+    HCASTLoss,
+    HierarchicalCrossEntropyLoss,
+    LevelWeightedCrossEntropy,
+    SoftLabelCrossEntropyLoss,
+    hierarchical_cross_entropy,
+    hxe_edge_weights,
+    level_targets_to_probs,
+    ramp_weight,
+    soft_label_cross_entropy,
+    soft_labels,
+    tree_path_kl,
+)
 from hcast.hierarchy.mixup import HierarchicalMixup
-from hcast.hierarchy.decoding import argmax_decode, consistent_decode
+from hcast.hierarchy.decoding import argmax_decode, consistent_decode, path_log_probs
 from hcast.hierarchy.metrics import (
     FullPathAccuracy,
     HierarchicalMetrics,
@@ -26,6 +56,8 @@ from hcast.hierarchy.metrics import (
     mistake_severity,
     tree_inconsistency_error,
 )
+# Kept for earlier releases' users: metric learning moved to hcast.metric_learning.
+from hcast.metric_learning import HIERLoss, RecallAtK, ToPoincare, poincare_distance_matrix, recall_at_k, to_poincare
 
 __all__ = [
     "Taxonomy",
@@ -36,9 +68,19 @@ __all__ = [
     "wordnet_taxonomy",
     "HCASTLoss",
     "tree_path_kl",
+    "level_targets_to_probs",
+    "HierarchicalCrossEntropyLoss",
+    "hierarchical_cross_entropy",
+    "hxe_edge_weights",
+    "SoftLabelCrossEntropyLoss",
+    "soft_label_cross_entropy",
+    "soft_labels",
+    "LevelWeightedCrossEntropy",
+    "ramp_weight",
     "HierarchicalMixup",
     "argmax_decode",
     "consistent_decode",
+    "path_log_probs",
     "level_accuracy",
     "full_path_accuracy",
     "tree_inconsistency_error",
@@ -49,27 +91,6 @@ __all__ = [
     "FullPathAccuracy",
     "TreeInconsistencyError",
     "MistakeSeverity",
-]
-
-# Making Better Mistakes (HXE, soft labels, level-weighted CE), HIER and Recall@K.
-from hcast.hierarchy.better_mistakes import (
-    HierarchicalCrossEntropyLoss,
-    LevelWeightedCrossEntropy,
-    SoftLabelCrossEntropyLoss,
-    hierarchical_cross_entropy,
-    soft_label_cross_entropy,
-    soft_labels,
-)
-from hcast.hierarchy.hier import HIERLoss, ToPoincare, poincare_distance_matrix, to_poincare
-from hcast.hierarchy.retrieval import RecallAtK, recall_at_k
-
-__all__ += [
-    "HierarchicalCrossEntropyLoss",
-    "LevelWeightedCrossEntropy",
-    "SoftLabelCrossEntropyLoss",
-    "hierarchical_cross_entropy",
-    "soft_label_cross_entropy",
-    "soft_labels",
     "HIERLoss",
     "ToPoincare",
     "poincare_distance_matrix",

@@ -10,50 +10,47 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 
+from hcast.hierarchy._validation import check_level_logits
 from hcast.hierarchy.taxonomy import Taxonomy
 
 __all__ = ["argmax_decode", "consistent_decode", "path_log_probs"]
 
 
-def _check(logits: Sequence[torch.Tensor], taxonomy: Optional[Taxonomy] = None) -> list[torch.Tensor]:
-    if torch.is_tensor(logits):
-        raise TypeError("logits must be a sequence of per-level (N, C_l) tensors, finest first, not one tensor.")
-    logits = list(logits)
-    if not logits:
-        raise ValueError("logits is empty; give one (N, C_l) tensor per level, finest first.")
-    for l, x in enumerate(logits):
-        if not torch.is_tensor(x) or x.dim() != 2:
-            raise ValueError(f"logits[{l}] must be a (N, C_{l}) tensor, got {getattr(x, 'shape', type(x))}.")
-        if x.shape[0] != logits[0].shape[0]:
-            raise ValueError(f"logits[{l}] has batch size {x.shape[0]} but logits[0] has {logits[0].shape[0]}.")
-    if taxonomy is not None:
-        if len(logits) != taxonomy.num_levels:
-            raise ValueError(
-                f"logits has {len(logits)} levels but the taxonomy has {taxonomy.num_levels}; give one (N, C_l) "
-                f"tensor per level, finest first."
-            )
-        for l, (x, c) in enumerate(zip(logits, taxonomy.num_classes)):
-            if x.shape[1] != c:
-                raise ValueError(f"logits[{l}] has {x.shape[1]} classes but level {l} of the taxonomy has {c}.")
-    return logits
-
-
 def argmax_decode(logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-level argmax: a list of (N,) int64 tensors, finest first."""
-    return [x.argmax(dim=-1) for x in _check(logits)]
+    """Per-level argmax: a list of (N,) int64 tensors, finest first.
+
+    Args:
+        logits: per-level (N, C_l) logits (or probabilities), finest first.
+
+    Raises:
+        TypeError: ``logits`` is one tensor, or holds non-tensors.
+        ValueError: an entry that is not 2-D, or batch sizes that differ.
+    """
+    return [x.argmax(dim=-1) for x in check_level_logits(logits, floating=False)]
 
 
 def path_log_probs(logits: Sequence[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
     """(N, num_fine) float: ``sum_l log_softmax(logits_l)[:, paths[f, l]]`` for every fine class ``f``.
 
-    Computed in float32 at least (float64 stays float64).
+    Computed in float32 at least (float64 stays float64). This is the score
+    :func:`consistent_decode` maximises; ``hcast predict`` reports it per path.
+
+    Args:
+        logits: per-level (N, C_l) logits, finest first.
+        taxonomy: the class tree (its level and class counts must match the logits).
+
+    Raises:
+        TypeError: ``logits`` is one tensor or holds non-tensors; ``taxonomy`` is
+            not a :class:`Taxonomy`.
+        ValueError: level or class counts that do not match the taxonomy, batch
+            sizes that differ.
     """
-    logits = _check(logits, taxonomy)
+    logits = check_level_logits(logits, taxonomy=taxonomy, floating=False)
     paths = taxonomy.paths().to(logits[0].device)
     score = None
     for l, x in enumerate(logits):
@@ -63,8 +60,24 @@ def path_log_probs(logits: Sequence[torch.Tensor], taxonomy: Taxonomy) -> torch.
     return score
 
 
+def _check_scores(logits: list[torch.Tensor]) -> None:
+    """ValueError naming the level and sample of the first NaN or +inf logit (both make log_softmax NaN)."""
+    for l, x in enumerate(logits):
+        if not x.is_floating_point():
+            continue
+        bad = torch.isnan(x) | torch.isposinf(x)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            what = "NaN" if bool(torch.isnan(x[i]).any()) else "+inf"
+            raise ValueError(
+                f"logits[{l}] holds {what} scores (first at sample {i}); the path scores would be NaN and the "
+                f"decoded path arbitrary. Check the model's output (a diverged run, NaN inputs), or pass "
+                f"validate_args=False to skip this check."
+            )
+
+
 def consistent_decode(
-    logits: Sequence[torch.Tensor], taxonomy: Taxonomy, return_scores: bool = False
+    logits: Sequence[torch.Tensor], taxonomy: Taxonomy, return_scores: bool = False, validate_args: bool = True
 ) -> Union[list[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]:
     """The taxonomy path with the highest summed per-level log-probability.
 
@@ -75,15 +88,21 @@ def consistent_decode(
         logits: per-level (N, C_l) logits, finest first.
         taxonomy: the class tree (its class counts must match the logits).
         return_scores: also return the (N,) summed log-probability of the chosen path.
+        validate_args: reject NaN and +inf logits (a host sync); False skips the check.
 
     Returns:
         list of (N,) int64 tensors, finest first, each row a valid path
         (and the (N,) scores if ``return_scores``).
 
     Raises:
-        ValueError: level or class counts that do not match the taxonomy.
+        TypeError: as :func:`path_log_probs`.
+        ValueError: level or class counts that do not match the taxonomy; NaN or
+            +inf logits (when ``validate_args``).
     """
-    scores = path_log_probs(logits, taxonomy)
+    checked = check_level_logits(logits, taxonomy=taxonomy, floating=False)
+    if validate_args:
+        _check_scores(checked)
+    scores = path_log_probs(checked, taxonomy)
     best_score, fine = scores.max(dim=1)
     paths = taxonomy.paths().to(fine.device)[fine]
     preds = list(paths.unbind(1))

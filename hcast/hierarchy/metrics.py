@@ -19,9 +19,14 @@ All functions take **per-level sequences, finest first**: ``preds[l]`` is either
 * :func:`hierarchical_precision_recall_f1`: set-based hierarchical precision,
   recall and F1 (Kiritchenko et al., 2005), micro-averaged over samples.
 
+The functional metrics return 0-d float64 tensors on the inputs' device (no host
+sync per call; ``float(x)`` or ``x.item()`` when a Python number is needed).
 The ``Metric`` classes (:class:`HierarchicalMetrics`, :class:`FullPathAccuracy`,
 :class:`TreeInconsistencyError`, :class:`MistakeSeverity`) keep only summed
-counts (``dist_reduce_fx="sum"``), so they are exact under DDP. They need
+counts (``dist_reduce_fx="sum"``), so they are exact under DDP. Both forms share
+one definition of every metric: per-batch ``_*_update`` helpers that return
+counts and ``_*_compute`` helpers that turn summed counts into values, as
+torchmetrics' functional and modular metrics do. They need
 ``torchmetrics`` (``pip install hcast[train]``); the functional metrics do not.
 """
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from hcast.hierarchy._validation import as_levels, check_level_count, check_taxonomy
 from hcast.hierarchy.taxonomy import Taxonomy
 
 __all__ = [
@@ -51,24 +57,24 @@ LevelTensors = Sequence[torch.Tensor]
 # ---------------------------------------------------------------------------- input handling
 
 
-def _as_levels(x: Union[torch.Tensor, LevelTensors], name: str) -> list[torch.Tensor]:
-    if torch.is_tensor(x):
-        raise TypeError(
-            f"{name} must be a sequence with one tensor per level, finest first (e.g. [fine, coarse]), got a "
-            f"single tensor of shape {tuple(x.shape)}; wrap it in a list for one level."
-        )
-    out = list(x)
-    if not out:
-        raise ValueError(f"{name} is empty; give one tensor per level, finest first.")
-    for l, t in enumerate(out):
-        if not torch.is_tensor(t):
-            raise TypeError(f"{name}[{l}] must be a tensor, got {type(t).__name__}.")
-    return out
+def _check_no_nan(x: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` and the first sample if the scores ``x`` hold a NaN (its argmax is meaningless)."""
+    if x.is_floating_point():
+        nan = torch.isnan(x)
+        if bool(nan.any()):
+            i = int(nan.nonzero()[0, 0])
+            raise ValueError(
+                f"{name} holds NaN scores (first at sample {i}); an argmax over NaN picks an arbitrary class. "
+                f"Check the model's output (a diverged run, NaN inputs) before computing metrics, or pass "
+                f"validate_args=False to skip this check."
+            )
 
 
-def _labels(x: torch.Tensor, name: str) -> torch.Tensor:
-    """(N,) int64 labels from (N,) ids or (N, C) scores."""
+def _labels(x: torch.Tensor, name: str, validate_args: bool = True) -> torch.Tensor:
+    """(N,) int64 labels from (N,) ids or (N, C) scores (NaN scores rejected when ``validate_args``)."""
     if x.dim() == 2:
+        if validate_args:
+            _check_no_nan(x, name)
         return x.argmax(dim=1)
     if x.dim() == 1 and not x.is_floating_point():
         return x.long()
@@ -88,12 +94,14 @@ def _check_targets(targets: list[torch.Tensor], n: int) -> list[torch.Tensor]:
     return out
 
 
-def _pair(preds: LevelTensors, targets: LevelTensors) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    p = _as_levels(preds, "preds")
-    t = _as_levels(targets, "targets")
+def _pair(
+    preds: LevelTensors, targets: LevelTensors, validate_args: bool = True
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    p = as_levels(preds, "preds")
+    t = as_levels(targets, "targets")
     if len(p) != len(t):
         raise ValueError(f"preds has {len(p)} levels but targets has {len(t)}; give one tensor per level, finest first.")
-    labels = [_labels(x, f"preds[{l}]") for l, x in enumerate(p)]
+    labels = [_labels(x, f"preds[{l}]", validate_args) for l, x in enumerate(p)]
     n = labels[0].shape[0]
     for l, x in enumerate(labels):
         if x.shape[0] != n:
@@ -103,29 +111,49 @@ def _pair(preds: LevelTensors, targets: LevelTensors) -> tuple[list[torch.Tensor
 
 def _fine(x: Union[torch.Tensor, LevelTensors], name: str) -> torch.Tensor:
     """The finest level of ``x`` (a tensor is taken as the fine level itself)."""
-    return x if torch.is_tensor(x) else _as_levels(x, name)[0]
+    return x if torch.is_tensor(x) else as_levels(x, name)[0]
 
 
-def _check_taxonomy_levels(n_levels: int, taxonomy: Taxonomy, name: str) -> None:
-    if not isinstance(taxonomy, Taxonomy):
-        raise TypeError(f"taxonomy must be a hcast.hierarchy.Taxonomy, got {type(taxonomy).__name__}.")
-    if n_levels != taxonomy.num_levels:
-        raise ValueError(f"{name} has {n_levels} levels but the taxonomy has {taxonomy.num_levels}.")
+def _check_ids(x: torch.Tensor, num_classes: int, name: str, allowed: str) -> None:
+    """ValueError naming the first id of ``x`` outside ``[0, num_classes)``; ``allowed`` describes the range."""
+    bad = (x < 0) | (x >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}[{i}] is {int(x[i])}, outside {allowed}.")
+
+
+def _check_level_preds(raw: list[torch.Tensor], taxonomy: Taxonomy, validate_args: bool = True) -> None:
+    """Per-level preds against the taxonomy: logits need C_l columns; ids (if ``validate_args``) ``[0, C_l)``."""
+    for l, (x, c) in enumerate(zip(raw, taxonomy.num_classes)):
+        if x.dim() == 2 and x.shape[1] != c:
+            raise ValueError(
+                f"preds[{l}] has {x.shape[1]} classes but level {l} of the taxonomy has {c}; give one (N, C_l) "
+                f"tensor per level, finest first, with the taxonomy's class counts."
+            )
+        if x.dim() == 1 and validate_args and not x.is_floating_point():
+            _check_ids(x, c, f"preds[{l}]", f"[0, {c}) at level {l} of the taxonomy")
+
+
+def _check_level_targets(targets: list[torch.Tensor], taxonomy: Taxonomy) -> None:
+    """ValueError naming the level and sample of the first target outside ``[0, C_l)``."""
+    for l, (y, c) in enumerate(zip(targets, taxonomy.num_classes)):
+        _check_ids(y, c, f"targets[{l}]", f"[0, {c}) at level {l} of the taxonomy")
 
 
 def _check_fine_range(x: torch.Tensor, taxonomy: Taxonomy, name: str) -> None:
-    bad = (x < 0) | (x >= taxonomy.num_fine)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name}[{i}] is {int(x[i])}, outside the taxonomy's fine classes [0, {taxonomy.num_fine}).")
+    _check_ids(x, taxonomy.num_fine, name, f"the taxonomy's fine classes [0, {taxonomy.num_fine})")
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
-    return float(num) / float(den) if float(den) > 0 else 0.0
+# ---------------------------------------------------------------------------- _update / _compute helpers
+# Each metric is defined once: an ``_update`` helper returns summed counts of one batch (tensors on the
+# input's device, no host sync), a ``_compute`` helper turns summed counts into the value. The functional
+# metrics call both on one batch; the ``Metric`` classes add the counts to their states (summed across
+# processes under DDP) and call the same ``_compute`` helpers.
 
 
-# ---------------------------------------------------------------------------- counting kernels
-# Each returns summed counts so the Metric classes and the functions share one implementation.
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` as float64, 0 where ``den == 0``."""
+    return num.double() / den.double().clamp(min=1)
 
 
 def _topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int], name: str) -> torch.Tensor:
@@ -141,12 +169,45 @@ def _topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int],
     return torch.stack([hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
 
 
+def _full_path_update(labels: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(number of samples right at every level, number of samples)."""
+    right = torch.stack([x == y for x, y in zip(labels, targets)]).all(dim=0)
+    return right.sum(), right.numel()
+
+
+def _tree_inconsistency_update(labels: list[torch.Tensor], taxonomy: Taxonomy) -> tuple[torch.Tensor, int]:
+    """(number of predicted paths not in the taxonomy, number of samples)."""
+    valid = taxonomy.valid_paths_mask(labels)
+    return (~valid).sum(), valid.numel()
+
+
 def _lca_heights(a: torch.Tensor, b: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
-    """LCA height for fine ids ``a`` (..., ) vs ``b`` (broadcastable), via the (F, L) paths."""
+    """LCA height for fine ids ``a`` (..., ) vs ``b`` (broadcastable), via the (F, L) paths; 0 where equal."""
     eq = paths[a] == paths[b]  # (..., L)
     # First level where the two paths meet; num_levels (only the root shared) when none.
     ext = torch.cat([eq, torch.ones_like(eq[..., :1])], dim=-1)
     return ext.to(torch.int8).argmax(dim=-1).long()
+
+
+def _mistake_severity_update(
+    fine_preds: torch.Tensor, fine_targets: torch.Tensor, paths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed LCA height over the mistakes, number of mistakes); a right prediction has height 0."""
+    return _lca_heights(fine_preds, fine_targets, paths).sum(), (fine_preds != fine_targets).sum()
+
+
+def _top_fine(fine: torch.Tensor, k: int, name: str) -> torch.Tensor:
+    """(N, k') int64 top-k fine ids (``k' = min(k, C_0)``) from (N, C_0) logits, or (N, 1) from (N,) ids."""
+    if fine.dim() == 1:
+        if k != 1:
+            raise ValueError(f"{name} holds class ids; average_hierarchical_distance with k > 1 needs (N, C) logits.")
+        return fine.long()[:, None]
+    return fine.topk(min(k, fine.shape[1]), dim=1).indices
+
+
+def _hierarchical_distance_update(top: torch.Tensor, fine_targets: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """float64 sum over samples of the mean LCA height of the (N, k) top fine ids to the target."""
+    return _lca_heights(top, fine_targets[:, None], paths).double().mean(dim=1).sum()
 
 
 def _hierarchical_set_counts(preds: list[torch.Tensor], targets: list[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
@@ -183,19 +244,39 @@ def _hierarchical_set_counts(preds: list[torch.Tensor], targets: list[torch.Tens
     return torch.stack([inter, n_p, n_t])
 
 
+def _precision_recall_f1_compute(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hP, hR, hF) float64 from the summed (3,) counts |P & T|, |P|, |T| (0 where undefined)."""
+    inter, n_p, n_t = counts.unbind(0)
+    hp = _ratio(inter, n_p)
+    hr = _ratio(inter, n_t)
+    hf = 2 * hp * hr / (hp + hr).clamp(min=torch.finfo(torch.float64).tiny)  # 0 when hP = hR = 0
+    return hp, hr, hf
+
+
 # ---------------------------------------------------------------------------- functional metrics
 
 
-def level_accuracy(preds: LevelTensors, targets: LevelTensors, top_k: int = 1) -> list[float]:
-    """Top-k accuracy of every level, finest first (list of floats in [0, 1]).
+def level_accuracy(
+    preds: LevelTensors, targets: LevelTensors, top_k: int = 1, validate_args: bool = True
+) -> list[torch.Tensor]:
+    """Top-k accuracy of every level, finest first.
 
     Args:
         preds: per-level (N, C_l) logits, or (N,) ids when ``top_k == 1``.
         targets: per-level (N,) int64 labels.
         top_k: k (clipped to C_l for levels with fewer classes).
+        validate_args: check the scores for NaN (a host sync); False skips it.
+
+    Returns:
+        list of 0-d float64 tensors in [0, 1], one per level (0 for an empty batch).
+
+    Raises:
+        TypeError: ``preds`` / ``targets`` not sequences of tensors.
+        ValueError: level counts or batch sizes that differ, ``top_k < 1``,
+            ``top_k > 1`` with class ids, or NaN scores.
     """
-    p = _as_levels(preds, "preds")
-    t = _as_levels(targets, "targets")
+    p = as_levels(preds, "preds")
+    t = as_levels(targets, "targets")
     if len(p) != len(t):
         raise ValueError(f"preds has {len(p)} levels but targets has {len(t)}.")
     if top_k < 1:
@@ -203,71 +284,95 @@ def level_accuracy(preds: LevelTensors, targets: LevelTensors, top_k: int = 1) -
     out = []
     for l, (x, y) in enumerate(zip(p, t)):
         y = _check_targets([y], x.shape[0])[0]
-        n = y.shape[0]
-        out.append(_ratio(_topk_correct(x, y, [top_k], f"preds[{l}]")[0], torch.tensor(n)))
+        if validate_args:
+            _check_no_nan(x, f"preds[{l}]")
+        correct = _topk_correct(x, y, [top_k], f"preds[{l}]")[0]
+        out.append(_ratio(correct, torch.tensor(y.shape[0])))
     return out
 
 
-def full_path_accuracy(preds: LevelTensors, targets: LevelTensors) -> float:
+def full_path_accuracy(preds: LevelTensors, targets: LevelTensors, validate_args: bool = True) -> torch.Tensor:
     """Full-path accuracy (FPA): share of samples whose prediction is right at every level.
 
     Args:
         preds: per-level (N,) ids or (N, C_l) logits (argmax per level), finest first.
         targets: per-level (N,) int64 labels, finest first.
+        validate_args: check the scores for NaN (a host sync); False skips it.
 
     Returns:
-        float in [0, 1] (0.0 for an empty batch).
+        0-d float64 tensor in [0, 1] (0 for an empty batch).
+
+    Raises:
+        TypeError: ``preds`` / ``targets`` not sequences of tensors.
+        ValueError: level counts or batch sizes that differ, NaN scores.
     """
-    p, t = _pair(preds, targets)
-    right = torch.stack([x == y for x, y in zip(p, t)]).all(dim=0)
-    return _ratio(right.sum(), torch.tensor(right.numel()))
+    p, t = _pair(preds, targets, validate_args)
+    correct, total = _full_path_update(p, t)
+    return _ratio(correct, torch.tensor(total))
 
 
-def tree_inconsistency_error(preds: LevelTensors, taxonomy: Taxonomy) -> float:
+def tree_inconsistency_error(preds: LevelTensors, taxonomy: Taxonomy, validate_args: bool = True) -> torch.Tensor:
     """Tree-based inconsistency error (TICE): share of predicted paths not in the taxonomy.
 
     Args:
         preds: per-level (N,) ids or (N, C_l) logits (argmax per level), finest first.
         taxonomy: the class tree.
+        validate_args: check ids against ``[0, C_l)`` and scores for NaN (a host
+            sync); False skips both.
 
     Returns:
-        float in [0, 1] (0.0 for an empty batch). Consistent decoding
+        0-d float64 tensor in [0, 1] (0 for an empty batch). Consistent decoding
         (:func:`hcast.hierarchy.decoding.consistent_decode`) gives 0.
+
+    Raises:
+        TypeError: ``preds`` not a sequence of tensors, ``taxonomy`` not a Taxonomy.
+        ValueError: a level count or a level's class count that does not match the
+            taxonomy, ids outside it, NaN scores.
     """
-    p = [_labels(x, f"preds[{l}]") for l, x in enumerate(_as_levels(preds, "preds"))]
-    _check_taxonomy_levels(len(p), taxonomy, "preds")
-    valid = taxonomy.valid_paths_mask(p)
-    return _ratio((~valid).sum(), torch.tensor(valid.numel()))
+    raw = as_levels(preds, "preds")
+    check_level_count(len(raw), taxonomy, "preds")
+    _check_level_preds(raw, taxonomy, validate_args)
+    p = [_labels(x, f"preds[{l}]", validate_args) for l, x in enumerate(raw)]
+    inconsistent, total = _tree_inconsistency_update(p, taxonomy)
+    return _ratio(inconsistent, torch.tensor(total))
 
 
 def mistake_severity(
-    preds: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors], taxonomy: Taxonomy
-) -> float:
+    preds: Union[torch.Tensor, LevelTensors],
+    targets: Union[torch.Tensor, LevelTensors],
+    taxonomy: Taxonomy,
+    validate_args: bool = True,
+) -> torch.Tensor:
     """Mean LCA height between top-1 fine prediction and target over the mistakes.
 
     Only the finest level is used: ``preds`` / ``targets`` may be per-level
     sequences (their first entry is taken) or the fine-level tensor itself
     ((N,) ids or (N, C_0) logits). Heights are those of
-    :meth:`Taxonomy.lca_height` (1 .. num_levels for a mistake).
+    :meth:`Taxonomy.lca_height` (1 .. num_levels for a mistake). ``validate_args=False``
+    skips the NaN and id-range checks (host syncs).
 
     Returns:
-        float in [1, num_levels], or 0.0 when there is no mistake.
+        0-d float64 tensor in [1, num_levels], or 0 when there is no mistake.
+
+    Raises:
+        ValueError: ids outside the taxonomy's fine classes, batch sizes that differ.
     """
-    p = _labels(_fine(preds, "preds"), "preds")
+    p = _labels(_fine(preds, "preds"), "preds", validate_args)
     t = _check_targets([_fine(targets, "targets")], p.shape[0])[0]
-    _check_fine_range(p, taxonomy, "preds")
-    _check_fine_range(t, taxonomy, "targets")
-    wrong = p != t
-    if not bool(wrong.any()):
-        return 0.0
-    paths = taxonomy.paths().to(p.device)
-    h = _lca_heights(p[wrong], t[wrong], paths)
-    return float(h.double().mean())
+    if validate_args:
+        _check_fine_range(p, taxonomy, "preds")
+        _check_fine_range(t, taxonomy, "targets")
+    height_sum, mistakes = _mistake_severity_update(p, t, taxonomy.paths().to(p.device))
+    return _ratio(height_sum, mistakes)
 
 
 def average_hierarchical_distance(
-    logits: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors], taxonomy: Taxonomy, k: int = 1
-) -> float:
+    logits: Union[torch.Tensor, LevelTensors],
+    targets: Union[torch.Tensor, LevelTensors],
+    taxonomy: Taxonomy,
+    k: int = 1,
+    validate_args: bool = True,
+) -> torch.Tensor:
     """Average hierarchical distance @k ("Making Better Mistakes"): mean LCA height
     between the target and each of the top-k fine predictions, over all samples.
 
@@ -276,31 +381,34 @@ def average_hierarchical_distance(
             used). (N,) ids are accepted for ``k == 1``.
         targets: (N,) fine labels, or a per-level sequence.
         k: number of top predictions per sample (``k <= C_0``).
+        validate_args: check scores for NaN and ids against the taxonomy (host
+            syncs); False skips them.
 
     Returns:
-        float in [0, num_levels].
+        0-d float64 tensor in [0, num_levels] (0 for an empty batch).
+
+    Raises:
+        ValueError: ``k`` outside ``[1, C_0]``, ``k > 1`` with class ids, ids
+            outside the taxonomy's fine classes.
     """
     x = _fine(logits, "logits")
     t = _check_targets([_fine(targets, "targets")], x.shape[0])[0]
-    _check_fine_range(t, taxonomy, "targets")
-    if x.dim() == 1:
-        if k != 1:
-            raise ValueError("logits holds class ids; average_hierarchical_distance with k > 1 needs (N, C) logits.")
-        top = x.long()[:, None]
-    else:
-        if not 1 <= k <= x.shape[1]:
-            raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}.")
-        top = x.topk(k, dim=1).indices
-    _check_fine_range(top.flatten(), taxonomy, "logits")
-    if t.numel() == 0:
-        return 0.0
-    paths = taxonomy.paths().to(t.device)
-    return float(_lca_heights(top, t[:, None], paths).double().mean())
+    if validate_args:
+        _check_fine_range(t, taxonomy, "targets")
+        if x.dim() == 2:
+            _check_no_nan(x, "logits")
+    if x.dim() == 2 and not 1 <= k <= x.shape[1]:
+        raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}.")
+    top = _top_fine(x, k, "logits")
+    if validate_args:
+        _check_fine_range(top.flatten(), taxonomy, "logits")
+    total = _hierarchical_distance_update(top, t, taxonomy.paths().to(t.device))
+    return _ratio(total, torch.tensor(t.numel()))
 
 
 def hierarchical_precision_recall_f1(
-    preds: LevelTensors, targets: LevelTensors, taxonomy: Taxonomy
-) -> tuple[float, float, float]:
+    preds: LevelTensors, targets: LevelTensors, taxonomy: Taxonomy, validate_args: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Set-based hierarchical precision, recall and F1 (Kiritchenko et al., 2005).
 
     Each sample's predicted set ``P`` is the union, over levels, of the predicted
@@ -315,21 +423,24 @@ def hierarchical_precision_recall_f1(
         preds: per-level (N,) ids or (N, C_l) logits, finest first.
         targets: per-level (N,) int64 labels, finest first.
         taxonomy: the class tree.
+        validate_args: check ids against the taxonomy and scores for NaN (host
+            syncs); False skips them.
 
     Returns:
-        ``(hP, hR, hF)``, floats in [0, 1].
+        ``(hP, hR, hF)``, 0-d float64 tensors in [0, 1].
+
+    Raises:
+        TypeError: ``preds`` / ``targets`` not sequences of tensors.
+        ValueError: level or class counts that differ from each other or from the
+            taxonomy, ids outside it, NaN scores.
     """
-    p, t = _pair(preds, targets)
-    _check_taxonomy_levels(len(p), taxonomy, "preds")
-    inter, n_p, n_t = _hierarchical_set_counts(p, t, taxonomy)
-    return _prf(inter, n_p, n_t)
-
-
-def _prf(inter: torch.Tensor, n_p: torch.Tensor, n_t: torch.Tensor) -> tuple[float, float, float]:
-    hp = _ratio(inter, n_p)
-    hr = _ratio(inter, n_t)
-    hf = 2 * hp * hr / (hp + hr) if hp + hr > 0 else 0.0
-    return hp, hr, hf
+    raw = as_levels(preds, "preds")
+    p, t = _pair(raw, targets, validate_args)
+    check_level_count(len(p), taxonomy, "preds")
+    _check_level_preds(raw, taxonomy, validate_args)
+    if validate_args:
+        _check_level_targets(t, taxonomy)
+    return _precision_recall_f1_compute(_hierarchical_set_counts(p, t, taxonomy))
 
 
 # ---------------------------------------------------------------------------- torchmetrics classes
@@ -362,6 +473,8 @@ class HierarchicalMetrics(_Metric):
         taxonomy: the class tree.
         top_k: ks for per-level top-k accuracy and the average hierarchical
             distance @k (k > 1 needs logits in ``update``).
+        validate_args: check, in ``update``, scores for NaN and ids against the
+            taxonomy (host syncs, as torchmetrics' ``validate_args``); False skips them.
         **kwargs: passed to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
 
     ``update(preds, targets)``: per-level sequences, finest first, of (N,) ids or
@@ -382,11 +495,13 @@ class HierarchicalMetrics(_Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, taxonomy: Taxonomy, top_k: Sequence[int] = (1,), **kwargs: Any) -> None:
+    def __init__(
+        self, taxonomy: Taxonomy, top_k: Sequence[int] = (1,), validate_args: bool = True, **kwargs: Any
+    ) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
-        if not isinstance(taxonomy, Taxonomy):
-            raise TypeError(f"taxonomy must be a hcast.hierarchy.Taxonomy, got {type(taxonomy).__name__}.")
+        check_taxonomy(taxonomy)
+        self.validate_args = bool(validate_args)
         top_k = tuple(int(k) for k in top_k)
         if not top_k or min(top_k) < 1:
             raise ValueError(f"top_k must be a non-empty sequence of ks >= 1, got {top_k}.")
@@ -404,133 +519,135 @@ class HierarchicalMetrics(_Metric):
         self.add_state("hier_counts", default=_zeros(3), dist_reduce_fx="sum")
 
     def update(self, preds: LevelTensors, targets: LevelTensors) -> None:
-        raw = _as_levels(preds, "preds")
-        labels, t = _pair(raw, targets)
-        _check_taxonomy_levels(len(labels), self.taxonomy, "preds")
+        raw = as_levels(preds, "preds")
+        labels, t = _pair(raw, targets, self.validate_args)
+        check_level_count(len(labels), self.taxonomy, "preds")
         # Validate everything before touching the states, so a bad batch leaves them as they were.
-        for l, (y, c) in enumerate(zip(t, self.taxonomy.num_classes)):
-            bad = (y < 0) | (y >= c)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(f"targets[{l}][{i}] is {int(y[i])}, outside [0, {c}) at level {l} of the taxonomy.")
-            if raw[l].dim() == 2 and raw[l].shape[1] != c:
-                raise ValueError(f"preds[{l}] has {raw[l].shape[1]} classes but level {l} of the taxonomy has {c}.")
-            if raw[l].dim() == 1 and max(self.top_k) > 1:
+        if self.validate_args:
+            _check_level_targets(t, self.taxonomy)
+        _check_level_preds(raw, self.taxonomy, self.validate_args)
+        for l, x in enumerate(raw):
+            if x.dim() == 1 and max(self.top_k) > 1:
                 raise ValueError(
                     f"preds[{l}] holds class ids; top_k={self.top_k} needs (N, C_{l}) logits (or use top_k=(1,))."
                 )
-        n = t[0].shape[0]
-        self.total += n
+        paths = self._paths.to(t[0].device)
+        self.total += t[0].shape[0]
         for l, x in enumerate(raw):
             self.level_correct[l] += _topk_correct(x, t[l], self.top_k, f"preds[{l}]").to(self.level_correct.device)
-        right = torch.stack([x == y for x, y in zip(labels, t)]).all(dim=0)
-        self.path_correct += right.sum()
-        self.inconsistent += (~self.taxonomy.valid_paths_mask(labels)).sum()
-        paths = self._paths.to(t[0].device)
-        wrong = labels[0] != t[0]
-        self.mistakes += wrong.sum()
-        if bool(wrong.any()):
-            self.mistake_height_sum += _lca_heights(labels[0][wrong], t[0][wrong], paths).sum()
-        fine = raw[0]
+        self.path_correct += _full_path_update(labels, t)[0]
+        self.inconsistent += _tree_inconsistency_update(labels, self.taxonomy)[0]
+        height_sum, mistakes = _mistake_severity_update(labels[0], t[0], paths)
+        self.mistake_height_sum += height_sum
+        self.mistakes += mistakes
         for i, k in enumerate(self.top_k):
-            if fine.dim() == 1:
-                if k != 1:
-                    raise ValueError("preds[0] holds class ids; hdist@k with k > 1 needs (N, C_0) logits.")
-                top = fine.long()[:, None]
-            else:
-                top = fine.topk(min(k, fine.shape[1]), dim=1).indices
-            self.hdist_sum[i] += _lca_heights(top, t[0][:, None], paths).double().mean(dim=1).sum()
+            self.hdist_sum[i] += _hierarchical_distance_update(_top_fine(raw[0], k, "preds[0]"), t[0], paths)
         self.hier_counts += _hierarchical_set_counts(labels, t, self.taxonomy)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        total = self.total.double().clamp(min=1)
         out: dict[str, torch.Tensor] = {}
         for l, name in enumerate(self.taxonomy.level_names):
             for i, k in enumerate(self.top_k):
-                out[f"{name}_acc@{k}"] = self.level_correct[l, i].double() / total
-        out["fpa"] = self.path_correct.double() / total
-        out["tice"] = self.inconsistent.double() / total
-        out["mistake_severity"] = self.mistake_height_sum.double() / self.mistakes.double().clamp(min=1)
+                out[f"{name}_acc@{k}"] = _ratio(self.level_correct[l, i], self.total)
+        out["fpa"] = _ratio(self.path_correct, self.total)
+        out["tice"] = _ratio(self.inconsistent, self.total)
+        out["mistake_severity"] = _ratio(self.mistake_height_sum, self.mistakes)
         for i, k in enumerate(self.top_k):
-            out[f"hdist@{k}"] = self.hdist_sum[i] / total
-        hp, hr, hf = _prf(*self.hier_counts)
-        out["hprecision"] = torch.tensor(hp, dtype=torch.float64)
-        out["hrecall"] = torch.tensor(hr, dtype=torch.float64)
-        out["hf1"] = torch.tensor(hf, dtype=torch.float64)
+            out[f"hdist@{k}"] = _ratio(self.hdist_sum[i], self.total)
+        out["hprecision"], out["hrecall"], out["hf1"] = _precision_recall_f1_compute(self.hier_counts)
         return out
 
 
 class FullPathAccuracy(_Metric):
-    """Full-path accuracy (FPA) as a torchmetrics ``Metric``; ``update(preds, targets)`` per level."""
+    """Full-path accuracy (FPA) as a torchmetrics ``Metric``; ``update(preds, targets)`` per level.
+
+    ``validate_args=False`` skips the NaN check of logits (a host sync per ``update``).
+    """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
+        self.validate_args = bool(validate_args)
         self.add_state("correct", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
 
     def update(self, preds: LevelTensors, targets: LevelTensors) -> None:
-        p, t = _pair(preds, targets)
-        self.correct += torch.stack([x == y for x, y in zip(p, t)]).all(dim=0).sum()
-        self.total += t[0].shape[0]
+        p, t = _pair(preds, targets, self.validate_args)
+        correct, total = _full_path_update(p, t)
+        self.correct += correct
+        self.total += total
 
     def compute(self) -> torch.Tensor:
-        return self.correct.double() / self.total.double().clamp(min=1)
+        return _ratio(self.correct, self.total)
 
 
 class TreeInconsistencyError(_Metric):
-    """Tree-based inconsistency error (TICE) as a torchmetrics ``Metric``; ``update(preds)`` per level."""
+    """Tree-based inconsistency error (TICE) as a torchmetrics ``Metric``; ``update(preds)`` per level.
+
+    Logits must have the taxonomy's class count at every level (``ValueError``
+    otherwise); ``validate_args=False`` skips the id-range and NaN checks (host syncs).
+    """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, taxonomy: Taxonomy, **kwargs: Any) -> None:
+    def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
+        check_taxonomy(taxonomy)
         self.taxonomy = taxonomy
+        self.validate_args = bool(validate_args)
         self.add_state("inconsistent", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
 
     def update(self, preds: LevelTensors, targets: Optional[LevelTensors] = None) -> None:
         """``targets`` is accepted (and ignored) so the metric fits a MetricCollection."""
-        p = [_labels(x, f"preds[{l}]") for l, x in enumerate(_as_levels(preds, "preds"))]
-        _check_taxonomy_levels(len(p), self.taxonomy, "preds")
-        self.inconsistent += (~self.taxonomy.valid_paths_mask(p)).sum()
-        self.total += p[0].shape[0]
+        raw = as_levels(preds, "preds")
+        check_level_count(len(raw), self.taxonomy, "preds")
+        _check_level_preds(raw, self.taxonomy, self.validate_args)
+        p = [_labels(x, f"preds[{l}]", self.validate_args) for l, x in enumerate(raw)]
+        inconsistent, total = _tree_inconsistency_update(p, self.taxonomy)
+        self.inconsistent += inconsistent
+        self.total += total
 
     def compute(self) -> torch.Tensor:
-        return self.inconsistent.double() / self.total.double().clamp(min=1)
+        return _ratio(self.inconsistent, self.total)
 
 
 class MistakeSeverity(_Metric):
-    """Mean LCA height of top-1 fine mistakes as a torchmetrics ``Metric`` (0 when there is no mistake)."""
+    """Mean LCA height of top-1 fine mistakes as a torchmetrics ``Metric`` (0 when there is no mistake).
+
+    ``validate_args=False`` skips the id-range and NaN checks (host syncs).
+    """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, taxonomy: Taxonomy, **kwargs: Any) -> None:
+    def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
+        check_taxonomy(taxonomy)
         self.taxonomy = taxonomy
+        self.validate_args = bool(validate_args)
         self.register_buffer("_paths", taxonomy.paths(), persistent=False)
         self.add_state("height_sum", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("mistakes", default=_zeros(), dist_reduce_fx="sum")
 
     def update(self, preds: Union[torch.Tensor, LevelTensors], targets: Union[torch.Tensor, LevelTensors]) -> None:
-        p = _labels(_fine(preds, "preds"), "preds")
+        p = _labels(_fine(preds, "preds"), "preds", self.validate_args)
         t = _check_targets([_fine(targets, "targets")], p.shape[0])[0]
-        _check_fine_range(p, self.taxonomy, "preds")
-        _check_fine_range(t, self.taxonomy, "targets")
-        wrong = p != t
-        self.mistakes += wrong.sum()
-        if bool(wrong.any()):
-            self.height_sum += _lca_heights(p[wrong], t[wrong], self._paths.to(p.device)).sum()
+        if self.validate_args:
+            _check_fine_range(p, self.taxonomy, "preds")
+            _check_fine_range(t, self.taxonomy, "targets")
+        height_sum, mistakes = _mistake_severity_update(p, t, self._paths.to(p.device))
+        self.height_sum += height_sum
+        self.mistakes += mistakes
 
     def compute(self) -> torch.Tensor:
-        return self.height_sum.double() / self.mistakes.double().clamp(min=1)
+        return _ratio(self.height_sum, self.mistakes)

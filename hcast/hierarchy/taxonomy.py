@@ -22,7 +22,7 @@ Construction:
   ``config.json`` carries.
 
 Dataset-specific builders (FGVC-Aircraft, iNaturalist 2021, WordNet,
-Fashion-MNIST) live in :mod:`hcast.hierarchy.datasets`.
+Fashion-MNIST) live in :mod:`hcast.hierarchy.taxonomies`.
 """
 from __future__ import annotations
 
@@ -53,6 +53,26 @@ def _as_int(value: Any, what: str) -> int:
         raise ValueError(f"{what} must be an integer class id, got {value!r} ({type(value).__name__}).") from e
 
 
+def _parse_json(text: Union[str, bytes], what: str) -> Any:
+    """``json.loads(text)`` with a ValueError naming ``what`` for empty, truncated or too deeply nested JSON."""
+    if not text.strip():
+        raise ValueError(f"{what} is empty; expected the JSON written by Taxonomy.save / Taxonomy.to_json.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); it may be truncated or "
+            f"not a taxonomy file. Re-create it with Taxonomy.save(path)."
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} is not UTF-8 JSON ({e.reason}); expected the JSON written by Taxonomy.to_json.") from None
+    except RecursionError:
+        raise ValueError(
+            f"{what} nests JSON too deeply to be a taxonomy (a taxonomy file is at most a few levels deep); "
+            f"it is not a file written by Taxonomy.save."
+        ) from None
+
+
 def _level_label(level: int, level_names: Optional[Sequence[str]]) -> str:
     if level_names is not None and level < len(level_names) and level_names[level] != f"level{level}":
         return f"level {level} ({level_names[level]!r})"
@@ -80,8 +100,11 @@ class Taxonomy:
     Raises:
         ValueError: a parent id outside ``[0, num_classes[l+1])``, negative ids,
             a class of a coarser level with no child (a gap in the ids), names or
-            level names whose counts do not match, or inconsistent
-            ``num_classes``. The message names the offending level and class.
+            level names whose counts do not match, inconsistent ``num_classes``, or
+            two classes of a level with one name and one parent (homonyms under
+            different parents are allowed). The message names the offending level
+            and class.
+        TypeError: ``parents`` or ``names`` (or one level of them) of the wrong type.
 
     Example:
         >>> tax = Taxonomy([[0, 0, 1, 1, 1], [0, 0]])   # 5 fine, 2 mid, 1 coarse
@@ -129,6 +152,11 @@ class Taxonomy:
         msg_names = level_names
         if level_names is None:
             level_names = tuple(f"level{l}" for l in range(num_levels))
+        if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
+            raise TypeError(
+                f"names must be a list with one entry per level, finest first (a list of class names or None), "
+                f"got {type(names).__name__}."
+            )
         if names is not None and len(names) != num_levels:
             raise ValueError(
                 f"names has {len(names)} entries but the taxonomy has {num_levels} levels; give one "
@@ -142,7 +170,7 @@ class Taxonomy:
         self._parents = tuple(parent_lists)
         self._num_classes = tuple(counts)
         self._level_names = level_names
-        self._names = self._check_names(names, counts, msg_names)
+        self._names = self._check_names(names, counts, msg_names, parent_lists)
         self._paths_cache: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ validation
@@ -209,7 +237,10 @@ class Taxonomy:
 
     @staticmethod
     def _check_names(
-        names: Names, counts: Sequence[int], level_names: Sequence[str]
+        names: Names,
+        counts: Sequence[int],
+        level_names: Sequence[str],
+        parent_lists: Sequence[Sequence[int]] = (),
     ) -> tuple[Optional[tuple[str, ...]], ...]:
         if names is None:
             return tuple(None for _ in counts)
@@ -220,11 +251,33 @@ class Taxonomy:
                 continue
             if isinstance(level, (str, bytes)):
                 raise TypeError(f"names[{l}] must be a sequence of class names, got a single string.")
+            if not isinstance(level, Iterable):
+                raise TypeError(
+                    f"names[{l}] must be a list of class names for {_level_label(l, level_names)} (or None), got "
+                    f"{level!r} ({type(level).__name__}); give one list of names per level, finest first."
+                )
             level = tuple(str(n) for n in level)
             if len(level) != counts[l]:
                 raise ValueError(
                     f"names[{l}] has {len(level)} names but {_level_label(l, level_names)} has "
                     f"{counts[l]} classes; give one name per class id (or None for the level)."
+                )
+            # A class is known by its name and its lineage: two classes of one level may share a name only
+            # under different parents (iNat's genus Pica of birds and of plants); siblings with one name, or
+            # two coarsest classes with one name, could not be told apart.
+            parents = parent_lists[l] if l < len(parent_lists) else (0,) * len(level)
+            seen: dict[tuple[str, int], int] = {}
+            dups = []
+            for c, (n, p) in enumerate(zip(level, parents)):
+                if (n, p) in seen:
+                    dups.append(f"{n!r} (classes {seen[n, p]} and {c})")
+                seen.setdefault((n, p), c)
+            if dups:
+                under = "under one parent" if l < len(parent_lists) else "at the coarsest level"
+                raise ValueError(
+                    f"names[{l}] repeats class names {under} at {_level_label(l, level_names)}: "
+                    f"{', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}; give every class a distinct name "
+                    f"(names identify classes in predictions, class_index and saved files)."
                 )
             out.append(level)
         return tuple(out)
@@ -415,11 +468,15 @@ class Taxonomy:
                 label order).
 
         Raises:
-            ValueError: leaves at unequal depths, a name that appears under two
-                parents at the same level, or an empty group.
+            ValueError: an empty tree, leaves at unequal depths, a name that appears
+                under two parents at the same level, or an empty group.
         """
         if not isinstance(tree, Mapping):
             raise TypeError(f"tree must be a mapping {{coarse: {{...: [fine, ...]}}}}, got {type(tree).__name__}.")
+        if not tree:
+            raise ValueError(
+                "tree is empty; give at least one coarse group, e.g. {\"Tops\": [\"T-shirt\", \"Shirt\"]}."
+            )
         named_paths: list[tuple[str, ...]] = []
 
         def walk(node: Any, trail: tuple[str, ...]) -> None:
@@ -555,14 +612,16 @@ class Taxonomy:
         fmt = data.get("format", _SCHEMA_NAME)
         if fmt != _SCHEMA_NAME:
             raise ValueError(f"data['format'] is {fmt!r}, expected {_SCHEMA_NAME!r}.")
-        version = data.get("version")
+        if "parents" not in data or "version" not in data:
+            missing = "parents" if "parents" not in data else "version"
+            raise ValueError(f"data has no {missing!r} key; expected the dict written by Taxonomy.to_dict().")
+        version = data["version"]
         if version != TAXONOMY_SCHEMA_VERSION:
+            newer = isinstance(version, int) and not isinstance(version, bool) and version > TAXONOMY_SCHEMA_VERSION
             raise ValueError(
                 f"data['version'] is {version!r}; this hcast reads taxonomy schema version "
-                f"{TAXONOMY_SCHEMA_VERSION}. Upgrade hcast to read newer files."
+                f"{TAXONOMY_SCHEMA_VERSION}." + (" Upgrade hcast to read newer files." if newer else "")
             )
-        if "parents" not in data:
-            raise ValueError("data has no 'parents' key; expected the dict written by Taxonomy.to_dict().")
         return cls(
             data["parents"],
             names=data.get("names"),
@@ -576,8 +635,12 @@ class Taxonomy:
 
     @classmethod
     def from_json(cls, text: Union[str, bytes]) -> "Taxonomy":
-        """Inverse of :meth:`to_json` (a JSON string, not a path: use :meth:`load` for files)."""
-        return cls.from_dict(json.loads(text))
+        """Inverse of :meth:`to_json` (a JSON string, not a path: use :meth:`load` for files).
+
+        Raises:
+            ValueError: ``text`` is not JSON (or nests too deeply), or does not hold a taxonomy.
+        """
+        return cls.from_dict(_parse_json(text, "text"))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write :meth:`to_json` (indented) to ``path``."""
@@ -587,12 +650,32 @@ class Taxonomy:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Taxonomy":
-        """Read a file written by :meth:`save`; a ``config.json`` with a ``"taxonomy"`` key works too."""
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        """Read a file written by :meth:`save`; a ``config.json`` with a ``"taxonomy"`` key works too.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: naming the file, when it is empty, not UTF-8, not JSON
+                (e.g. truncated), nested too deeply, or does not hold a valid taxonomy.
+        """
+        with open(path, "rb") as f:
+            raw = f.read()
+        what = f"taxonomy file {os.fspath(path)!r}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{what} is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); a taxonomy file is the "
+                f"JSON written by Taxonomy.save(path). Re-create it, or point to the right file."
+            ) from None
+        data = _parse_json(text, what)
         if isinstance(data, Mapping) and "parents" not in data and "taxonomy" in data:
             data = data["taxonomy"]
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{what} does not hold a valid taxonomy: {e} Re-create it with Taxonomy.save(path)."
+            ) from e
 
     # ------------------------------------------------------------------ properties
     @property
@@ -789,7 +872,7 @@ class Taxonomy:
         hits = [i for i, n in enumerate(names) if n == name]
         if not hits:
             raise ValueError(f"no class named {name!r} at {_level_label(level, self._level_names)}.")
-        if len(hits) > 1:
+        if len(hits) > 1:  # homonyms under different parents
             raise ValueError(f"{len(hits)} classes are named {name!r} at {_level_label(level, self._level_names)}: {hits}.")
         return hits[0]
 

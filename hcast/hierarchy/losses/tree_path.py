@@ -16,8 +16,8 @@ Hierarchical Image Classification", ICLR 2025):
 * ``loss = sum_l CE_l + kl_weight * KL`` (``kl_weight`` is the authors'
   ``--gk_weight``; 0.5 as in hcast's design).
 
-Other hierarchical losses (hierarchical cross-entropy, soft labels, ...) live in
-their own modules of :mod:`hcast.hierarchy`.
+Other hierarchical losses (hierarchical cross-entropy, soft labels, level-weighted
+cross-entropy) live in their own modules of :mod:`hcast.hierarchy.losses`.
 """
 from __future__ import annotations
 
@@ -28,31 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hcast.hierarchy._validation import check_level_logits
+
 __all__ = ["HCASTLoss", "tree_path_kl", "level_targets_to_probs"]
-
-
-def _check_logits(logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    if torch.is_tensor(logits):
-        raise TypeError(
-            "logits must be a sequence of per-level (N, C_l) tensors, finest first (the tuple an H-CAST model "
-            "returns), got a single tensor; wrap it in a list for one level."
-        )
-    logits = list(logits)
-    if not logits:
-        raise ValueError("logits is empty; give one (N, C_l) tensor per level, finest first.")
-    n = None
-    for l, x in enumerate(logits):
-        if not torch.is_tensor(x) or x.dim() != 2 or not x.is_floating_point():
-            raise ValueError(
-                f"logits[{l}] must be a floating (N, C_{l}) tensor, got "
-                f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
-                f"{'' if not torch.is_tensor(x) else ' ' + str(x.dtype)}."
-            )
-        if n is None:
-            n = x.shape[0]
-        elif x.shape[0] != n:
-            raise ValueError(f"logits[{l}] has batch size {x.shape[0]} but logits[0] has {n}.")
-    return logits
 
 
 def level_targets_to_probs(
@@ -66,12 +44,22 @@ def level_targets_to_probs(
     ``mixup_target`` does (``on = 1 - s + s / C``, ``off = s / C``); soft targets
     (N, C_l) float pass through unchanged (mixup/cutmix already smoothed them).
 
+    Args:
+        logits: per-level (N, C_l) float logits, finest first.
+        targets: per-level (N,) int64 labels or (N, C_l) float target distributions.
+        label_smoothing: smoothing applied to hard labels only.
+
+    Returns:
+        list of (N, C_l) tensors of the logits' dtype, finest first.
+
     Raises:
+        TypeError: ``logits`` or ``targets`` is a single tensor (for several levels)
+            or holds non-tensors, or the logits are not floating point.
         ValueError: a level count, batch size or class count that does not match
             the logits, or a hard label outside ``[0, C_l)`` (naming the level and
             the offending label).
     """
-    logits = _check_logits(logits)
+    logits = check_level_logits(logits)
     if torch.is_tensor(targets) and len(logits) > 1:
         raise TypeError("targets must be a sequence with one entry per level, finest first.")
     targets = list(targets)
@@ -102,7 +90,7 @@ def level_targets_to_probs(
         elif t.dim() == 2:
             if tuple(t.shape) != (n, c):
                 raise ValueError(f"targets[{l}] has shape {tuple(t.shape)} but logits[{l}] has shape {(n, c)}.")
-            out.append(t.to(x.dtype) if t.is_floating_point() else t.to(x.dtype))
+            out.append(t.to(x.dtype))
         else:
             raise ValueError(
                 f"targets[{l}] must be (N,) int64 labels or (N, C_{l}) soft targets, got shape {tuple(t.shape)}."
@@ -149,6 +137,7 @@ class HCASTLoss(nn.Module):
         level (both kinds may be mixed). Returns a scalar tensor.
 
     Raises:
+        TypeError: logits given as one tensor, non-tensor entries, integer logits.
         ValueError: level counts, shapes or labels outside ``[0, C_l)``.
 
     Example:
@@ -175,7 +164,7 @@ class HCASTLoss(nn.Module):
         self, logits: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """The loss and its parts for logging: ``{"loss", "ce", "ce_level0", ..., "kl"}`` (scalars)."""
-        logits = _check_logits(logits)
+        logits = check_level_logits(logits)
         probs = level_targets_to_probs(logits, targets, self.label_smoothing)
         if self.level_weights is not None and len(self.level_weights) != len(logits):
             raise ValueError(

@@ -1,0 +1,31 @@
+"""Deep metric learning: the HIER regulariser, Poincare-ball helpers and Recall@K.
+
+Nothing here needs a taxonomy: HIER *learns* a latent hierarchy of proxies.
+
+* :mod:`~hcast.metric_learning.hier`: :class:`HIERLoss` (Kim, Jeong and Kwak,
+  CVPR 2023), :func:`to_poincare` / :class:`ToPoincare`,
+  :func:`poincare_distance_matrix`, :func:`mine_reciprocal_triplets`,
+  :func:`hier_triplet_loss` (needs ``geoopt``, extra ``metric``).
+* :mod:`~hcast.metric_learning.retrieval`: :func:`recall_at_k` and the torchmetrics
+  :class:`RecallAtK`.
+"""
+from hcast.metric_learning.hier import (
+    HIERLoss,
+    ToPoincare,
+    hier_triplet_loss,
+    mine_reciprocal_triplets,
+    poincare_distance_matrix,
+    to_poincare,
+)
+from hcast.metric_learning.retrieval import RecallAtK, recall_at_k
+
+__all__ = [
+    "HIERLoss",
+    "ToPoincare",
+    "to_poincare",
+    "poincare_distance_matrix",
+    "mine_reciprocal_triplets",
+    "hier_triplet_loss",
+    "RecallAtK",
+    "recall_at_k",
+]
