@@ -61,13 +61,15 @@ def _read_config(name: str) -> Dict[str, Any]:
     return {}
 
 
-def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] = None, data: Optional[str] = None):
-    """The taxonomy from ``--taxonomy FILE``, else a model's config, else Fashion-MNIST's.
+def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] = None, data: Optional[str] = None,
+                  data_root: Optional[str] = None):
+    """The taxonomy from ``--taxonomy FILE``, else a model's config, else the benchmark's
+    ``data`` names (read from ``data_root`` where hcast ships none), else Fashion-MNIST's.
 
-    Returns ``None`` when none of the three applies.
+    Returns ``None`` when none of these applies.
     """
-    from hcast.data import is_fashion_mnist
-    from hcast.hierarchy import Taxonomy, fashion_mnist_taxonomy
+    from hcast.data import benchmark_dataset_name, create_benchmark_dataset, is_fashion_mnist
+    from hcast.hierarchy import BENCHMARK_TAXONOMIES, Taxonomy, benchmark_taxonomy, fashion_mnist_taxonomy
 
     if path:
         if not Path(path).is_file():
@@ -75,6 +77,11 @@ def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] =
         return Taxonomy.load(path)
     if config and config.get("taxonomy"):
         return Taxonomy.from_dict(config["taxonomy"])
+    benchmark = benchmark_dataset_name(data) if data is not None else None
+    if benchmark in BENCHMARK_TAXONOMIES:
+        return benchmark_taxonomy(benchmark)
+    if benchmark is not None and data_root is not None:
+        return create_benchmark_dataset(benchmark, data_root, "test").taxonomy
     if data is not None and is_fashion_mnist(data):
         return fashion_mnist_taxonomy()
     return None
@@ -195,8 +202,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="more timm.create_model arguments, e.g. drop_rate=0.1 depths='[1,1,1,1]' (values read as JSON when they parse)")
     g.add_argument("--initial-checkpoint", default=None, help="a checkpoint file to start from (original format or safetensors)")
-    g.add_argument("--data", required=True, help="'fashion-mnist' or a folder with one sub-folder per fine class")
-    g.add_argument("--data-root", default=None, help="Fashion-MNIST: a folder with the IDX files")
+    g.add_argument("--data", required=True, help="a benchmark (breeds-living17, breeds-nonliving26, breeds-entity13, "
+                   "breeds-entity30, cub200, fgvc-aircraft, inat21-mini, imagenet-1k, cifar100), 'fashion-mnist' or a "
+                   "folder with one sub-folder per fine class")
+    g.add_argument("--data-root", default=None,
+                   help="a benchmark's folder in its native layout; Fashion-MNIST: a folder with the IDX files")
     g.add_argument("--taxonomy", default=None, help="taxonomy JSON (Taxonomy.save); default for fashion-mnist: 10 garments -> 5 groups")
     g.add_argument("--output", "-o", required=True, help="output folder")
     g.add_argument("--input-size", type=int, default=None, help="image side in pixels (default: the model's)")
@@ -301,7 +311,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     ctx = engine.init_distributed(args.device)
     out = Path(args.output)
-    taxonomy = load_taxonomy(args.taxonomy, data=args.data)
+    taxonomy = load_taxonomy(args.taxonomy, data=args.data, data_root=args.data_root)
     if taxonomy is None:
         raise SystemExit("hcast finetune: --taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
     _seed_everything(args.seed + ctx.rank)

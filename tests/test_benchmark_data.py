@@ -265,3 +265,12 @@ def test_every_benchmark_name_is_reachable_and_checks_the_taxonomy(tmp_path):
     with pytest.warns(DeprecationWarning, match="split='test'"):
         old = create_dataset("fashion-mnist", "test", None, num_samples=10)  # the former positional split
     assert len(old) == 10
+
+
+def test_the_cli_finds_a_benchmarks_taxonomy(tmp_path):
+    from hcast.cli import load_taxonomy
+
+    assert load_taxonomy(data="breeds-entity30") == benchmark_taxonomy("breeds-entity30")
+    assert load_taxonomy(data="cifar100") is None  # not shipped: read from the data
+    make_cifar100(tmp_path)
+    assert load_taxonomy(data="cifar100", data_root=str(tmp_path)).names[0][99] == "worm"
