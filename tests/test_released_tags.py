@@ -59,6 +59,27 @@ def test_eval_transform_is_timms_for_the_tags_cfg_and_the_originals(tag):
     assert model.pretrained_cfg["mean"] == mean and model.pretrained_cfg["std"] == std
 
 
+@pytest.mark.parametrize("tag", ["inat21_mini", "living17"])
+def test_superpixels_are_the_original_loaders_seeds(tag):
+    """The original data loader un-normalises the evaluation crop with the dataset's mean/std
+    (iNat21's for iNat21), truncates to uint8, and runs SEEDS in LAB with 196 (iNat21) or
+    256 (BREEDS) superpixels; the model and the CLI's SuperpixelTransform give the same ids."""
+    cv2 = pytest.importorskip("cv2")
+    from hcast.ops import SuperpixelTransform
+
+    model = timm.create_model(f"hcast_small.{tag}")
+    cfg = model.pretrained_cfg
+    x = create_eval_transform(model)(Image.fromarray(skdata.chelsea()))
+    rgb = ((x.numpy().transpose(1, 2, 0) * np.array(cfg["std"]) + np.array(cfg["mean"])) * 255).astype(np.uint8)
+    seeds = cv2.ximgproc.createSuperpixelSEEDS(224, 224, 3, num_superpixels=cfg["num_segments"], num_levels=1,
+                                               prior=2, histogram_bins=5, double_step=False)
+    seeds.iterate(cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB), num_iterations=15)
+    original = torch.from_numpy(seeds.getLabels()).long()
+    assert torch.equal(model.superpixels(x[None])[0], original)
+    transform = SuperpixelTransform(num_segments=cfg["num_segments"], method="seeds", mean=cfg["mean"], std=cfg["std"])
+    assert torch.equal(transform(x), original)
+
+
 def test_eval_transform_keeps_the_whole_image_where_a_folder_asks(tmp_path):
     cfg = dict(timm.create_model("hcast_tiny", level_classes=(2, 1)).pretrained_cfg,
                crop_pct=1.0, crop_mode="squash", interpolation="bilinear")
@@ -153,3 +174,10 @@ def test_random_weights_only_when_asked(tmp_path, monkeypatch, capsys, breeds_ro
     assert "weights: RANDOM (--no-pretrained)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="'hcast_tiny' has no released weights.*--no-pretrained"):
         main(["predict", "hcast_tiny", str(photo)])
+
+
+def test_evaluate_with_a_wrong_data_root_names_what_it_looked_for(tmp_path, capsys):
+    assert main(["evaluate", "hcast_small.living17", "breeds-living17", "--data-root", str(tmp_path / "nowhere"),
+                 "--no-pretrained", "--workers", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"'{tmp_path / 'nowhere' / 'val'}' not found" in err and "ROOT/val/<wnid>/*.JPEG" in err
