@@ -274,3 +274,22 @@ def test_the_cli_finds_a_benchmarks_taxonomy(tmp_path):
     assert load_taxonomy(data="cifar100") is None  # not shipped: read from the data
     make_cifar100(tmp_path)
     assert load_taxonomy(data="cifar100", data_root=str(tmp_path)).names[0][99] == "worm"
+
+
+def test_finetune_and_evaluate_take_benchmark_names(tmp_path, capsys):
+    """`--data cub200 --data-root DIR` in the CLI: trains on CUB's train split, validates on
+    its test split, in the authors' label order, and the folder evaluates on the same names."""
+    from hcast.cli import main
+
+    make_cub(tmp_path, [(c, t) for c in (1, 2, 84, 200) for t in (True, True, True, True, False)])
+    tiny = ["--model", "hcast_tiny", "--model-kwargs", "embed_dim=32", "depths=[1,1,1,1]", "num_heads=2",
+            "--input-size", "32", "--num-segments", "16", "--superpixel-method", "slic"]
+    assert main(["finetune", *tiny, "--data", "cub200", "--data-root", str(tmp_path), "--output", str(tmp_path / "o"),
+                 "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--device", "cpu"]) == 0
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["taxonomy"] == benchmark_taxonomy("cub200").to_dict()
+    assert (config["pretrained_cfg"]["crop_pct"], config["pretrained_cfg"]["crop_mode"]) == (1.0, "squash")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "o"), "cub200", "--data-root", str(tmp_path), "--workers", "0",
+                 "--no-progress", "--device", "cpu", "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["num_samples"] == 4

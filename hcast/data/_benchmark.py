@@ -7,6 +7,7 @@ images as :class:`~hcast.data.image_folder.HierarchicalImageFolder` does.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -37,7 +38,10 @@ def require_dir(path: Path, dataset: str, layout: str) -> Path:
 
 def image_files(folder: Path) -> List[Path]:
     """The image files of ``folder`` (torchvision's extensions, any case), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS))
+    # os.scandir reads the file type with the name: no stat per file over ImageNet's 1.28M
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+    return [folder / name for name in sorted(names)]
 
 
 class BenchmarkDataset(Dataset):
