@@ -199,7 +199,7 @@ _HCAST_PAPER = dict(
 
 # iNat21's own statistics, with which H-CAST trains and evaluates iNat21-Mini and computes
 # SEEDS on the image un-normalised with them (HiOT b1a222b deit/datasets.py).
-INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
+_INAT_MEAN, _INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
 
 
 def _hcast_cfg(gdrive_id: str, level_classes: Tuple[int, ...], fpa: float, dataset: str, taxonomy: str,
@@ -226,7 +226,7 @@ default_cfgs = generate_default_cfgs({
         num_classes=None, classifier=None,
         description="CAST-S ImageNet-1K backbone for H-CAST fine-tuning; level heads initialised."),
     "hcast_small.inat21_mini": _hcast_cfg("1LuppLHSL9g-BdBkM5yh6wMEX48iF2FX5", (10000, 1103, 273), 65.00,
-                                          "iNat21-Mini", "inat21-mini", mean=INAT_MEAN, std=INAT_STD,
+                                          "iNat21-Mini", "inat21-mini", mean=_INAT_MEAN, std=_INAT_STD,
                                           num_segments=196),
     "hcast_small.entity30": _hcast_cfg("1R0I7KCtnRFqIaBkaY_SFqbKVx0DrbSeV", (120, 30), 84.86, "BREEDS Entity-30",
                                        "breeds-entity30", **_BREEDS),
