@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["main", "build_parser", "load_model", "load_taxonomy", "UsageError"]
+__all__ = ["main", "build_parser", "load_model", "load_model_for_inference", "load_taxonomy", "UsageError"]
 
 CHECKPOINT_NAME = "checkpoint-latest.pth"
 LOG_NAME = "log.jsonl"
@@ -117,13 +117,15 @@ def _read_config(name: str) -> Dict[str, Any]:
     return {}
 
 
-def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] = None, data: Optional[str] = None):
-    """The taxonomy from ``--taxonomy FILE``, else a model's config, else Fashion-MNIST's.
+def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] = None, data: Optional[str] = None,
+                  data_root: Optional[str] = None):
+    """The taxonomy from ``--taxonomy FILE``, else a model's config, else the benchmark's
+    ``data`` names (read from ``data_root`` where hcast ships none), else Fashion-MNIST's.
 
-    Returns ``None`` when none of the three applies.
+    Returns ``None`` when none of these applies.
     """
-    from hcast.data import is_fashion_mnist
-    from hcast.hierarchy import Taxonomy, fashion_mnist_taxonomy
+    from hcast.data import benchmark_dataset_name, create_benchmark_dataset, is_fashion_mnist
+    from hcast.hierarchy import BENCHMARK_TAXONOMIES, Taxonomy, benchmark_taxonomy, fashion_mnist_taxonomy
 
     if path:
         if not Path(path).is_file():
@@ -132,6 +134,11 @@ def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] =
             return Taxonomy.load(path)
     if config and config.get("taxonomy"):
         return Taxonomy.from_dict(config["taxonomy"])
+    benchmark = benchmark_dataset_name(data) if data is not None else None
+    if benchmark in BENCHMARK_TAXONOMIES:
+        return benchmark_taxonomy(benchmark)
+    if benchmark is not None and data_root is not None:
+        return create_benchmark_dataset(benchmark, data_root, "test").taxonomy
     if data is not None and is_fashion_mnist(data):
         return fashion_mnist_taxonomy()
     return None
@@ -178,6 +185,58 @@ def _data_config(model: Any) -> Dict[str, Any]:
     return resolve_data_config({}, model=model)
 
 
+# What `hcast finetune` validates with (hcast.data.create_transform: the whole image resized
+# to the input size), written into its folders so `hcast evaluate` uses the same transform.
+_WHOLE_IMAGE = {"crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bilinear"}
+
+
+def _is_registry_name(source: str) -> bool:
+    from timm.models import is_model
+
+    import hcast  # noqa: F401  (registers the models)
+
+    return not source.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not Path(source).exists() and is_model(source)
+
+
+def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[str], pretrained: bool):
+    """:func:`load_model` for ``evaluate`` / ``predict``: a registry name loads its tag's weights.
+
+    A registry name (``hcast_small.living17``, ``cast_small``) is built with
+    ``pretrained=True`` unless ``pretrained`` is False (``--no-pretrained``); weights that
+    cannot be had (offline without a cached copy, a failed download, no released weights)
+    end the command with a message saying so and what to do, never with random weights.
+
+    Returns:
+        ``(model, taxonomy or None, config, weights)`` with ``weights`` a line saying which
+        weights were loaded.
+    """
+    from timm.models import get_pretrained_cfg
+
+    import hcast  # noqa: F401  (registers the models)
+
+    if not _is_registry_name(source):
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path)
+        return model, taxonomy, config, f"weights: {source}"
+    if not pretrained:
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path, pretrained=False)
+        return model, taxonomy, config, "weights: RANDOM (--no-pretrained): the scores below are not a trained model's"
+    cfg = get_pretrained_cfg(source)
+    if cfg is None or not cfg.has_weights:
+        raise UsageError(f"{source!r} has no released weights; pass a tagged name (e.g. "
+                         "hcast_small.living17), a folder or an hf-hub: id, or --no-pretrained for random weights.")
+    try:
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path, pretrained=True)
+    except (OSError, ImportError) as e:  # offline without a cached copy, failed download, gdown missing
+        raise UsageError(f"cannot load the weights of {source!r}: {e}\n"
+                         "Download them once with network access (they are cached), or pass --no-pretrained to "
+                         "run with random weights.") from None
+    source_cfg = model.pretrained_cfg
+    where = (f"Google Drive {source_cfg['gdrive_id']}" if source_cfg.get("gdrive_id")
+             else source_cfg.get("hf_hub_id") or source_cfg.get("file") or source_cfg.get("url") or "?")
+    note = "" if source_cfg.get("num_classes") is not None else " (backbone only: the classifier is freshly initialised)"
+    return model, taxonomy, config, f"weights: {source_cfg.get('architecture', source)}.{source_cfg.get('tag')} from {where}{note}"
+
+
 # ----------------------------------------------------------------------------- finetune
 
 
@@ -200,8 +259,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="more timm.create_model arguments, e.g. drop_rate=0.1 depths='[1,1,1,1]' (values read as JSON when they parse)")
     g.add_argument("--initial-checkpoint", default=None, help="a checkpoint file to start from (original format or safetensors)")
-    g.add_argument("--data", required=True, help="'fashion-mnist' or a folder with one sub-folder per fine class")
-    g.add_argument("--data-root", default=None, help="Fashion-MNIST: a folder with the IDX files")
+    g.add_argument("--data", required=True, help="a benchmark (breeds-living17, breeds-nonliving26, breeds-entity13, "
+                   "breeds-entity30, cub200, fgvc-aircraft, inat21-mini, imagenet-1k, cifar100), 'fashion-mnist' or a "
+                   "folder with one sub-folder per fine class")
+    g.add_argument("--data-root", default=None,
+                   help="a benchmark's folder in its native layout; Fashion-MNIST: a folder with the IDX files")
     g.add_argument("--taxonomy", default=None, help="taxonomy JSON (Taxonomy.save); default for fashion-mnist: 10 garments -> 5 groups")
     g.add_argument("--output", "-o", required=True, help="output folder")
     g.add_argument("--input-size", type=int, default=None, help="image side in pixels (default: the model's)")
@@ -306,7 +368,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     ctx = engine.init_distributed(args.device)
     out = Path(args.output)
-    taxonomy = load_taxonomy(args.taxonomy, data=args.data)
+    taxonomy = load_taxonomy(args.taxonomy, data=args.data, data_root=args.data_root)
     if taxonomy is None:
         raise UsageError("--taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
     _seed_everything(args.seed + ctx.rank)
@@ -439,7 +501,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             best_fpa = max(best_fpa, fpa)
             engine.save_model_folder(model, out, taxonomy, model_args=model_args,
                                      extra_config={"pretrained_cfg": sp_cfg},
-                                     data_config={"input_size": tuple(data_cfg["input_size"])})
+                                     data_config={"input_size": tuple(data_cfg["input_size"]), **_WHOLE_IMAGE})
             engine.save_checkpoint({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
@@ -501,11 +563,20 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
-    p.add_argument("data", metavar="DATA", help="'fashion-mnist' or an image folder (its test/ or val/ sub-folder if present)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's, or Fashion-MNIST's)")
-    p.add_argument("--data-root", default=None, help="Fashion-MNIST: a folder with the IDX files")
+    p.add_argument("model", metavar="MODEL",
+                   help="timm name (a tagged one such as hcast_small.living17 loads its released weights), "
+                        "hf-hub: id or folder written by finetune")
+    p.add_argument("data", metavar="DATA",
+                   help="a benchmark (breeds-living17, breeds-nonliving26, breeds-entity13, breeds-entity30, cub200, "
+                        "fgvc-aircraft, inat21-mini, imagenet-1k, cifar100; its folder in --data-root), "
+                        "'fashion-mnist' or an image folder (its test/ or val/ sub-folder if present)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="benchmarks: val and test both give the split the H-CAST authors report on")
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's, the benchmark's, or Fashion-MNIST's)")
+    p.add_argument("--data-root", default=None,
+                   help="a benchmark's folder in its native layout; Fashion-MNIST: a folder with the IDX files")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="a registry MODEL with random weights instead of its released ones (the output says so)")
     p.add_argument("--num-samples", type=int, default=None, help="class-balanced subset size (default: all)")
     p.add_argument("--batch-size", "-b", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
@@ -522,36 +593,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from hcast import engine
-    from hcast.data import WithSuperpixels, create_dataset, create_transform
+    from hcast.data import WithSuperpixels, benchmark_dataset_name, create_dataset, create_eval_transform
     from hcast.ops import SuperpixelTransform
 
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = engine.init_distributed(args.device)
     with user_input(f"model {args.model!r}"):
-        model, taxonomy, _ = load_model(args.model, device=str(ctx.device), taxonomy_path=args.taxonomy)
-    if taxonomy is None:
+        model, taxonomy, _, weights = load_model_for_inference(args.model, str(ctx.device), args.taxonomy,
+                                                               not args.no_pretrained)
+    benchmark = benchmark_dataset_name(args.data)
+    if taxonomy is None and benchmark is None:
         taxonomy = load_taxonomy(data=args.data)
-    if taxonomy is None:
+    if taxonomy is None and benchmark is None:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     data_cfg = _data_config(model)
     method, num_segments = _superpixel_settings(model, args)
     tf = WithSuperpixels(
-        create_transform(data_cfg["input_size"][-2:], False, data_cfg["mean"], data_cfg["std"]),
+        create_eval_transform(model),
         SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"]),
     )
     with user_input(f"data {args.data!r}"):
-        dataset = create_dataset(args.data, args.split, tf, taxonomy=taxonomy, num_samples=args.num_samples,
-                                 data_root=args.data_root)
+        dataset = create_dataset(args.data, args.data_root, split=args.split, transform=tf, taxonomy=taxonomy,
+                                 num_samples=args.num_samples)
+    if benchmark is not None:
+        # the benchmark's tree (checked equal to the model's) with its class names, which the model may lack
+        taxonomy = getattr(dataset, "dataset", dataset).taxonomy
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                         sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size))
     start = time.perf_counter()
     metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
                               amp_dtype=engine.resolve_amp_dtype(ctx.device, args.amp),
                               progress=ctx.is_main and not args.no_progress)
-    metrics.update(model=args.model, data=str(args.data), split=args.split, seconds=time.perf_counter() - start)
+    metrics.update(model=args.model, data=str(args.data), split=args.split, seconds=time.perf_counter() - start,
+                   weights=weights)
     if ctx.is_main:
         print(f"{args.model} on {args.data} ({args.split}):")
+        print(weights)
         print(engine.format_metrics_table(metrics), flush=True)
         if args.json_out:
             engine.write_json(metrics, args.json_out)
@@ -577,6 +655,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
     p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's)")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="a registry MODEL with random weights instead of its released ones (the output says so)")
     p.add_argument("--top-k", type=int, default=1, help="also list the k best paths")
     p.add_argument("--segment", default=None, metavar="OUT.png", help="write the segmentation picture")
     p.add_argument("--device", default="auto")
@@ -630,11 +710,11 @@ def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: in
     import torch
     from PIL import Image
 
-    from hcast.data import create_transform
+    from hcast.data import create_eval_transform
     from hcast.ops import SuperpixelTransform
 
     data_cfg = _data_config(model)
-    tf = create_transform(data_cfg["input_size"][-2:], False, data_cfg["mean"], data_cfg["std"])
+    tf = create_eval_transform(model)
     sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
     images, read = [], []
     for path in paths:
@@ -660,9 +740,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     device = engine.resolve_device(args.device)
     with user_input(f"model {args.model!r}"):
-        model, taxonomy, _ = load_model(args.model, device=str(device), taxonomy_path=args.taxonomy)
+        model, taxonomy, _, weights = load_model_for_inference(args.model, str(device), args.taxonomy,
+                                                               not args.no_pretrained)
     if taxonomy is None:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
+    print(weights)
     method, num_segments = _superpixel_settings(model, args)
     images, segments, data_cfg, read = _load_images(args.images, model, method, num_segments)
     if images is None:

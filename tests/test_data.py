@@ -93,7 +93,7 @@ def test_train_val_split_is_disjoint_and_balanced():
     va = {bytes(val.images[i]) for i in range(len(val))}
     assert not tr & va  # no image in both (Fashion-MNIST has no exact duplicates across these)
     assert np.bincount(dataset_targets(train).numpy()).tolist() == [20] * 10
-    test = create_dataset("fashion-mnist", "test", num_samples=30)
+    test = create_dataset("fashion-mnist", split="test", num_samples=30)
     assert len(test) == 30 and np.bincount(dataset_targets(test).numpy()).tolist() == [3] * 10
 
 
@@ -164,7 +164,7 @@ def test_image_folder_train_val_split_without_subfolders(tmp_path):
     with pytest.raises(ValueError, match="taxonomy"):
         create_train_val_datasets(tmp_path, None, None)
     with pytest.raises(ValueError, match="no such folder"):
-        create_dataset(tmp_path / "missing", "test", taxonomy=_photo_taxonomy())
+        create_dataset(tmp_path / "missing", split="test", taxonomy=_photo_taxonomy())
 
 
 def test_with_superpixels_computes_ids_on_the_transformed_photo():

@@ -9,14 +9,28 @@
   compute superpixels in the DataLoader workers.
 * :class:`SuperpixelCache`: images and superpixels computed once, for flip-only
   training.
+* The benchmarks H-CAST's released models were made for, each in its native on-disk
+  layout with labels in the authors' order: :class:`BREEDS` (Entity-13/30,
+  Living-17, Non-Living-26 over ImageNet-1k), :class:`CUB200`, :class:`FGVCAircraft`,
+  :class:`INat21Mini`, :class:`ImageNet1k`, :class:`CIFAR100`.
 * :func:`create_dataset` / :func:`create_train_val_datasets`: datasets from a
-  ``--data`` argument (``"fashion-mnist"`` or a folder).
+  ``--data`` argument (a benchmark name, ``"fashion-mnist"`` or a folder), e.g.
+  ``create_dataset("breeds-living17", "/data/imagenet", split="val", transform=tf)``.
 """
 from hcast.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, read_idx, stratified_indices
 from hcast.data.image_folder import HierarchicalImageFolder
-from hcast.data.transforms import ToRGB, WithSuperpixels, create_transform
+from hcast.data.transforms import ToRGB, WithSuperpixels, create_eval_transform, create_transform
 from hcast.data.cache import SuperpixelCache
+from hcast.data.breeds import BREEDS
+from hcast.data.cub import CUB200
+from hcast.data.aircraft import FGVCAircraft
+from hcast.data.inat import INat21Mini
+from hcast.data.imagenet import ImageNet1k
+from hcast.data.cifar import CIFAR100
 from hcast.data.dataset_factory import (
+    BENCHMARK_DATASETS,
+    benchmark_dataset_name,
+    create_benchmark_dataset,
     create_dataset,
     create_train_val_datasets,
     dataset_targets,
@@ -24,6 +38,16 @@ from hcast.data.dataset_factory import (
 )
 
 __all__ = [
+    "BENCHMARK_DATASETS",
+    "BREEDS",
+    "CIFAR100",
+    "CUB200",
+    "FGVCAircraft",
+    "INat21Mini",
+    "ImageNet1k",
+    "benchmark_dataset_name",
+    "create_benchmark_dataset",
+    "create_eval_transform",
     "FASHION_MNIST_CLASSES",
     "FashionMNIST",
     "HierarchicalImageFolder",

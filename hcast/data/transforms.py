@@ -8,14 +8,14 @@ DataLoader workers: it wraps an image transform and a superpixel transform (e.g.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
-__all__ = ["create_transform", "WithSuperpixels", "ToRGB"]
+__all__ = ["create_eval_transform", "create_transform", "WithSuperpixels", "ToRGB"]
 
 
 class ToRGB:
@@ -80,6 +80,43 @@ def create_transform(
         ops.append(T.Resize(size, antialias=True))
     ops += [T.ToTensor(), T.Normalize(mean=tuple(mean), std=tuple(std))]
     return T.Compose(ops)
+
+
+def create_eval_transform(model: Any = None, pretrained_cfg: Optional[Mapping[str, Any]] = None
+                          ) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation transform a model's ``pretrained_cfg`` asks for, built by timm.
+
+    ``timm.data.resolve_data_config`` reads ``input_size``, ``interpolation``, ``mean``,
+    ``std``, ``crop_pct`` and ``crop_mode`` from the cfg and ``timm.data.create_transform``
+    builds the transform: for the released CAST / H-CAST tags a bicubic resize of the
+    short side to ``224 / 0.875 = 256``, a 224 center crop and normalisation (iNat21's mean
+    and std for ``hcast_small.inat21_mini``), as the original evaluation
+    (``deit/datasets.py`` ``build_transform``). A model folder written by ``hcast
+    finetune`` asks for the whole image instead (``crop_pct=1``, ``crop_mode="squash"``),
+    the transform its validation used. :class:`ToRGB` comes first, so grayscale or RGBA
+    files work.
+
+    Args:
+        model: a timm model (its ``pretrained_cfg``), or
+        pretrained_cfg: a cfg dict (e.g. ``model.pretrained_cfg``).
+
+    Returns:
+        PIL image -> (3, H, W) float32 normalised tensor.
+
+    Raises:
+        ValueError: neither ``model`` nor ``pretrained_cfg`` given.
+    """
+    from timm.data import create_transform as timm_create_transform
+    from timm.data import resolve_data_config
+
+    if model is None and pretrained_cfg is None:
+        raise ValueError("create_eval_transform: pass model=... or pretrained_cfg=... to read the transform from.")
+    if model is not None:
+        config = resolve_data_config({}, model=model)
+    else:
+        config = resolve_data_config({}, pretrained_cfg=dict(pretrained_cfg))
+    transform = timm_create_transform(**config, is_training=False)
+    return T.Compose([ToRGB(), *transform.transforms])
 
 
 class WithSuperpixels:

@@ -98,3 +98,6 @@ __all__ = [
     "RecallAtK",
     "recall_at_k",
 ]
+
+from hcast.hierarchy.benchmark_taxonomies import BENCHMARK_TAXONOMIES, benchmark_metadata, benchmark_taxonomy  # noqa: E402
+__all__ += ["BENCHMARK_TAXONOMIES", "benchmark_metadata", "benchmark_taxonomy"]

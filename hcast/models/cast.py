@@ -832,12 +832,14 @@ class CASTPretrainedCfg(PretrainedCfg):
         gdrive_id: Google Drive file id of a checkpoint hosted there (H-CAST).
         level_classes: class counts per taxonomy level, finest first (H-CAST).
         fpa: full-path accuracy (%) the authors report for the checkpoint.
+        taxonomy: name of the checkpoint's :func:`hcast.hierarchy.benchmark_taxonomy` (H-CAST).
     """
     superpixel_method: Optional[str] = "seeds"
     num_segments: Optional[int] = 196
     gdrive_id: Optional[str] = None
     level_classes: Optional[Tuple[int, ...]] = None
     fpa: Optional[float] = None
+    taxonomy: Optional[str] = None
 
     @property
     def has_weights(self):

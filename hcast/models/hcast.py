@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
+from hcast.hierarchy import benchmark_taxonomy
 from hcast.models.cast import (CAST, _cfg, _create_cast, _strip_prefixes, _unwrap_checkpoint, _variant_kwargs,
                                convert_backbone, init_linear)
 from hcast.models.cast import _check_num_classes
@@ -181,6 +182,12 @@ def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAS
     level_classes = cfg.get("level_classes") if isinstance(cfg, dict) else getattr(cfg, "level_classes", None)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     level_classes = overlay.get("level_classes", level_classes)
+    taxonomy = overlay.get("taxonomy", cfg.get("taxonomy") if isinstance(cfg, dict) else getattr(cfg, "taxonomy", None))
+    if kwargs.get("taxonomy") is None and isinstance(taxonomy, str):
+        # a released tag's taxonomy, in the checkpoint's label order (hcast.hierarchy.benchmark_taxonomy)
+        taxonomy = benchmark_taxonomy(taxonomy)
+        if kwargs.get("level_classes") is None or tuple(kwargs["level_classes"]) == taxonomy.num_classes:
+            kwargs["taxonomy"] = taxonomy
     if kwargs.get("level_classes") is None and kwargs.get("taxonomy") is None and level_classes:
         kwargs["level_classes"] = tuple(level_classes)
     return _create_cast(variant, pretrained, model_cls=HCAST, filter_fn=checkpoint_filter_fn, **kwargs)
@@ -193,11 +200,26 @@ _HCAST_PAPER = dict(
 )
 
 
-def _hcast_cfg(gdrive_id: str, level_classes: Tuple[int, ...], fpa: float, dataset: str) -> Any:
+# iNat21's own statistics, with which H-CAST trains and evaluates iNat21-Mini and computes
+# SEEDS on the image un-normalised with them (HiOT b1a222b deit/datasets.py).
+_INAT_MEAN, _INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
+
+
+def _hcast_cfg(gdrive_id: str, level_classes: Tuple[int, ...], fpa: float, dataset: str, taxonomy: str,
+               **kwargs: Any) -> Any:
+    # Evaluation as in the original: resize to 256 (bicubic), center crop 224 (crop_pct 0.875),
+    # SEEDS on the normalised crop. ``taxonomy`` names hcast.hierarchy.benchmark_taxonomy(taxonomy),
+    # attached as model.taxonomy.
     return _cfg(gdrive_id=gdrive_id, level_classes=level_classes, num_classes=level_classes[0],
-                classifier=tuple(f"heads.{i}" for i in range(len(level_classes))), fpa=fpa,
+                classifier=tuple(f"heads.{i}" for i in range(len(level_classes))), fpa=fpa, taxonomy=taxonomy,
+                crop_pct=0.875, interpolation="bicubic",
                 description=f"H-CAST trained on {dataset}; full-path accuracy {fpa}% as the authors report.",
-                **_HCAST_PAPER)
+                **dict(_HCAST_PAPER, **kwargs))
+
+
+# BREEDS: the authors' BREEDS loader never receives --num-superpixels and keeps its default of
+# 256 SEEDS superpixels (HiOT b1a222b deit/dataset/breeds_seeds.py, deit/datasets.py).
+_BREEDS = dict(num_segments=256)
 
 
 default_cfgs = generate_default_cfgs({
@@ -207,12 +229,16 @@ default_cfgs = generate_default_cfgs({
         num_classes=None, classifier=None,
         description="CAST-S ImageNet-1K backbone for H-CAST fine-tuning; level heads initialised."),
     "hcast_small.inat21_mini": _hcast_cfg("1LuppLHSL9g-BdBkM5yh6wMEX48iF2FX5", (10000, 1103, 273), 65.00,
-                                          "iNat21-Mini"),
-    "hcast_small.entity30": _hcast_cfg("1R0I7KCtnRFqIaBkaY_SFqbKVx0DrbSeV", (120, 30), 84.86, "BREEDS Entity-30"),
-    "hcast_small.entity13": _hcast_cfg("16gunLvLkHuVIXtvJtSU2JlfJTHSbCn_-", (130, 13), 85.61, "BREEDS Entity-13"),
+                                          "iNat21-Mini", "inat21-mini", mean=_INAT_MEAN, std=_INAT_STD,
+                                          num_segments=196),
+    "hcast_small.entity30": _hcast_cfg("1R0I7KCtnRFqIaBkaY_SFqbKVx0DrbSeV", (120, 30), 84.86, "BREEDS Entity-30",
+                                       "breeds-entity30", **_BREEDS),
+    "hcast_small.entity13": _hcast_cfg("16gunLvLkHuVIXtvJtSU2JlfJTHSbCn_-", (130, 13), 85.61, "BREEDS Entity-13",
+                                       "breeds-entity13", **_BREEDS),
     "hcast_small.nonliving26": _hcast_cfg("1UKPUSm-rkRgExYeeeRlT7YcUcRvdwQOP", (52, 26), 82.53,
-                                          "BREEDS Non-Living-26"),
-    "hcast_small.living17": _hcast_cfg("17ouiirBmBxD5wxOuWBi-SulVIzv8oHBL", (34, 17), 85.11, "BREEDS Living-17"),
+                                          "BREEDS Non-Living-26", "breeds-nonliving26", **_BREEDS),
+    "hcast_small.living17": _hcast_cfg("17ouiirBmBxD5wxOuWBi-SulVIzv8oHBL", (34, 17), 85.11, "BREEDS Living-17",
+                                       "breeds-living17", **_BREEDS),
     "hcast_base": _cfg(num_classes=None, classifier=None, **_HCAST_PAPER),
     "hcast_tiny": _cfg(input_size=(3, 64, 64), num_segments=49, num_classes=None, classifier=None, **_HCAST_PAPER),
 })
