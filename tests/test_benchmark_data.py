@@ -210,6 +210,9 @@ def test_imagenet1k_sorted_wnids(tmp_path):
     ds = create_dataset("imagenet-1k", tmp_path, split="test")  # test -> val
     assert ds.targets == [0, 999] and ds.taxonomy.num_classes == (1000,)
     assert ds.taxonomy.names[0][0] == "tench, Tinca tinca"
+    # the two "crane" synsets (bird, machine) keep apart by their WordNet ids
+    names = ds.taxonomy.names[0]
+    assert names[wnids.index("n02012849")] == "crane (n02012849)" and len(set(names)) == 1000
     (tmp_path / "val" / "n15075141").rename(tmp_path / "val" / "oops")
     with pytest.raises(ValueError, match="lacks 1 class folders.*n15075141.*'oops'"):
         ImageNet1k(tmp_path)

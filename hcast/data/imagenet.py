@@ -28,9 +28,17 @@ _LAYOUT = ("ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG with one folder 
 
 def imagenet1k_taxonomy() -> Taxonomy:
     """One-level taxonomy of the 1,000 ImageNet-1k classes in sorted-WordNet-id order, named
-    by timm's descriptions (``"tench, Tinca tinca"``, ...); level name ``"class"``."""
+    by timm's descriptions (``"tench, Tinca tinca"``, ...); level name ``"class"``.
+
+    Two synsets share the description ``"crane"`` (the bird n02012849 and the machine
+    n03126707); names identify classes, so a repeated description gets its WordNet id
+    appended (``"crane (n02012849)"``).
+    """
     info = ImageNetInfo("imagenet-1k")
-    return Taxonomy([], names=[list(info.label_descriptions())], level_names=("class",))
+    descriptions = list(info.label_descriptions())
+    repeated = {d for d in descriptions if descriptions.count(d) > 1}
+    names = [f"{d} ({wnid})" if d in repeated else d for d, wnid in zip(descriptions, info.label_names())]
+    return Taxonomy([], names=[names], level_names=("class",))
 
 
 class ImageNet1k(BenchmarkDataset):
