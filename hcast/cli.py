@@ -643,7 +643,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from hcast.convert import convert_checkpoint
+    from hcast.weights import convert_checkpoint
 
     taxonomy = load_taxonomy(args.taxonomy) if args.taxonomy else None
     out = convert_checkpoint(args.checkpoint, args.output, model_name=args.model, level_classes=args.level_classes,
