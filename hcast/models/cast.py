@@ -26,8 +26,8 @@ superpixels than a stage's cluster count (a blank image, tiny inputs) give valid
 outputs: see :class:`GraphPooling`.
 
 Key layout differences from the original checkpoints (handled by
-:func:`checkpoint_filter_fn` with :mod:`hcast.weights.original`): ``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of
-stage K}`` (slicing ``nn.Sequential`` keeps the global block index N; the duplicate
+:func:`checkpoint_filter_fn` with :func:`hcast.weights.original.cast_keys_to_hcast`):
+``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of stage K}`` (slicing ``nn.Sequential`` keeps the global block index N; the duplicate
 ``blocks.N`` copies of the same modules are dropped), ``poolK.pool_block.centroid_fc`` ->
 ``stages.{K-1}.pool.assign``, ``fc1.0/fc1.1/fc2.0/fc2.1`` -> ``fc1_norm/fc1/fc2_norm/fc2``,
 the last stage's unused ``fc1``/``fc2`` dropped, MoCo's ``pe_token`` joined to the front
