@@ -22,7 +22,8 @@ Imports go one way: :mod:`hcast.models` imports from here, never the reverse (on
 """
 from hcast.weights.builder import as_pretrained_cfg, build_model_with_hcast_cfg, resolve_checkpoint_file
 from hcast.weights.folder import (
-    atomic_write, convert_checkpoint, load_checkpoint, save_checkpoint, save_for_hf, write_json,
+    atomic_write, convert_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_for_hf,
+    write_json,
 )
 from hcast.weights.gdrive import (
     DEFAULT_GDRIVE_URL_TEMPLATE, GDRIVE_URL_TEMPLATE_ENV, download_gdrive_checkpoint, gdrive_cache_path,
@@ -60,6 +61,7 @@ __all__ = [
     "atomic_write",
     "convert_checkpoint",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "save_for_hf",
     "write_json",

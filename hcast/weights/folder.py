@@ -14,15 +14,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -34,6 +37,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "atomic_write",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "load_checkpoint",
     "write_json",
@@ -42,6 +46,9 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
+
+# Less free space than this after a failed torch write means the disk filled up.
+_NEARLY_FULL = 64 * 2**20
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -72,14 +79,63 @@ def _replace_folder(tmp: Path, path: Path, overwrite: bool) -> None:
         os.replace(tmp, path)  # also over an empty folder
 
 
+# Temporaries are named ``.{name}.{host}.{pid}.{random}.tmp`` so that a later write of the
+# same file can tell its own stale ones (the writing process is gone) from live ones.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TMP_RE = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its files
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> List[Path]:
+    """Delete temporaries that killed writes of ``path`` left behind; return what was removed.
+
+    :func:`atomic_write` names its temporaries ``.{name}.{host}.{pid}.{random}.tmp``
+    next to ``path``. Those written on this host by a process that no longer exists
+    (killed mid-save: ``kill -9``, out of memory, power loss) are removed; those of live
+    processes, of other hosts (a shared file system) and any other file are left
+    alone. :func:`atomic_write` calls this before every write, so the next save of the
+    same file cleans up after a killed one.
+    """
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}"
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix + ".")]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        m = _TMP_RE.fullmatch(candidate.name[len(prefix):])
+        if m is None or m["host"] != _HOST or _process_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(candidate) if candidate.is_dir() and not candidate.is_symlink() else candidate.unlink()
+            removed.append(candidate)
+    if removed:
+        _logger.info(f"Removed {len(removed)} stale temporary file(s) of killed writes of {str(path)!r}")
+    return removed
+
+
 @contextlib.contextmanager
 def _temporary(path: Path, folder: bool = False) -> Iterator[Path]:
     """A new hidden temporary file (or folder) next to ``path``, deleted on exit unless moved."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    prefix, suffix = f".{path.name}.{_HOST}.{os.getpid()}.", ".tmp"
     if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
     else:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
     try:
@@ -91,8 +147,29 @@ def _temporary(path: Path, folder: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    # torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc:...]
+    # ... unexpected pos ...") or "PytorchStreamWriter failed writing file"; the OS error is lost.
+    return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+
+
+def _torch_write_failed(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and any(
+        s in str(error) for s in ("inline_container", "PytorchStreamWriter", "file write failed"))
+
+
+def _free_bytes(folder: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
-def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True) -> Iterator[Path]:
+def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True,
+                 description: str = "file") -> Iterator[Path]:
     """Write a file (or a folder) so readers see the old version or the new one, never a torn one.
 
     Yields a temporary path in the same folder as ``path`` (a hidden name starting with
@@ -107,24 +184,46 @@ def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True
             replaced as a whole (moved aside, then deleted).
         overwrite: with ``folder=True``, raise instead of replacing a non-empty folder
             that appeared at ``path`` meanwhile.
+        description: what is written (``"checkpoint"``), for error messages.
+
+    Temporaries of earlier writes of ``path`` whose process was killed are removed first
+    (:func:`remove_stale_temporaries`).
 
     Raises:
+        OSError: with ``errno.ENOSPC`` when the disk fills up during the write; the
+            message says so and that the previous version of ``path`` is intact.
         FileExistsError: ``folder=True``, ``overwrite=False`` and ``path`` is a non-empty
             folder or a file when the block finishes.
     """
     path = Path(path)
+    existed = path.exists()
     with _temporary(path, folder) as tmp:
-        yield tmp
-        if folder:
-            for file in tmp.rglob("*"):
-                if file.is_file():
-                    _fsync_file(file)
-            os.chmod(tmp, _new_file_mode(0o777))
-            _replace_folder(tmp, path, overwrite)
-        else:
-            _fsync_file(tmp)
-            os.chmod(tmp, _new_file_mode())
-            os.replace(tmp, path)
+        try:
+            yield tmp
+            if folder:
+                for file in tmp.rglob("*"):
+                    if file.is_file():
+                        _fsync_file(file)
+                os.chmod(tmp, _new_file_mode(0o777))
+                _replace_folder(tmp, path, overwrite)
+            else:
+                _fsync_file(tmp)
+                os.chmod(tmp, _new_file_mode())
+                os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            free = _free_bytes(path.parent)
+            # a torch write that failed with (almost) nothing left on the disk: the disk filled up
+            full = _is_disk_full(e) or (_torch_write_failed(e) and free is not None and free < _NEARLY_FULL)
+            if not full:
+                raise
+            kept = (f"the previous {description} at {str(path)!r} is intact" if existed
+                    else f"nothing was written at {str(path)!r}")
+            raise OSError(
+                errno.ENOSPC,
+                f"Writing {str(path)!r} failed: the disk holding {str(path.parent)!r} is full"
+                f"{'' if free is None else f' ({free / 2**20:.0f} MiB free)'}; {kept}, and the partial "
+                f"{description} was deleted. Free some space (or write elsewhere) and save again. ({e})",
+            ) from e
 
 
 # ----------------------------------------------------------------------------- training checkpoints
@@ -133,10 +232,11 @@ def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
     """``torch.save(state)`` to ``path`` atomically (see :func:`atomic_write`).
 
-    A crash or exception during the write leaves the previous file at ``path`` intact.
+    A crash or exception during the write leaves the previous file at ``path`` intact; a
+    full disk raises ``OSError(errno.ENOSPC)`` saying so.
     """
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_write(path, description="checkpoint") as tmp:
         torch.save(state, tmp)
     return path
 
