@@ -22,7 +22,7 @@ Imports go one way: :mod:`hcast.models` imports from here, never the reverse (on
 """
 from hcast.weights.builder import as_pretrained_cfg, build_model_with_hcast_cfg, resolve_checkpoint_file
 from hcast.weights.folder import (
-    atomic_write, convert_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint, save_for_hf,
+    atomic_write, convert_checkpoint, load_checkpoint, read_model_config, remove_stale_temporaries, save_checkpoint, save_for_hf,
     write_json,
 )
 from hcast.weights.gdrive import (
@@ -32,13 +32,14 @@ from hcast.weights.original import (
     ORIGINAL_FORMATS, OriginalFormat, guess_model_name, rename_level_heads, strip_prefixes, unwrap_state_dict,
 )
 from hcast.weights.safe_load import (
-    SAFE_CHECKPOINT_GLOBALS, UnsafeCheckpointError, checkpoint_safe_globals, load_checkpoint_file,
+    SAFE_CHECKPOINT_GLOBALS, UnsafeCheckpointError, check_cached_file, checkpoint_safe_globals, load_checkpoint_file,
 )
 
 __all__ = [
     # safe_load
     "SAFE_CHECKPOINT_GLOBALS",
     "UnsafeCheckpointError",
+    "check_cached_file",
     "checkpoint_safe_globals",
     "load_checkpoint_file",
     # original
@@ -61,6 +62,7 @@ __all__ = [
     "atomic_write",
     "convert_checkpoint",
     "load_checkpoint",
+    "read_model_config",
     "remove_stale_temporaries",
     "save_checkpoint",
     "save_for_hf",

@@ -244,13 +244,74 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Load a training checkpoint written by :func:`save_checkpoint` (``weights_only``: no pickled code).
 
+    Read with :func:`hcast.weights.load_checkpoint_file`.
+
     Raises:
         FileNotFoundError: when ``path`` does not exist.
+        ValueError: the file is empty, truncated or not a checkpoint (the message names it).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: {str(path)!r} does not exist; check --resume or the output folder.")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return load_checkpoint_file(path, map_location=map_location)
+
+
+def read_model_config(source: PathLike) -> Dict[str, Any]:
+    """The ``config.json`` of a model folder or hub repo, checked, with errors that name the file.
+
+    Args:
+        source: a model folder, its ``config.json``, ``local-dir:FOLDER`` or
+            ``hf-hub:ORG/NAME[@REVISION]`` (downloaded with ``hf_hub_download``).
+
+    Returns:
+        The parsed JSON object: ``architecture``, ``model_args``, ``pretrained_cfg``,
+        ``taxonomy`` ... as :func:`save_for_hf` writes them.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` there.
+        ValueError: the file is empty, truncated, not UTF-8, not JSON, nested too deeply,
+            or not an object with the fields' expected types; the message names the file
+            and, for a hub cache entry, how to remove it.
+    """
+    from hcast.weights.safe_load import cache_hint
+
+    name = str(source)
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, revision = name.split(":", 1)[1].partition("@")
+        path = Path(hf_hub_download(repo_id, "config.json", revision=revision or None))
+    else:
+        path = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name)
+        if path.is_dir():
+            path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"config.json: {str(path)!r} does not exist; pass a folder written by save_for_hf, "
+                                f"`hcast finetune` or `hcast convert`.")
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{str(path)!r} is not a usable model config.json: {what}. Write it again with "
+                          f"hcast.weights.save_for_hf (or `hcast convert`).{cache_hint(path)}")
+
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise bad("the file is empty")
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise bad(f"it is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise bad(f"invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}; truncated?)") from None
+    except RecursionError:
+        raise bad("JSON nested too deeply") from None
+    if not isinstance(config, dict):
+        raise bad(f"expected a JSON object, got {type(config).__name__}")
+    for key, kind in (("architecture", str), ("model_args", dict), ("pretrained_cfg", dict), ("taxonomy", dict),
+                      ("num_classes", int), ("label_names", list)):
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            raise bad(f"'{key}' must be a JSON {'string' if kind is str else kind.__name__}, got "
+                      f"{type(config[key]).__name__}")
+    return config
 
 
 def write_json(data: Any, path: PathLike) -> Path:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import pathlib
 import pickle
+import re
 from pathlib import Path
-from typing import Any, Iterator, List, Union
+from typing import Any, Iterator, List, Optional, Union
 
 import torch
 
@@ -24,6 +26,8 @@ __all__ = [
     "UnsafeCheckpointError",
     "checkpoint_safe_globals",
     "load_checkpoint_file",
+    "check_cached_file",
+    "cache_hint",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -108,16 +112,28 @@ def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] 
         UnsafeCheckpointError: the pickle references a global outside the allowlist
             (it could run code if unpickled); the message names the globals and how to
             convert a file you trust.
-        ValueError: the file is not a readable checkpoint (truncated, or not a pickle).
+        ValueError: the file is empty, truncated, not a checkpoint, or a hub cache entry
+            whose SHA-256 differs from the one it was downloaded under; the message names
+            the file and, for a cached download, how to remove it so it is fetched again.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {str(path)!r}. Check the `file=` path you passed.")
+    check_cached_file(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is empty (0 bytes), not a checkpoint: an interrupted copy or download? "
+                         f"Replace it with the complete file.{cache_hint(path)}")
     if path.name.endswith(".safetensors"):
         import safetensors.torch
 
         device = str(map_location) if isinstance(map_location, torch.device) else map_location
-        return safetensors.torch.load_file(str(path), device=device)
+        try:
+            return safetensors.torch.load_file(str(path), device=device)
+        except Exception as e:  # safetensors raises SafetensorError, OSError or others for bad files
+            raise ValueError(
+                f"{str(path)!r} is not a readable safetensors file ({type(e).__name__}: {e}): it is truncated, "
+                f"or not a safetensors file at all. Replace it with the complete file.{cache_hint(path)}"
+            ) from None
     try:
         with checkpoint_safe_globals():
             return torch.load(str(path), map_location=map_location, weights_only=True)
@@ -128,7 +144,7 @@ def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] 
                 f"{str(path)!r} is not a PyTorch checkpoint that torch.load(weights_only=True) can read "
                 f"({_unpickler_detail(e).strip() or type(e).__name__}); nothing from it was executed. Check that "
                 f"the file is complete and is the checkpoint you meant (an HTML error page saved under a .pth "
-                f"name looks like this)."
+                f"name looks like this).{cache_hint(path)}"
             ) from None
         what = f"the global(s) {', '.join(names)}" if names else "globals"
         raise UnsafeCheckpointError(
@@ -140,6 +156,78 @@ def load_checkpoint_file(path: PathLike, map_location: Union[str, torch.device] 
             f"MoCo files) and load that file instead; if the global is harmless, allow it with "
             f"torch.serialization.add_safe_globals([...]).{_unpickler_detail(e)}"
         ) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        # a truncated zip ("failed finding central directory"), a truncated legacy pickle, bad records
+        raise ValueError(
+            f"{str(path)!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).strip()[:200]}): it "
+            f"is truncated or damaged. Replace it with the complete file.{cache_hint(path)}"
+        ) from None
+
+
+def _hub_cache_blob(path: Path) -> Optional[Path]:
+    """The blob behind a huggingface_hub cache entry (``snapshots/<rev>/<file>`` links to
+    ``blobs/<etag>``), or ``None`` for other files."""
+    try:
+        if path.is_symlink():
+            blob = path.resolve()
+            if blob.parent.name == "blobs":
+                return blob
+        elif path.parent.parent.name == "snapshots" and path.parent.parent.parent.joinpath("blobs").is_dir():
+            return path  # a cache without symlinks (Windows) stores files in the snapshot
+    except OSError:
+        pass
+    return None
+
+
+def _in_assets_cache(path: Path) -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_ASSETS_CACHE).resolve() in path.resolve().parents
+    except Exception:
+        return False
+
+
+def cache_hint(path: PathLike) -> str:
+    """How to remove ``path`` when it is a cached download (hub or Google Drive), so that
+    the next load fetches it again; ``""`` for other files."""
+    path = Path(path)
+    blob = _hub_cache_blob(path)
+    if blob is not None:
+        files = f"{str(path)!r} and {str(blob)!r}" if blob != path else repr(str(path))
+        return (f" It is a corrupt huggingface_hub cache entry: delete {files} (or run `hf cache delete`, or pass "
+                f"force_download=True to hf_hub_download) and load again to download it anew.")
+    if _in_assets_cache(path):
+        return f" It is a corrupt cached download: delete {str(path)!r} and load again to download it anew."
+    return ""
+
+
+def check_cached_file(path: PathLike) -> None:
+    """Check a huggingface_hub cache entry against the hash it is stored under.
+
+    Files the Hub stores with Git LFS (weights) are cached as ``blobs/<sha256>``: when
+    ``path`` is such an entry, its SHA-256 must equal the name. Other files pass.
+
+    Raises:
+        ValueError: the cached file is corrupt (the hash differs); the message says how
+            to remove it so that the next load downloads it again.
+    """
+    path = Path(path)
+    blob = _hub_cache_blob(path)
+    if blob is None or not _SHA256_RE.fullmatch(blob.name):
+        return
+    digest = hashlib.sha256()
+    with open(blob, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != blob.name:
+        raise ValueError(
+            f"{str(path)!r} does not match the SHA-256 it was downloaded under ({blob.name[:12]}..., the file's is "
+            f"{digest.hexdigest()[:12]}..., {blob.stat().st_size} bytes): the cached copy is corrupt.{cache_hint(path)}"
+        )
+
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def _unpickler_detail(error: Exception) -> str:
