@@ -366,14 +366,14 @@ def build_model_with_hcast_cfg(
       so classifier and input-conv adaptation stay timm's;
     * the filter always receives a flat state dict;
     * whatever timm still unpickles itself (``pytorch_model.bin`` in ``hf-hub:`` repos,
-      URLs) runs inside :func:`hcast.weights.checkpoint_safe_globals`.
-
+      URLs) runs inside :func:`hcast.weights.checkpoint_safe_globals`;
     * a model folder (``local-dir:``) or hub repo (``hf-hub:``) is data: the model
       arguments its ``config.json`` gives are checked before anything is allocated
       (:func:`check_model_args`), and its weights load strictly: every weight of the
       model must come from the file with the same shape, else a ``ValueError`` names
       the files. ``fresh_heads=True`` (for fine-tuning on other classes) gives
-      classifier heads that do not fit a fresh initialisation instead.
+      classifier heads that do not fit a fresh initialisation instead;
+      ``pretrained_strict=False`` turns the check off, as it does timm's.
 
     ``model.pretrained_cfg`` keeps the source as given (``file``, ``hf_hub_id``,
     ``gdrive_id``); the loaded tensors are not stored in it.
@@ -391,7 +391,7 @@ def build_model_with_hcast_cfg(
         _check_pretrained_cfg(cfg, _config_name(cfg))
     filter_fn = _unwrapping_filter(pretrained_filter_fn)
     ckpt_file = resolve_checkpoint_file(cfg, cache_dir=cache_dir) if pretrained else None
-    if from_folder and ckpt_file is not None:
+    if from_folder and ckpt_file is not None and pretrained_strict:
         filter_fn = _strict_filter(filter_fn, ckpt_file, cfg, fresh_heads)
     common = dict(pretrained_filter_fn=filter_fn, pretrained_strict=pretrained_strict, cache_dir=cache_dir)
     if ckpt_file is None:
