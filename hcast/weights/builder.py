@@ -315,8 +315,8 @@ def resolve_checkpoint_file(pretrained_cfg: PretrainedCfg, cache_dir: Optional[P
     with ``gdrive_id`` before the hub. Model folders (``local-dir:``) and hub repos in
     timm's format (``hf-hub:``) give their weights file (``model.safetensors``, else
     ``pytorch_model.bin``), so that a bad file is reported by name and a corrupt cache
-    entry is detected. Returns ``None`` where timm's own loading is safe and right:
-    in-memory state dicts, safetensors files, hub safetensors files of registry tags,
+    entry is detected; so do registry tags hosted in such repos. Returns ``None`` where
+    timm's own loading is safe and right: in-memory state dicts, safetensors files,
     URLs. Hub pickles (``hf_hub_filename`` ending in ``.pth``) are downloaded with
     ``hf_hub_download`` (its cache, offline mode and errors) and returned.
     """
@@ -337,6 +337,8 @@ def resolve_checkpoint_file(pretrained_cfg: PretrainedCfg, cache_dir: Optional[P
 
         repo_id, revision = hf_split(cfg.hf_hub_id)
         return Path(hf_hub_download(repo_id, cfg.hf_hub_filename, revision=revision, cache_dir=cache_dir))
+    if cfg.hf_hub_id:  # a tag in a hub repo of timm's format: checked against its hash, named on errors
+        return _hub_repo_weights(cfg, cache_dir)
     return None
 
 
