@@ -6,6 +6,7 @@
 __version__ = "0.1.0"
 
 from hcast import ops  # noqa: F401
+from hcast import weights  # noqa: F401
 from hcast import models  # noqa: F401  (registers the models with timm)
 from hcast import hierarchy  # noqa: F401
 from hcast import metric_learning  # noqa: F401

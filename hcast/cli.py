@@ -801,7 +801,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from hcast.convert import convert_checkpoint
+    from hcast.weights import convert_checkpoint
 
     taxonomy = load_taxonomy(args.taxonomy) if args.taxonomy else None
     with user_input(f"checkpoint {args.checkpoint!r}"):

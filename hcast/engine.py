@@ -9,8 +9,9 @@ What ``hcast finetune`` / ``hcast evaluate`` run, usable from your own scripts:
   inconsistency error (TICE) and mistake severity, for plain per-level argmax and for
   consistent (taxonomy-path) decoding; predictions are gathered with torchmetrics, so
   the numbers under DDP equal a single-process run.
-* :func:`save_checkpoint` / :func:`load_checkpoint` (atomic: temp file + ``os.replace``)
-  and :func:`save_model_folder` (a ``timm.create_model("local-dir:FOLDER", pretrained=True)`` folder).
+* :func:`save_model_folder` (a ``timm.create_model("local-dir:FOLDER", pretrained=True)`` folder);
+  :func:`save_checkpoint` / :func:`load_checkpoint`, :func:`atomic_write` and
+  :func:`write_json` are :mod:`hcast.weights.folder`'s, re-exported here.
 * DDP helpers: :func:`init_distributed` (reads ``torchrun``'s environment),
   :class:`ShardSampler` (evaluation shards without padding).
 
@@ -22,10 +23,7 @@ plus the tree-path KL term.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch.nn as nn
 from torch.utils.data import Sampler
 
 from hcast.hierarchy import Taxonomy
+from hcast.weights.folder import atomic_write, load_checkpoint, save_checkpoint, save_for_hf, write_json
 
 __all__ = [
     "DistributedContext",
@@ -581,61 +580,6 @@ def format_metrics_table(metrics: Dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-@contextlib.contextmanager
-def atomic_write(path: Union[str, os.PathLike]) -> Iterator[Path]:
-    """Write a file so readers see the old version or the new one, never a torn one.
-
-    Yields a temporary path in the same folder; when the ``with`` block finishes, the
-    temporary file is flushed to disk and renamed over ``path`` with ``os.replace``
-    (atomic on POSIX and Windows). If the block raises, the temporary file is deleted
-    and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _chmod_like_new_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _chmod_like_new_file(path: Path) -> None:
-    # mkstemp creates 0600 files; give the result the permissions open() would have
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def save_checkpoint(state: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:
-    """``torch.save(state)`` to ``path`` atomically (see :func:`atomic_write`).
-
-    A crash or exception during the write leaves the previous file at ``path`` intact.
-    """
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
-    return path
-
-
-def load_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a training checkpoint written by :func:`save_checkpoint` (``weights_only``: no pickled code).
-
-    Raises:
-        FileNotFoundError: when ``path`` does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: {str(path)!r} does not exist; check --resume or the output folder.")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
 def save_model_folder(
     model: nn.Module,
     folder: Union[str, os.PathLike],
@@ -646,11 +590,11 @@ def save_model_folder(
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that ``timm.create_model("local-dir:FOLDER", pretrained=True)`` reloads.
 
-    Uses :func:`hcast.models._hub.save_for_hf` (timm's ``save_for_hf`` with the taxonomy in
+    Uses :func:`hcast.weights.save_for_hf` (timm's ``save_for_hf`` with the taxonomy in
     ``config["taxonomy"]`` and its fine names as ``label_names``; the files
-    ``push_to_hf_hub`` uploads) into a temporary folder, then moves each file into ``folder`` with ``os.replace``: weights
-    first, config last, so an interrupted save leaves the previous, complete pair or
-    the new weights with a config describing the same architecture.
+    ``push_to_hf_hub`` uploads), which writes each file atomically, weights first, config
+    last, so an interrupted save leaves the previous, complete pair or the new weights
+    with a config describing the same architecture.
 
     Args:
         model: the (unwrapped) timm model.
@@ -667,33 +611,6 @@ def save_model_folder(
     Returns:
         the folder.
     """
-    from hcast.models._hub import save_for_hf
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".save-", dir=folder) as tmp:
-        # hcast's conventions on top of timm.models.save_for_hf: config["taxonomy"], label_names
-        save_for_hf(unwrap_model(model), tmp, taxonomy=taxonomy, model_config=dict(extra_config or {}),
-                    model_args=model_args, data_config=data_config)
-        for name in ("model.safetensors", "config.json"):
-            _chmod_like_new_file(Path(tmp) / name)
-            os.replace(Path(tmp) / name, folder / name)
-    return folder
-
-
-def write_json(data: Any, path: Union[str, os.PathLike]) -> Path:
-    """Write ``data`` as indented JSON, atomically. NaN/inf are written as ``null``."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(clean(data), indent=2) + "\n")
-    return path
+    # hcast's conventions on top of timm.models.save_for_hf: config["taxonomy"], label_names
+    return save_for_hf(unwrap_model(model), folder, taxonomy=taxonomy, model_config=dict(extra_config or {}),
+                       model_args=model_args, data_config=data_config)

@@ -126,7 +126,9 @@ def save_segmentation_figure(
             axes[b, 0].set_xlabel(textwrap.fill(str(titles[b]), 32), fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    from hcast.weights.folder import atomic_write
+
+    with atomic_write(path) as tmp:  # the temporary's name has no image extension: say which format
+        fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png")
     plt.close(fig)
     return path

@@ -1,4 +1,4 @@
-"""hcast.convert.convert_checkpoint: original checkpoints -> timm hub folders."""
+"""hcast.weights.convert_checkpoint: original checkpoints -> timm hub folders."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ import timm
 import torch
 
 import hcast  # noqa: F401  (registers the models with timm)
-from hcast.convert import convert_checkpoint, guess_model_name
+import hcast.weights.folder
+from hcast.weights import convert_checkpoint, guess_model_name
 from hcast.hierarchy import Taxonomy
 from hf_server import LocalHub, use_local_hub
 from test_hub import MODEL_TINY, assert_same_weights, deit_checkpoint, original_state_dict
@@ -73,7 +74,7 @@ def test_failed_write_leaves_no_output(tmp_path, hcast_checkpoint, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(hcast.convert, "save_for_hf", broken)
+    monkeypatch.setattr(hcast.weights.folder, "save_for_hf", broken)
     with pytest.raises(OSError, match="disk full"):
         convert_checkpoint(src, tmp_path / "out", "hcast_small", **MODEL_TINY)
     assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ import torch
 
 import hcast  # noqa: F401  (registers the models with timm)
 from hcast.hierarchy import Taxonomy
-from hcast.models import _hub
+from hcast.weights import save_for_hf
 from hcast.models.hier_vit import HierVisionTransformer, default_level_blocks
 from hf_server import LocalHub, use_local_hub
 
@@ -177,7 +177,7 @@ def test_save_for_hf_with_taxonomy_round_trips(tmp_path):
     taxonomy = Taxonomy([[0, 0, 1, 1, 2]], names=[list("abcde"), ["x", "y", "z"]])
     model = timm.create_model("hier_vit_small", taxonomy=taxonomy, **SMALL).eval()
     assert model.level_classes == (5, 3) and model.taxonomy is taxonomy
-    out = _hub.save_for_hf(model, tmp_path / "export")
+    out = save_for_hf(model, tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
     assert Taxonomy.from_dict(config["taxonomy"]) == taxonomy
     assert config["label_names"] == list("abcde")

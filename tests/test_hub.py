@@ -19,8 +19,8 @@ from skimage.segmentation import slic
 from skimage.transform import resize
 
 import hcast  # noqa: F401  (registers the models with timm)
-from hcast.models import _hub
-from hcast.models._hub import UnsafeCheckpointError, load_checkpoint_file, unwrap_state_dict
+from hcast import weights
+from hcast.weights import UnsafeCheckpointError, load_checkpoint_file, unwrap_state_dict
 from hf_server import LocalHub, set_offline, use_local_hub
 from reference_cast import ReferenceCAST
 
@@ -274,7 +274,7 @@ def test_gdrive_tag_downloads_once_into_cache(tmp_path, monkeypatch):
         hub.gdrive[LIVING17_ID] = blob
         use_local_hub(monkeypatch, hub, tmp_path / "hf")
         model = timm.create_model("hcast_small.living17", pretrained=True, **MODEL_TINY)
-        target = _hub.gdrive_cache_path(LIVING17_ID)
+        target = weights.gdrive_cache_path(LIVING17_ID)
         assert target.read_bytes() == blob
         assert str(target).startswith(str(tmp_path / "hf" / "assets" / "hcast" / "gdrive"))
         assert sorted(p.name for p in target.parent.iterdir()) == [target.name, target.name + ".lock"]
@@ -313,21 +313,21 @@ def test_gdrive_failed_download_caches_nothing(tmp_path, monkeypatch, failure):
         else:  # Google Drive answers "quota exceeded" with an HTML page
             hub.gdrive[LIVING17_ID] = b"<html><body>Too many users have viewed this file</body></html>"
         with pytest.raises(OSError, match=LIVING17_ID):
-            _hub.download_gdrive_checkpoint(LIVING17_ID)
-        folder = _hub.gdrive_cache_path(LIVING17_ID).parent
+            weights.download_gdrive_checkpoint(LIVING17_ID)
+        folder = weights.gdrive_cache_path(LIVING17_ID).parent
         assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == []
 
         hub.truncate.clear()
         hub.gdrive[LIVING17_ID] = blob
-        path = _hub.download_gdrive_checkpoint(LIVING17_ID)
+        path = weights.download_gdrive_checkpoint(LIVING17_ID)
         assert path.read_bytes() == blob
 
 
 def test_gdrive_arguments_are_checked():
     with pytest.raises(ValueError, match="gdrive_id"):
-        _hub.gdrive_cache_path("../../etc")
+        weights.gdrive_cache_path("../../etc")
     with pytest.raises(ValueError, match="filename"):
-        _hub.gdrive_cache_path(LIVING17_ID, "a/b.pth")
+        weights.gdrive_cache_path(LIVING17_ID, "a/b.pth")
 
 
 # ----------------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def test_gdrive_arguments_are_checked():
 
 def test_save_for_hf_round_trips_through_hub(tmp_path, monkeypatch):
     source = timm.create_model("cast_tiny", num_classes=5, **MODEL_TINY)
-    folder = _hub.save_for_hf(source, tmp_path / "export")
+    folder = weights.save_for_hf(source, tmp_path / "export")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "cast_tiny"

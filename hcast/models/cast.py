@@ -26,8 +26,8 @@ superpixels than a stage's cluster count (a blank image, tiny inputs) give valid
 outputs: see :class:`GraphPooling`.
 
 Key layout differences from the original checkpoints (handled by
-:func:`checkpoint_filter_fn`): ``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of
-stage K}`` (slicing ``nn.Sequential`` keeps the global block index N; the duplicate
+:func:`checkpoint_filter_fn` with :func:`hcast.weights.original.cast_keys_to_hcast`):
+``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of stage K}`` (slicing ``nn.Sequential`` keeps the global block index N; the duplicate
 ``blocks.N`` copies of the same modules are dropped), ``poolK.pool_block.centroid_fc`` ->
 ``stages.{K-1}.pool.assign``, ``fc1.0/fc1.1/fc2.0/fc2.1`` -> ``fc1_norm/fc1/fc2_norm/fc2``,
 the last stage's unused ``fc1``/``fc2`` dropped, MoCo's ``pe_token`` joined to the front
@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import re
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -52,10 +51,11 @@ from timm.models import checkpoint_seq, generate_default_cfgs, get_pretrained_cf
 from timm.models._pretrained import PretrainedCfg
 from timm.models.vision_transformer import Block
 
-from hcast.models._hub import build_model_with_hcast_cfg
 from hcast.ops import farthest_point_sampling, superpixel_pool
 from hcast.ops._validation import check_finite
 from hcast.ops.superpixel_pool import resize_segments
+from hcast.weights import original
+from hcast.weights.builder import as_pretrained_cfg as _as_pretrained_cfg, build_model_with_hcast_cfg
 
 __all__ = [
     "CAST",
@@ -681,90 +681,6 @@ class CAST(nn.Module):
 # Checkpoint conversion
 # ---------------------------------------------------------------------------------------
 
-_POOL_RENAMES = (
-    ("centroid_fc.", "assign."),
-    ("fc1.0.", "fc1_norm."),
-    ("fc1.1.", "fc1."),
-    ("fc2.0.", "fc2_norm."),
-    ("fc2.1.", "fc2."),
-)
-_DROP_PREFIXES = ("momentum_encoder.", "predictor.", "module.momentum_encoder.", "module.predictor.")
-
-
-def _unwrap_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The state dict inside an original training checkpoint: DeiT's ``{'model': ...}``
-    (preferred over its ``model_ema``), MoCo's ``{'state_dict': ...}``, or a bare one."""
-    if not isinstance(checkpoint, dict):
-        raise TypeError(f"checkpoint must be a dict (a state dict or a training checkpoint holding one), "
-                        f"got {type(checkpoint).__name__}.")
-    for key in ("model", "state_dict"):
-        if isinstance(checkpoint.get(key), dict):
-            return checkpoint[key]
-    return checkpoint
-
-
-def _strip_prefixes(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Drop DDP's ``module.`` and MoCo's ``base_encoder.`` prefixes, the momentum encoder,
-    the predictor and MoCo's projection MLP (``head.0`` ...)."""
-    is_moco = any(k.startswith(("module.base_encoder.", "base_encoder.")) for k in state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith(_DROP_PREFIXES):
-            continue
-        if key.startswith("module."):
-            key = key[len("module."):]
-        if is_moco:
-            if not key.startswith("base_encoder."):
-                continue
-            key = key[len("base_encoder."):]
-            if key.startswith("head."):  # MoCo's projection MLP, not a classifier
-                continue
-        out[key] = value
-    return out
-
-
-def _original_to_hcast(state_dict: Dict[str, torch.Tensor], depths: Sequence[int]
-                       ) -> Dict[str, torch.Tensor]:
-    """Rename original CAST keys to this module's layout (see the module docstring)."""
-    has_stage_blocks = any(re.match(r"blocks\d+\.", k) for k in state_dict)
-    starts = [sum(depths[:i]) for i in range(len(depths))]
-    out = {}
-    for key, value in state_dict.items():
-        m = re.match(r"blocks(\d+)\.(\d+)\.(.*)", key)
-        if m:
-            # Slicing an nn.Sequential keeps the global indices: blocks2.3 is stage 2's first.
-            stage = int(m.group(1)) - 1
-            out[f"stages.{stage}.blocks.{int(m.group(2)) - starts[stage]}.{m.group(3)}"] = value
-            continue
-        m = re.match(r"blocks\.(\d+)\.(.*)", key)
-        if m:
-            if has_stage_blocks:
-                continue  # the duplicate registration of the same modules
-            index = int(m.group(1))
-            stage = max(i for i, s in enumerate(starts) if s <= index)
-            out[f"stages.{stage}.blocks.{index - starts[stage]}.{m.group(2)}"] = value
-            continue
-        m = re.match(r"pool(\d+)\.pool_block\.(.*)", key)
-        if m:
-            stage, rest = int(m.group(1)) - 1, m.group(2)
-            if stage == len(depths) - 1 and rest.startswith(("fc1.", "fc2.")):
-                continue  # the last pooling's centroid update feeds nothing
-            for old, new in _POOL_RENAMES:
-                if rest.startswith(old):
-                    rest = new + rest[len(old):]
-                    break
-            out[f"stages.{stage}.pool.{rest}"] = value
-            continue
-        if key in ("pe_token", "pre_logits", "dist_token") or key.startswith(("family_head.", "manufacturer_head.",
-                                                                                   "head_dist.")):
-            continue
-        out[key] = value
-    if "pe_token" in state_dict and "pos_embed" in out:
-        out["pos_embed"] = torch.cat([state_dict["pe_token"].reshape(1, 1, -1).to(out["pos_embed"]),
-                                      out["pos_embed"]], dim=1)
-    return out
-
-
 def _adapt_pos_embed(state_dict: Dict[str, torch.Tensor], model: CAST) -> None:
     """Resize the checkpoint's position embedding to the model's grid, in place. A
     sin-cos embedding is fixed, so the model's own (exact) one is used instead."""
@@ -786,11 +702,8 @@ def _adapt_pos_embed(state_dict: Dict[str, torch.Tensor], model: CAST) -> None:
 def convert_backbone(checkpoint: Dict[str, Any], model: CAST) -> Dict[str, torch.Tensor]:
     """Original or hcast checkpoint -> hcast backbone keys (heads untouched except MoCo's
     projection MLP and H-CAST's extra heads, which a plain CAST has no place for)."""
-    state_dict = _strip_prefixes(_unwrap_checkpoint(checkpoint))
-    if not any(k.startswith("stages.") for k in state_dict):
-        state_dict = _original_to_hcast(state_dict, model.depths)
-    else:
-        state_dict = dict(state_dict)
+    state_dict = original.strip_prefixes(original.unwrap_state_dict(checkpoint))
+    state_dict = original.cast_keys_to_hcast(state_dict, model.depths)
     _adapt_pos_embed(state_dict, model)
     return state_dict
 
@@ -848,16 +761,9 @@ class CASTPretrainedCfg(PretrainedCfg):
 
 def as_pretrained_cfg(cfg: Any) -> Any:
     """A dict pretrained cfg (e.g. from a hub ``config.json``) as :class:`CASTPretrainedCfg`,
-    so timm keeps hcast's keys; anything else is returned unchanged."""
-    if isinstance(cfg, dict):
-        fields = {f.name for f in dataclasses.fields(CASTPretrainedCfg)}
-        cfg = dict(cfg)
-        for key in ("input_size", "test_input_size", "min_input_size", "mean", "std", "pool_size",
-                    "level_classes"):
-            if isinstance(cfg.get(key), list):
-                cfg[key] = tuple(cfg[key])
-        return CASTPretrainedCfg(**{k: v for k, v in cfg.items() if k in fields})
-    return cfg
+    so timm keeps hcast's keys (:func:`hcast.weights.as_pretrained_cfg`); anything else is
+    returned unchanged."""
+    return _as_pretrained_cfg(cfg, CASTPretrainedCfg)
 
 
 def _create_cast(variant: str, pretrained: bool = False, model_cls: type = None,
@@ -865,7 +771,7 @@ def _create_cast(variant: str, pretrained: bool = False, model_cls: type = None,
     model_cls = model_cls or CAST
     if "pretrained_cfg" in kwargs:
         kwargs["pretrained_cfg"] = as_pretrained_cfg(kwargs["pretrained_cfg"])
-    # hcast's builder: timm's plus safe .pth loading and Google Drive tags (hcast.models._hub)
+    # hcast's builder: timm's plus safe .pth loading and Google Drive tags (hcast.weights.builder)
     return build_model_with_hcast_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
 
 

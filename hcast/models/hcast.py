@@ -23,31 +23,10 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
 from hcast.hierarchy import benchmark_taxonomy
-from hcast.models.cast import (CAST, _cfg, _create_cast, _strip_prefixes, _unwrap_checkpoint, _variant_kwargs,
-                               convert_backbone, init_linear)
-from hcast.models.cast import _check_num_classes
+from hcast.models.cast import CAST, _cfg, _check_num_classes, _create_cast, _variant_kwargs, convert_backbone, init_linear
+from hcast.weights.original import has_level_heads, rename_level_heads, strip_prefixes, unwrap_state_dict
 
 __all__ = ["HCAST", "checkpoint_filter_fn"]
-
-_ORIGINAL_HEADS = ("head", "family_head", "manufacturer_head")
-
-
-def rename_level_heads(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename H-CAST / Hier-ViT's original head keys to hcast's per-level heads.
-
-    The authors' code names the heads ``head`` (finest level), ``family_head`` and
-    ``manufacturer_head`` (coarser levels); hcast keeps them in ``heads.0``, ``heads.1``,
-    ``heads.2``, finest first. Other keys pass through unchanged.
-    """
-    renamed = {}
-    for key, value in state_dict.items():
-        for index, name in enumerate(_ORIGINAL_HEADS):
-            if key.startswith(name + "."):
-                key = f"heads.{index}." + key[len(name) + 1:]
-                break
-        renamed[key] = value
-    return renamed
-
 
 def _level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any) -> Tuple[int, ...]:
     if taxonomy is not None:
@@ -156,8 +135,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: HCAST) -> Dict[str, 
     :func:`hcast.models.cast.checkpoint_filter_fn`.
     """
     # Rename the heads before the backbone conversion, which drops H-CAST's extra heads.
-    raw = _strip_prefixes(_unwrap_checkpoint(state_dict))
-    is_hcast = any(k.startswith(("family_head.", "heads.")) for k in raw)
+    raw = strip_prefixes(unwrap_state_dict(state_dict))
+    is_hcast = has_level_heads(raw)
     out = convert_backbone(rename_level_heads(raw), model)
     # Heads the checkpoint has no (matching) weights for keep the model's initialisation.
     own_heads = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}

@@ -33,8 +33,8 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
-from hcast.models._hub import build_model_with_hcast_cfg
-from hcast.models.hcast import rename_level_heads
+from hcast.weights.builder import build_model_with_hcast_cfg
+from hcast.weights.original import rename_level_heads, strip_prefixes
 
 _logger = logging.getLogger(__name__)
 
@@ -227,8 +227,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: HierVisionT
     Returns:
         dict[str, Tensor] with this model's key names, including every head.
     """
-    unprefixed = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-    out = _vit_checkpoint_filter_fn(rename_level_heads(unprefixed), model)
+    out = _vit_checkpoint_filter_fn(rename_level_heads(strip_prefixes(state_dict, ddp_only=True)), model)
     own = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}
     for key in [k for k in out if k.startswith("heads.")]:
         if key not in own:

@@ -1,0 +1,512 @@
+"""Files hcast writes and reads back: model folders, training checkpoints, JSON results.
+
+* :func:`atomic_write`: the one way hcast writes a file or a folder. Readers see the
+  old version or the new one, never a torn one; a crash or an exception leaves the
+  previous file intact.
+* :func:`save_for_hf`: a model folder in timm's hub format (``config.json`` +
+  ``model.safetensors``) that ``timm.create_model("local-dir:FOLDER", pretrained=True)``
+  and, once uploaded, ``"hf-hub:ORG/NAME"`` load, with a hierarchical model's taxonomy.
+* :func:`convert_checkpoint`: an original-format checkpoint (see
+  :mod:`hcast.weights.original`) turned into such a folder (``hcast convert``).
+* :func:`save_checkpoint` / :func:`load_checkpoint`: training checkpoints for
+  ``--resume``; :func:`write_json`: metrics and predictions.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from hcast.weights.original import guess_model_name, head_counts, LEVEL_HEADS, strip_prefixes, unwrap_state_dict
+from hcast.weights.safe_load import load_checkpoint_file
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "atomic_write",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+    "load_checkpoint",
+    "write_json",
+    "save_for_hf",
+    "convert_checkpoint",
+]
+
+PathLike = Union[str, os.PathLike]
+
+# Less free space than this after a failed torch write means the disk filled up.
+_NEARLY_FULL = 64 * 2**20
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def _new_file_mode(mode: int = 0o666) -> int:
+    """The permissions ``open()`` / ``mkdir()`` would give (mkstemp and mkdtemp make 0600 / 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _replace_folder(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the complete folder ``tmp`` to ``path`` (an empty folder there is replaced)."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{str(path)!r} appeared while it was being written; not replacing it.")
+        old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, path)  # also over an empty folder
+
+
+# Temporaries are named ``.{name}.{host}.{pid}.{random}.tmp`` so that a later write of the
+# same file can tell its own stale ones (the writing process is gone) from live ones.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TMP_RE = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its files
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> List[Path]:
+    """Delete temporaries that killed writes of ``path`` left behind; return what was removed.
+
+    :func:`atomic_write` names its temporaries ``.{name}.{host}.{pid}.{random}.tmp``
+    next to ``path``. Those written on this host by a process that no longer exists
+    (killed mid-save: ``kill -9``, out of memory, power loss) are removed; those of live
+    processes, of other hosts (a shared file system) and any other file are left
+    alone. :func:`atomic_write` calls this before every write, so the next save of the
+    same file cleans up after a killed one.
+    """
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}"
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix + ".")]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        m = _TMP_RE.fullmatch(candidate.name[len(prefix):])
+        if m is None or m["host"] != _HOST or _process_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(candidate) if candidate.is_dir() and not candidate.is_symlink() else candidate.unlink()
+            removed.append(candidate)
+    if removed:
+        _logger.info(f"Removed {len(removed)} stale temporary file(s) of killed writes of {str(path)!r}")
+    return removed
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, folder: bool = False) -> Iterator[Path]:
+    """A new hidden temporary file (or folder) next to ``path``, deleted on exit unless moved."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    prefix, suffix = f".{path.name}.{_HOST}.{os.getpid()}.", ".tmp"
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+    else:
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+    try:
+        yield tmp
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    # torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc:...]
+    # ... unexpected pos ...") or "PytorchStreamWriter failed writing file"; the OS error is lost.
+    return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+
+
+def _torch_write_failed(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and any(
+        s in str(error) for s in ("inline_container", "PytorchStreamWriter", "file write failed"))
+
+
+def _free_bytes(folder: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True,
+                 description: str = "file") -> Iterator[Path]:
+    """Write a file (or a folder) so readers see the old version or the new one, never a torn one.
+
+    Yields a temporary path in the same folder as ``path`` (a hidden name starting with
+    ``.{name}.``). When the ``with`` block finishes, what was written there is flushed to
+    disk (``fsync``), given the permissions a new file would have, and renamed over
+    ``path`` with ``os.replace`` (atomic on POSIX and Windows). If the block raises, the
+    temporary is deleted and ``path`` is left as it was.
+
+    Args:
+        path: the file (or folder) to write.
+        folder: yield a temporary *folder* to fill; a non-empty folder at ``path`` is
+            replaced as a whole (moved aside, then deleted).
+        overwrite: with ``folder=True``, raise instead of replacing a non-empty folder
+            that appeared at ``path`` meanwhile.
+        description: what is written (``"checkpoint"``), for error messages.
+
+    Temporaries of earlier writes of ``path`` whose process was killed are removed first
+    (:func:`remove_stale_temporaries`).
+
+    Raises:
+        OSError: with ``errno.ENOSPC`` when the disk fills up during the write; the
+            message says so and that the previous version of ``path`` is intact.
+        FileExistsError: ``folder=True``, ``overwrite=False`` and ``path`` is a non-empty
+            folder or a file when the block finishes.
+    """
+    path = Path(path)
+    existed = path.exists()
+    with _temporary(path, folder) as tmp:
+        try:
+            yield tmp
+            if folder:
+                for file in tmp.rglob("*"):
+                    if file.is_file():
+                        _fsync_file(file)
+                os.chmod(tmp, _new_file_mode(0o777))
+                _replace_folder(tmp, path, overwrite)
+            else:
+                _fsync_file(tmp)
+                os.chmod(tmp, _new_file_mode())
+                os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            free = _free_bytes(path.parent)
+            # a torch write that failed with (almost) nothing left on the disk: the disk filled up
+            full = _is_disk_full(e) or (_torch_write_failed(e) and free is not None and free < _NEARLY_FULL)
+            if not full:
+                raise
+            kept = (f"the previous {description} at {str(path)!r} is intact" if existed
+                    else f"nothing was written at {str(path)!r}")
+            raise OSError(
+                errno.ENOSPC,
+                f"Writing {str(path)!r} failed: the disk holding {str(path.parent)!r} is full"
+                f"{'' if free is None else f' ({free / 2**20:.0f} MiB free)'}; {kept}, and the partial "
+                f"{description} was deleted. Free some space (or write elsewhere) and save again. ({e})",
+            ) from e
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
+    """``torch.save(state)`` to ``path`` atomically (see :func:`atomic_write`).
+
+    A crash or exception during the write leaves the previous file at ``path`` intact; a
+    full disk raises ``OSError(errno.ENOSPC)`` saying so.
+    """
+    path = Path(path)
+    with atomic_write(path, description="checkpoint") as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load a training checkpoint written by :func:`save_checkpoint` (``weights_only``: no pickled code).
+
+    Read with :func:`hcast.weights.load_checkpoint_file`.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: the file is empty, truncated or not a checkpoint (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: {str(path)!r} does not exist; check --resume or the output folder.")
+    return load_checkpoint_file(path, map_location=map_location)
+
+
+def read_model_config(source: PathLike) -> Dict[str, Any]:
+    """The ``config.json`` of a model folder or hub repo, checked, with errors that name the file.
+
+    Args:
+        source: a model folder, its ``config.json``, ``local-dir:FOLDER`` or
+            ``hf-hub:ORG/NAME[@REVISION]`` (downloaded with ``hf_hub_download``).
+
+    Returns:
+        The parsed JSON object: ``architecture``, ``model_args``, ``pretrained_cfg``,
+        ``taxonomy`` ... as :func:`save_for_hf` writes them.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` there.
+        ValueError: the file is empty, truncated, not UTF-8, not JSON, nested too deeply,
+            or not an object with the fields' expected types; the message names the file
+            and, for a hub cache entry, how to remove it.
+    """
+    from hcast.weights.safe_load import cache_hint
+
+    name = str(source)
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, revision = name.split(":", 1)[1].partition("@")
+        path = Path(hf_hub_download(repo_id, "config.json", revision=revision or None))
+    else:
+        path = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name)
+        if path.is_dir():
+            path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"config.json: {str(path)!r} does not exist; pass a folder written by save_for_hf, "
+                                f"`hcast finetune` or `hcast convert`.")
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{str(path)!r} is not a usable model config.json: {what}. Write it again with "
+                          f"hcast.weights.save_for_hf (or `hcast convert`).{cache_hint(path)}")
+
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise bad("the file is empty")
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise bad(f"it is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise bad(f"invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}; truncated?)") from None
+    except RecursionError:
+        raise bad("JSON nested too deeply") from None
+    if not isinstance(config, dict):
+        raise bad(f"expected a JSON object, got {type(config).__name__}")
+    for key, kind in (("architecture", str), ("model_args", dict), ("pretrained_cfg", dict), ("taxonomy", dict),
+                      ("num_classes", int), ("label_names", list)):
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            raise bad(f"'{key}' must be a JSON {'string' if kind is str else kind.__name__}, got "
+                      f"{type(config[key]).__name__}")
+    return config
+
+
+def write_json(data: Any, path: PathLike) -> Path:
+    """Write ``data`` as indented JSON, atomically. NaN/inf are written as ``null``."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(clean(data), indent=2) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+def save_for_hf(
+        model: nn.Module,
+        save_directory: PathLike,
+        taxonomy: Any = None,
+        model_config: Optional[Mapping[str, Any]] = None,
+        model_args: Optional[Mapping[str, Any]] = None,
+        **kwargs: Any,
+) -> Path:
+    """Save ``config.json`` + ``model.safetensors`` that ``timm.create_model("hf-hub:...")`` loads.
+
+    :func:`timm.models.save_for_hf` with safetensors, plus hcast's conventions for
+    hierarchical models: the taxonomy (argument, or the model's ``taxonomy``) is stored
+    as ``config.json["taxonomy"]`` (:meth:`hcast.hierarchy.Taxonomy.to_dict`; read it
+    back with ``Taxonomy.from_dict``), the finest level's class names as timm's
+    ``label_names``, and ``model_args`` get ``level_classes`` instead of the
+    (non-JSON) Taxonomy object. The pretrained cfg's hcast keys (superpixel method and
+    count, level classes) are written with it, as timm writes every cfg key. Upload
+    the folder with ``huggingface_hub.upload_folder``, or call
+    :func:`timm.models.push_to_hf_hub` with the same ``model_config``/``model_args``.
+
+    Each file is written with :func:`atomic_write`, weights first and ``config.json``
+    last, so an interrupted save into a folder that already holds a model leaves the
+    previous, complete pair, or the new weights with a config describing the same
+    architecture; other files in the folder are left alone.
+
+    Returns:
+        ``save_directory`` as a Path.
+    """
+    from timm.models import save_for_hf as timm_save_for_hf
+
+    model_config = dict(model_config or {})
+    model_args = dict(model_args or {})
+    # timm.create_model records its keyword arguments as model._model_args (timm 1.0.31 does) and
+    # save_for_hf writes them: a Taxonomy argument there must be replaced by JSON.
+    recorded = getattr(model, "_model_args", {})
+    if taxonomy is None:
+        taxonomy = model_args.get("taxonomy", recorded.get("taxonomy", getattr(model, "taxonomy", None)))
+    if isinstance(taxonomy, Mapping):
+        from hcast.hierarchy import Taxonomy  # a sibling package; imported where needed
+
+        taxonomy = Taxonomy.from_dict(taxonomy)
+    if "taxonomy" in recorded or "taxonomy" in model_args:
+        model_args["taxonomy"] = None  # JSON null: create_model drops None arguments
+    if taxonomy is not None:
+        model_args.setdefault("level_classes", list(taxonomy.num_classes))
+        model_config.setdefault("taxonomy", taxonomy.to_dict())
+        if taxonomy.names[0] is not None:
+            model_config.setdefault("label_names", list(taxonomy.names[0]))
+    kwargs.setdefault("safe_serialization", True)
+    folder = Path(save_directory)
+    with _temporary(folder / "save", folder=True) as staging:
+        timm_save_for_hf(model, str(staging), model_config=model_config, model_args=model_args, **kwargs)
+        for name in sorted(os.listdir(staging), key=lambda n: n == "config.json"):  # config last
+            with atomic_write(folder / name) as tmp:
+                os.replace(staging / name, tmp)
+    return folder
+
+
+def _as_taxonomy(taxonomy: Any):
+    if taxonomy is None:
+        return None
+    from hcast.hierarchy import Taxonomy  # a sibling package; imported where needed
+
+    if isinstance(taxonomy, Taxonomy):
+        return taxonomy
+    if isinstance(taxonomy, Mapping):
+        return Taxonomy.from_dict(taxonomy)
+    if isinstance(taxonomy, (str, os.PathLike)):
+        return Taxonomy.load(taxonomy)
+    raise TypeError(f"taxonomy: expected a Taxonomy, its to_dict() or a JSON file path, got {type(taxonomy).__name__}.")
+
+
+def _check_heads_loaded(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Every classifier of the checkpoint ended up in the model (the filters keep a head's
+    initialisation when shapes differ: here that would silently lose weights)."""
+    own = model.state_dict()
+    for index, name in enumerate(LEVEL_HEADS):
+        src = state_dict.get(f"{name}.weight", state_dict.get(f"heads.{index}.weight"))
+        if src is None:
+            break
+        dst_key = next((k for k in (f"heads.{index}.weight", f"{name}.weight") if k in own), None)
+        if dst_key is None:
+            continue
+        if own[dst_key].shape != src.shape:
+            raise ValueError(
+                f"level_classes: the checkpoint's {name} has {src.shape[0]} classes but the model's level {index} has "
+                f"{own[dst_key].shape[0]}; pass level_classes (or a taxonomy) matching the checkpoint.")
+        if not torch.equal(own[dst_key], src.to(own[dst_key].dtype)):
+            raise RuntimeError(f"the checkpoint's {name} was not loaded into {dst_key}; please report this.")
+
+
+def convert_checkpoint(
+        src: PathLike,
+        out_dir: PathLike,
+        model_name: Optional[str] = None,
+        level_classes: Optional[Sequence[int]] = None,
+        taxonomy: Any = None,
+        *,
+        overwrite: bool = False,
+        **model_kwargs: Any,
+) -> Path:
+    """Turn an original-format checkpoint into a timm hub folder (config.json + model.safetensors).
+
+    What ``hcast convert`` runs. The checkpoint is read safely
+    (:func:`hcast.weights.load_checkpoint_file`), the model built with it through
+    ``timm.create_model(..., pretrained_cfg_overlay=dict(file=...))`` (so exactly the
+    model's ``checkpoint_filter_fn`` does the key mapping), and the folder written with
+    :func:`save_for_hf`. It loads with ``timm.create_model("local-dir:FOLDER",
+    pretrained=True)`` and, once uploaded, ``timm.create_model("hf-hub:ORG/NAME",
+    pretrained=True)``.
+
+    Args:
+        src: checkpoint file: the original repositories' ``.pth`` (``model`` or
+            ``state_dict`` inside; loaded with ``weights_only=True``, see
+            :func:`hcast.weights.load_checkpoint_file`) or hcast's ``.safetensors``.
+        out_dir: folder to create. Written to a temporary folder next to it and renamed
+            into place when complete (:func:`atomic_write`): never half-written.
+        model_name: hcast model name, optionally with a pretrained tag whose cfg to keep
+            (``"hcast_small"``, ``"hcast_small.living17"``, ``"cast_small"``,
+            ``"hier_vit_small"``); default :func:`hcast.weights.original.guess_model_name`.
+        level_classes: class count per level, finest first; default from the checkpoint's
+            heads (``head``, ``family_head``, ``manufacturer_head``) or the taxonomy.
+        taxonomy: :class:`hcast.hierarchy.Taxonomy` (or its dict, or a JSON file) stored in
+            ``config.json["taxonomy"]``; its finest names become timm's ``label_names``.
+        overwrite: replace an existing non-empty ``out_dir`` (atomically).
+        **model_kwargs: more ``timm.create_model`` arguments (e.g. ``img_size``).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
+        ValueError: level counts disagree (argument, taxonomy, checkpoint), or the
+            architecture cannot be guessed.
+        hcast.weights.UnsafeCheckpointError: the pickle needs unsafe globals.
+    """
+    import timm
+
+    # hcast.weights sits below hcast.models (models import the builder from here), so the
+    # registration of hcast's architectures with timm is imported when converting, not at import.
+    import hcast.models  # noqa: F401
+
+    src, out_dir = Path(src), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"out_dir: {str(out_dir)!r} exists and is not empty; pass overwrite=True to replace it.")
+    taxonomy = _as_taxonomy(taxonomy)
+    state_dict = strip_prefixes(unwrap_state_dict(load_checkpoint_file(src)))
+    counts = head_counts(state_dict)
+    if taxonomy is not None:
+        if level_classes is not None and tuple(level_classes) != tuple(taxonomy.num_classes):
+            raise ValueError(f"level_classes: got {tuple(level_classes)}, but the taxonomy has "
+                             f"{tuple(taxonomy.num_classes)} classes per level; pass one of them.")
+        level_classes = tuple(taxonomy.num_classes)
+    if level_classes is None and len(counts) > 1:
+        level_classes = counts
+    if model_name is None:
+        model_name = guess_model_name(state_dict)
+    kwargs = dict(model_kwargs)
+    if level_classes is not None and len(level_classes) > 1:
+        kwargs["level_classes"] = tuple(int(c) for c in level_classes)
+        num_classes = kwargs["level_classes"][0]
+    else:
+        num_classes = int(level_classes[0]) if level_classes else (counts[0] if counts else 0)
+        kwargs.setdefault("num_classes", num_classes)
+    # num_classes in the cfg too, or timm's builder would drop a head of another size than the tag's
+    overlay = dict(file=str(src), num_classes=num_classes)
+    model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    _check_heads_loaded(model, state_dict)
+    if taxonomy is not None:
+        model.taxonomy = taxonomy
+
+    with atomic_write(out_dir, folder=True, overwrite=overwrite) as tmp:
+        save_for_hf(model, tmp, taxonomy=taxonomy)
+    _logger.info(f"Converted {str(src)!r} ({model_name}) to {str(out_dir)!r}")
+    return out_dir
