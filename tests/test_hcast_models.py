@@ -58,7 +58,7 @@ def test_taxonomy_argument_and_errors():
     m = timm.create_model("hcast_tiny", taxonomy=FakeTaxonomy())
     assert m.level_classes == (10, 5) and m.taxonomy.num_classes == (10, 5)
     with pytest.raises(ValueError, match="level_classes"):
-        timm.create_model("hcast_tiny")
+        timm.create_model("hcast_small.deit_in1k")  # a backbone tag: no level classes to take
     with pytest.raises(ValueError, match="2 to 4 taxonomy levels"):
         timm.create_model("hcast_tiny", level_classes=(10,))
     with pytest.raises(ValueError, match="disagrees"):
@@ -99,8 +99,11 @@ def test_released_tags_carry_drive_ids_and_level_classes():
     with torch.device("meta"):
         m = timm.create_model("hcast_small.entity30")
     assert m.level_classes == (120, 30)
+    # The default tag has real weights and level classes, so the bare name builds.
     default = timm.get_pretrained_cfg("hcast_small")
-    assert default.hf_hub_filename == "snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth"
+    assert default.tag == "living17" and default.gdrive_id == expected["living17"][0]
+    backbone = timm.get_pretrained_cfg("hcast_small.deit_in1k")
+    assert backbone.hf_hub_filename == "snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth"
 
 
 def test_fine_tuning_starts_from_a_cast_checkpoint(tmp_path):

@@ -243,6 +243,8 @@ def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAS
         if level_classes and not user_num_classes:
             kwargs["level_classes"] = tuple(level_classes)
             kwargs.setdefault("num_classes", level_classes[0])
+    else:
+        kwargs.setdefault("num_classes", None)  # not the tag's count: the given levels decide
     return _create_cast(variant, pretrained, model_cls=HCAST, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
