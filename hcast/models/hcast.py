@@ -237,6 +237,8 @@ def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAS
     if isinstance(cfg, str) or cfg is None:
         cfg = get_pretrained_cfg(f"{variant}.{cfg}" if cfg else variant)
     level_classes = cfg.get("level_classes") if isinstance(cfg, dict) else getattr(cfg, "level_classes", None)
+    if not level_classes:  # a backbone tag (deit_in1k): the name's default tag's level classes
+        level_classes = getattr(get_pretrained_cfg(variant), "level_classes", None)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     level_classes = overlay.get("level_classes", level_classes)
     if kwargs.get("level_classes") is None and kwargs.get("taxonomy") is None:
