@@ -8,3 +8,4 @@ __version__ = "0.1.0"
 from hcast import ops  # noqa: F401
 from hcast import models  # noqa: F401  (registers the models with timm)
 from hcast import hierarchy  # noqa: F401
+from hcast.models.factory import from_pretrained  # noqa: F401,E402

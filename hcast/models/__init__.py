@@ -6,3 +6,4 @@ from hcast.models import hier_vit  # noqa: F401,E402  (registers hier_vit_* with
 from hcast.models._hub import (  # noqa: F401,E402  (weights: safe loading, Google Drive cache, sharing)
     UnsafeCheckpointError, download_gdrive_checkpoint, load_checkpoint_file, save_for_hf,
 )
+from hcast.models.factory import from_pretrained  # noqa: F401,E402

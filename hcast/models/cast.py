@@ -542,6 +542,19 @@ class CAST(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
+    @classmethod
+    def from_pretrained(cls, name_or_id: Union[str, "os.PathLike"], **kwargs: Any) -> "CAST":
+        """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
+        ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
+        ``timm.create_model``.
+
+        Raises:
+            TypeError: ``name_or_id`` holds another kind of model.
+        """
+        from hcast.models.factory import from_pretrained
+
+        return from_pretrained(name_or_id, expected_class=cls, **kwargs)
+
     # -- initialisation, timm helpers ------------------------------------------------------
 
     def init_weights(self) -> None:

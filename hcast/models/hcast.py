@@ -92,6 +92,8 @@ class HCAST(CAST):
             the per-level features); without ``level_classes``/``taxonomy`` an int gives a
             one-level model (the last stage's class token, as CAST) that returns a
             (B, num_classes) tensor; otherwise it must equal the finest level's count.
+            (``timm.create_model`` passes the tag's ``level_classes`` unless
+            ``num_classes`` is another count than its finest level's.)
         output_level: a 0-based level index (finest first): ``forward`` /
             ``forward_head`` return that level's (B, n_l) logits as one tensor and
             ``forward_features`` that level's stage tokens (B, 1 + N, C), so tools that
@@ -230,8 +232,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: HCAST) -> Dict[str, 
 
 def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAST:
     # A tag knows its level class counts: use them unless given. A user's num_classes
-    # (0: features; another int without level_classes: a one-level model) wins over the
-    # count timm's builder would take from the pretrained cfg.
+    # (0: features; another count than the finest level's, without level_classes: a
+    # one-level model) wins over the count timm's builder would take from the cfg.
     user_num_classes = kwargs.get("num_classes")
     cfg = kwargs.get("pretrained_cfg")
     if isinstance(cfg, str) or cfg is None:
@@ -242,7 +244,7 @@ def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAS
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     level_classes = overlay.get("level_classes", level_classes)
     if kwargs.get("level_classes") is None and kwargs.get("taxonomy") is None:
-        if level_classes and not user_num_classes:
+        if level_classes and user_num_classes in (None, 0, level_classes[0]):
             kwargs["level_classes"] = tuple(level_classes)
             kwargs.setdefault("num_classes", level_classes[0])
     else:

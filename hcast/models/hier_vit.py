@@ -145,6 +145,19 @@ class HierVisionTransformer(VisionTransformer):
         del self.head  # replaced by one head per level
         self._set_heads(level_classes)
 
+    @classmethod
+    def from_pretrained(cls, name_or_id: Union[str, "os.PathLike"], **kwargs: Any) -> "HierVisionTransformer":
+        """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
+        ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
+        ``timm.create_model``.
+
+        Raises:
+            TypeError: ``name_or_id`` holds another kind of model.
+        """
+        from hcast.models.factory import from_pretrained
+
+        return from_pretrained(name_or_id, expected_class=cls, **kwargs)
+
     def _set_heads(self, level_classes: Tuple[int, ...]) -> None:
         device = self.cls_token.device if self.cls_token is not None else None
         heads = nn.ModuleList(
