@@ -82,7 +82,7 @@ def run_tests(timm_dir: Path, extra: list[str]) -> int:
         Path(tmp, "test_models.py").write_text(_patched_test_models(source.read_text()))
         Path(tmp, "conftest.py").write_text(_CONFTEST)
         Path(tmp, "pytest.ini").write_text("[pytest]\nmarkers =\n    base\n    cfg\n    features\n    torchscript\n"
-                                           "    fxforward\n    fxbackward\n")
+                                           "    fxforward\n    fxbackward\n    timeout\n")
         keyword = " or ".join(n.rstrip("*").rstrip("_") for n in HCAST_NAMES)
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "base or cfg or features",
                "-k", keyword, "test_models.py", *extra]
@@ -112,44 +112,56 @@ def make_image_folder(root: Path, size: int = 96) -> Path:
                 if split == "val":
                     image = image[::-1]
                 resized = transform.resize(image, (size, size), anti_aliasing=True)
-                Image.fromarray((resized * 255).astype(np.uint8)).save(folder / f"{i}.png")
+                Image.fromarray((resized * 255).astype(np.uint8)).save(folder / f"{label}_{i}.png")  # unique names: inference.py indexes by them
     return root
 
 
-def _script(timm_dir: Path, name: str, args: list[str], cwd: Path) -> int:
+def _script(timm_dir: Path, name: str, args: list[str], cwd: Path) -> bool:
+    """Run one of timm's scripts with hcast imported first; True when it worked."""
     launcher = ("import sys, runpy, hcast; sys.argv = sys.argv[1:]; "
                 "runpy.run_path(sys.argv[0], run_name='__main__')")
     cmd = [sys.executable, "-c", launcher, str(timm_dir / name), *args]
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=_pythonpath()))
+    run = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=_pythonpath()), text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(run.stdout, flush=True)
+    # benchmark.py reports errors in its JSON result and exits 0
+    return run.returncode == 0 and '"error":' not in run.stdout
 
 
 def run_scripts(timm_dir: Path, models: list[str]) -> int:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         root = make_image_folder(Path(tmp) / "images")
         for spec in models:
             name, *model_kwargs = spec.split(":")
             size = "64"
-            common = ["--model-kwargs", *model_kwargs] if model_kwargs else []
+            common = ["--device", device] + (["--model-kwargs", *model_kwargs] if model_kwargs else [])
+            # 2 classes in the folder; a multi-level H-CAST with output_level keeps its
+            # level classes (the folder's labels index its chosen level).
+            if not any(k.startswith("output_level=") for k in model_kwargs):
+                common += ["--num-classes", "2"]
             out = Path(tmp) / "out" / name
             runs = {
-                "train.py": [str(root), "--model", name, *common, "--num-classes", "2", "--input-size", "3", size, size,
+                "train.py": [str(root), "--model", name, *common, "--input-size", "3", size, size,
                              "-b", "4", "--epochs", "2", "--workers", "0", "--lr", "1e-4", "--output", str(out),
                              "--experiment", "run", "--no-prefetcher", "--log-interval", "1",
                              "--sched", "cosine", "--warmup-epochs", "0"],
-                "validate.py": [str(root / "val"), "--model", name, *common, "--num-classes", "2",
+                "validate.py": [str(root / "val"), "--model", name, *common,
                                 "--checkpoint", str(out / "run" / "last.pth.tar"), "-b", "4", "--workers", "0",
                                 "--input-size", "3", size, size, "--no-prefetcher"],
-                "inference.py": [str(root / "val"), "--model", name, *common, "--num-classes", "2",
+                "inference.py": [str(root / "val"), "--model", name, *common,
                                  "--checkpoint", str(out / "run" / "last.pth.tar"), "-b", "4", "--workers", "0",
                                  "--input-size", "3", size, size, "--topk", "2", "--results-dir", str(out)],
-                "benchmark.py": ["--model", name, *common, "--num-classes", "2", "-b", "2",
-                                 "--input-size", "3", size, size, "--bench", "both", "--num-bench-iter", "2",
+                "benchmark.py": ["--model", name, *common, "-b", "2",
+                                 "--input-size", "3", size, size, "--bench", "both", "--num-bench-iter", "5",
                                  "--num-warm-iter", "1"],
             }
             for script, args in runs.items():
-                if _script(timm_dir, script, args, Path(tmp)) != 0:
+                if not _script(timm_dir, script, args, Path(tmp)):
                     failures.append(f"{script} {spec}")
     print("failed: " + ", ".join(failures) if failures else f"all scripts ran for {', '.join(models)}")
     return 1 if failures else 0
