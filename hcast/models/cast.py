@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import warnings
 from functools import partial
@@ -543,7 +544,7 @@ class CAST(nn.Module):
         self.init_weights()
 
     @classmethod
-    def from_pretrained(cls, name_or_id: Union[str, "os.PathLike"], **kwargs: Any) -> "CAST":
+    def from_pretrained(cls, name_or_id: Union[str, os.PathLike], **kwargs: Any) -> "CAST":
         """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
         ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
         ``timm.create_model``.

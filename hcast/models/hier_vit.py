@@ -20,6 +20,8 @@ other heads initialised as in the original code).
 from __future__ import annotations
 
 import logging
+import operator
+import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -133,9 +135,11 @@ class HierVisionTransformer(VisionTransformer):
         depth = len(self.blocks)
         if level_blocks is None:
             level_blocks = default_level_blocks(depth, len(level_classes))
-        level_blocks = tuple(level_blocks)
-        if (len(level_blocks) != len(level_classes)
-                or any(isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < depth for b in level_blocks)
+        try:
+            level_blocks = tuple(operator.index(b) for b in level_blocks)
+        except TypeError as error:
+            raise ValueError(f"level_blocks: expected integer block indices, got {level_blocks!r}.") from error
+        if (len(level_blocks) != len(level_classes) or any(not 0 <= b < depth for b in level_blocks)
                 or list(level_blocks) != sorted(level_blocks)):
             raise ValueError(f"level_blocks: expected {len(level_classes)} non-decreasing 0-based block indices in "
                              f"[0, {depth - 1}], finest level first, got {level_blocks}.")
@@ -146,7 +150,7 @@ class HierVisionTransformer(VisionTransformer):
         self._set_heads(level_classes)
 
     @classmethod
-    def from_pretrained(cls, name_or_id: Union[str, "os.PathLike"], **kwargs: Any) -> "HierVisionTransformer":
+    def from_pretrained(cls, name_or_id: Union[str, os.PathLike], **kwargs: Any) -> "HierVisionTransformer":
         """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
         ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
         ``timm.create_model``.
