@@ -15,6 +15,7 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 import hcast
+from hf_server import LocalHub, use_local_hub
 from hcast.models import save_for_hf
 from hcast.models.cast import CAST, paint_tokens
 from hcast.models.hcast import HCAST
@@ -349,3 +350,20 @@ def test_from_pretrained_passes_names_and_hub_ids_to_timm(monkeypatch):
     assert calls == [("hcast_small.living17", dict(pretrained=True, output_level=0)),
                      ("hf-hub:owner/repo", dict(pretrained=True)),
                      ("hf-hub:owner/repo", dict(pretrained=False))]
+
+
+def test_from_pretrained_reads_a_pushed_folder_from_the_hub(batch, tmp_path, monkeypatch):
+    x, segments = batch
+    model = hcast_tiny(level_classes=(6, 3))
+    folder = save_for_hf(model, tmp_path / "export")
+    with LocalHub() as hub:
+        hub.add_folder("someone/hcast-tiny", folder)
+        use_local_hub(monkeypatch, hub, tmp_path / "hf")
+        by_repo_id = hcast.from_pretrained("someone/hcast-tiny").eval()
+        by_hf_hub = HCAST.from_pretrained("hf-hub:someone/hcast-tiny", output_level=1).eval()
+    assert by_repo_id.level_classes == (6, 3)
+    with torch.no_grad():
+        want = model(x, segments)
+        for a, b in zip(by_repo_id(x, segments), want):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(by_hf_hub(x, segments), want[1])
