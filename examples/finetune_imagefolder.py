@@ -11,7 +11,7 @@ per fine class giving its path from fine to coarse::
     sedan,car,vehicle
 
     python examples/finetune_imagefolder.py --data my_images --taxonomy taxonomy.csv \\
-        --model hcast_small --pretrained --epochs 10 --output runs/mine
+        --model hcast_small.deit_in1k --pretrained --epochs 10 --output runs/mine
 
 This is the ``hcast finetune`` loop written out (AdamW, cosine schedule with warm-up,
 H-CAST loss, superpixels in the DataLoader workers, per-epoch evaluation, an atomic
@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--data", required=True, help="image folder: one sub-folder per fine class")
     p.add_argument("--taxonomy", required=True, help="taxonomy .json or fine,...,coarse .csv")
     p.add_argument("--output", required=True)
-    p.add_argument("--model", default="hcast_small")
+    p.add_argument("--model", default="hcast_small.deit_in1k")  # CAST-S ImageNet backbone, fresh heads
     p.add_argument("--pretrained", action="store_true", help="start from the model's pretrained backbone")
     p.add_argument("--input-size", type=int, default=None, help="default: the model's")
     p.add_argument("--num-segments", type=int, default=None, help="superpixels per image (default: the model's)")

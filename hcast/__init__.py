@@ -10,3 +10,4 @@ from hcast import weights  # noqa: F401
 from hcast import models  # noqa: F401  (registers the models with timm)
 from hcast import hierarchy  # noqa: F401
 from hcast import metric_learning  # noqa: F401
+from hcast.models.factory import from_pretrained  # noqa: F401,E402

@@ -57,8 +57,10 @@ def test_heads_read_the_stages_hcast_uses(batch, level_classes):
 def test_taxonomy_argument_and_errors():
     m = timm.create_model("hcast_tiny", taxonomy=FakeTaxonomy())
     assert m.level_classes == (10, 5) and m.taxonomy.num_classes == (10, 5)
+    with torch.device("meta"):  # a backbone tag takes the name's default level classes
+        assert timm.create_model("hcast_small.deit_in1k").level_classes == (34, 17)
     with pytest.raises(ValueError, match="level_classes"):
-        timm.create_model("hcast_tiny")
+        HCAST(img_size=64, embed_dim=32, depths=(1, 1, 1, 1), num_heads=2, num_clusters=(8, 4, 2, 1))
     with pytest.raises(ValueError, match="2 to 4 taxonomy levels"):
         timm.create_model("hcast_tiny", level_classes=(10,))
     with pytest.raises(ValueError, match="disagrees"):
@@ -99,8 +101,11 @@ def test_released_tags_carry_drive_ids_and_level_classes():
     with torch.device("meta"):
         m = timm.create_model("hcast_small.entity30")
     assert m.level_classes == (120, 30)
+    # The default tag has real weights and level classes, so the bare name builds.
     default = timm.get_pretrained_cfg("hcast_small")
-    assert default.hf_hub_filename == "snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth"
+    assert default.tag == "living17" and default.gdrive_id == expected["living17"][0]
+    backbone = timm.get_pretrained_cfg("hcast_small.deit_in1k")
+    assert backbone.hf_hub_filename == "snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth"
 
 
 def test_fine_tuning_starts_from_a_cast_checkpoint(tmp_path):

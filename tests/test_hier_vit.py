@@ -50,9 +50,9 @@ def original_forward(model: HierVisionTransformer, x: torch.Tensor):
 
 
 def test_default_level_blocks():
-    assert default_level_blocks(12, 3) == (6, 9, 12)
-    assert default_level_blocks(12, 2) == (9, 12)
-    assert default_level_blocks(12, 1) == (12,)
+    assert default_level_blocks(12, 3) == (5, 8, 11)
+    assert default_level_blocks(12, 2) == (8, 11)
+    assert default_level_blocks(12, 1) == (11,)
     with pytest.raises(ValueError, match="level_blocks"):
         default_level_blocks(12, 5)
 
@@ -60,7 +60,7 @@ def test_default_level_blocks():
 @pytest.mark.parametrize("level_classes", [(10, 6, 3), (10, 3)])
 def test_forward_equals_original(level_classes):
     model = make(level_classes)
-    assert model.level_blocks == ((6, 9, 12) if len(level_classes) == 3 else (9, 12))
+    assert model.level_blocks == ((5, 8, 11) if len(level_classes) == 3 else (8, 11))
     x = images()
     with torch.no_grad():
         got, want = model(x), original_forward(model, x)
@@ -125,7 +125,9 @@ def test_reset_classifier_and_argument_checks():
     with pytest.raises(ValueError, match="level_classes"):
         make(level_classes=10)
     with pytest.raises(ValueError, match="level_blocks"):
-        make(level_blocks=(9, 6, 12))
+        make(level_blocks=(8, 5, 11))
+    with pytest.raises(ValueError, match="0-based"):
+        make(level_blocks=(6, 9, 12))  # 12 is out of range for 12 blocks (0-based)
     with pytest.raises(ValueError, match="num_classes"):
         make(num_classes=5)
     with pytest.raises(ValueError, match="level_classes"):

@@ -6,3 +6,4 @@ from hcast.models import hier_vit  # noqa: F401,E402  (registers hier_vit_* with
 from hcast.weights import (  # noqa: F401,E402  (kept here for users who import them from hcast.models)
     UnsafeCheckpointError, download_gdrive_checkpoint, load_checkpoint_file, save_for_hf,
 )
+from hcast.models.factory import from_pretrained  # noqa: F401,E402

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -46,10 +47,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention, resample_abs_pos_embed
+from timm.layers import Attention, AttentionPoolLatent, resample_abs_pos_embed
 from timm.models import checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._features import feature_take_indices
 from timm.models._pretrained import PretrainedCfg
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, global_pool_nlc
 
 from hcast.ops import farthest_point_sampling, superpixel_pool
 from hcast.ops._validation import check_finite
@@ -65,9 +67,35 @@ __all__ = [
     "AssignmentBlock",
     "checkpoint_filter_fn",
     "sincos_2d_pos_embed",
+    "paint_tokens",
 ]
 
 _NUM_STAGES = 4
+#: what ``global_pool`` accepts, as timm's ViT ('' keeps every token)
+GLOBAL_POOL_TYPES = ("", "token", "avg", "avgmax", "max", "map")
+#: how :meth:`CAST.forward_intermediates` paints region tokens on the stem grid
+PAINT_MODES = ("soft", "hard")
+
+
+def _check_global_pool(global_pool: str) -> str:
+    if global_pool not in GLOBAL_POOL_TYPES:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOL_TYPES} (as timm's ViT), got {global_pool!r}.")
+    return global_pool
+
+
+def _freeze_as_buffers(module: nn.Module) -> None:
+    """Turn every parameter of ``module`` into a (persistent) buffer of the same name.
+
+    For weights that are loaded but never trained (the last graph pooling): they keep
+    their state-dict keys, move with ``.to()``, and are no parameters an optimiser or
+    timm's "every parameter gets a gradient" check would see.
+    """
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is None:
+                continue
+            del sub._parameters[name]
+            sub.register_buffer(name, param.detach())
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,6 +376,50 @@ def _check_num_classes(num_classes: Any) -> None:
                          f"got {num_classes!r}.")
 
 
+def paint_tokens(tokens: torch.Tensor, grid_ids: torch.Tensor, assignments: Sequence[torch.Tensor],
+                 mode: str = "soft") -> torch.Tensor:
+    """Paint region tokens back onto the stem's grid: a dense (B, C, h, w) feature map.
+
+    CAST's tokens after ``l`` graph poolings are regions (clusters of clusters of
+    superpixels), not grid cells. Each grid cell belongs to one superpixel
+    (``grid_ids``); the assignments of the poolings take a superpixel to the stage's
+    regions. ``'soft'`` composes the soft assignments (softmax of the logits,
+    ``P_0 @ P_1 @ ...``), so a cell gets the mixture of region features its superpixel
+    is assigned to (differentiable through the assignments too); ``'hard'`` follows
+    each superpixel's most likely region at every pooling (the regions of
+    :meth:`CAST.forward_segments`) and copies that region's feature.
+
+    Args:
+        tokens (Tensor[B, N_l, C]): the stage's region tokens (no class token).
+        grid_ids (Tensor[B, h, w], int64): superpixel id of every grid cell, in ``[0, S)``.
+        assignments: the ``l`` assignment logits (B, S, K_0), (B, K_0, K_1), ...,
+            (B, K_{l-2}, N_l) of the poolings before the stage; empty for stage 0
+            (``N_0 = S``: the superpixel tokens themselves).
+        mode: ``'soft'`` or ``'hard'``.
+
+    Returns:
+        Tensor[B, C, h, w] of the dtype of ``tokens``.
+    """
+    if mode not in PAINT_MODES:
+        raise ValueError(f"paint mode must be one of {PAINT_MODES}, got {mode!r}.")
+    per_superpixel = tokens
+    if assignments:
+        if mode == "soft":
+            composed = assignments[0].softmax(dim=-1)
+            for logits in assignments[1:]:
+                composed = composed @ logits.softmax(dim=-1)
+            per_superpixel = composed.to(tokens.dtype) @ tokens  # (B, S, C)
+        else:
+            region = assignments[0].argmax(dim=-1)  # (B, S)
+            for logits in assignments[1:]:
+                region = torch.gather(logits.argmax(dim=-1), 1, region)
+            per_superpixel = torch.gather(tokens, 1, region.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    batch, height, width = grid_ids.shape
+    index = grid_ids.reshape(batch, height * width, 1).expand(-1, -1, tokens.shape[-1])
+    dense = torch.gather(per_superpixel, 1, index)  # (B, h*w, C)
+    return dense.transpose(1, 2).reshape(batch, -1, height, width)
+
+
 def _has_seeds() -> bool:
     try:
         import cv2
@@ -370,8 +442,10 @@ class CAST(nn.Module):
         patch_size: 8 (the conv stem's stride).
         in_chans: input channels.
         num_classes: classifier outputs; 0 for a feature extractor.
-        global_pool: ``'token'`` (class token, as the original) or ``'avg'`` (mean of the
-            last stage's segment tokens).
+        global_pool: how :meth:`forward_head` pools the last stage's tokens, as timm's
+            ViT: ``'token'`` (class token, as the original), ``'avg'`` / ``'max'`` /
+            ``'avgmax'`` (over the segment tokens), ``'map'`` (timm's attention pooling,
+            ``attn_pool``, new weights) or ``''`` (no pooling: all tokens go to the head).
         embed_dim: token width C.
         depths: transformer blocks per stage (4 stages).
         num_heads: attention heads of the blocks and of the pooling's assignment block.
@@ -386,6 +460,9 @@ class CAST(nn.Module):
         validate_args: check input values at the forward boundary (``images`` finite,
             one pass and a host sync); shape and dtype checks always run. Also an
             attribute, ``model.validate_args``.
+        feature_paint: how :meth:`forward_intermediates` (and ``features_only=True``)
+            paints region tokens on the stem grid, ``'soft'`` or ``'hard'``
+            (:func:`paint_tokens`).
 
     Inputs:
         images (Tensor[B, in_chans, H, W], float): normalised with the ``pretrained_cfg``
@@ -425,6 +502,7 @@ class CAST(nn.Module):
             pool_drop_rate: float = 0.1,
             norm_layer: Optional[Callable[..., nn.Module]] = None,
             validate_args: bool = True,
+            feature_paint: str = "soft",
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
@@ -432,8 +510,9 @@ class CAST(nn.Module):
             raise ValueError(
                 f"depths and num_clusters must have {_NUM_STAGES} entries (one per stage), got "
                 f"depths={tuple(depths)} and num_clusters={tuple(num_clusters)}.")
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
+        _check_global_pool(global_pool)
+        if feature_paint not in PAINT_MODES:
+            raise ValueError(f"feature_paint must be one of {PAINT_MODES}, got {feature_paint!r}.")
         if pos_embed not in ("learn", "sincos"):
             raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}.")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
@@ -444,13 +523,18 @@ class CAST(nn.Module):
         self.depths = tuple(depths)
         self.num_clusters = tuple(num_clusters)
         self.pos_embed_type = pos_embed
+        self.feature_paint = feature_paint
         self.grad_checkpointing = False
         self.validate_args = validate_args
 
         self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim)
         self.grid_size = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        pos_embed_init = torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim)
+        if pos_embed == "sincos":  # fixed: a buffer, saved and loaded under the same key
+            self.register_buffer("pos_embed", pos_embed_init)
+        else:
+            self.pos_embed = nn.Parameter(pos_embed_init)
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
         num_blocks = sum(depths)  # stochastic depth rate rising linearly over all blocks
@@ -469,12 +553,28 @@ class CAST(nn.Module):
             stages.append(CASTStage(blocks, pool))
         self.stages = nn.ModuleList(stages)
         # The last pooling only produces the coarsest segmentation; like the original, it
-        # is not trained (its weights stay as loaded).
-        self.stages[-1].pool.requires_grad_(False)
+        # is not trained (its weights stay as loaded): buffers, not parameters.
+        _freeze_as_buffers(self.stages[-1].pool)
+        self.feature_info = [dict(num_chs=embed_dim, reduction=8, module=f"stages.{i}") for i in range(_NUM_STAGES)]
         self.norm = norm_layer(embed_dim)
+        self.attn_pool = AttentionPoolLatent(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                             norm_layer=norm_layer) if global_pool == "map" else None
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+
+    @classmethod
+    def from_pretrained(cls, name_or_id: Union[str, os.PathLike], **kwargs: Any) -> "CAST":
+        """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
+        ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
+        ``timm.create_model``.
+
+        Raises:
+            TypeError: ``name_or_id`` holds another kind of model.
+        """
+        from hcast.models.factory import from_pretrained
+
+        return from_pretrained(name_or_id, expected_class=cls, **kwargs)
 
     # -- initialisation, timm helpers ------------------------------------------------------
 
@@ -482,13 +582,12 @@ class CAST(nn.Module):
         """ViT init as timm's: normal(0, 0.02) for linear weights, the position embedding
         and the class token, zero biases. (timm's ``trunc_normal_(std=.02)`` truncates at
         +-2, i.e. 100 standard deviations: the same distribution, sampled far slower.) The
-        sin-cos variant gets its fixed embedding, frozen."""
+        sin-cos variant gets its fixed embedding (a buffer)."""
         nn.init.normal_(self.cls_token, std=0.02)
         if self.pos_embed_type == "sincos":
             with torch.no_grad():
                 self.pos_embed.zero_()
                 self.pos_embed[:, 1:] = sincos_2d_pos_embed(self.grid_size, self.embed_dim)
-            self.pos_embed.requires_grad_(False)
         else:
             nn.init.normal_(self.pos_embed, std=0.02)
         self.apply(init_linear)
@@ -520,10 +619,19 @@ class CAST(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier with a new ``num_classes``-way linear layer (Identity for
-        0); optionally change ``global_pool`` (``'token'`` or ``'avg'``)."""
+        0); optionally change ``global_pool`` (see the class docstring).
+
+        Raises:
+            ValueError: an unknown ``global_pool``, or switching to or between attention
+                pooling (``'map'``), which needs new weights: build the model with it.
+        """
         if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
+            _check_global_pool(global_pool)
+            if global_pool == "map" and self.attn_pool is None:
+                raise ValueError("global_pool='map' needs attention-pooling weights; build the model with "
+                                 "global_pool='map' instead of switching in reset_classifier().")
+            if global_pool != "map":
+                self.attn_pool = None
             self.global_pool = global_pool
         _check_num_classes(num_classes)
         self.num_classes = num_classes
@@ -612,18 +720,21 @@ class CAST(nn.Module):
             ``class_tokens``: list of 4 (B, C) class tokens after each stage's blocks (not
             normalised), ``tokens``: (B, 1 + K_3, C) last stage output (not normalised),
             ``logits``: list of ``num_pools`` assignment logits (B, N_l, K_l),
-            ``sampled``: list of FPS indices (B, K_l), ``padding_mask``: (B, S) bool.
+            ``sampled``: list of FPS indices (B, K_l), ``padding_mask``: (B, S) bool,
+            ``stage_tokens``: list of 4 (B, 1 + N_l, C) outputs of each stage's blocks
+            (class token first; not normalised).
         """
         self._check_inputs(images, segments)
         if segments is None:
             segments = self.superpixels(images)
         cls_token, x, padding_mask = self.embed(images, segments.to(images.device))
         mask = padding_mask
-        class_tokens, logits, sampled = [], [], []
+        class_tokens, logits, sampled, stage_tokens = [], [], [], []
         cls_x = None
         for i, stage in enumerate(self.stages):
             cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1))
             class_tokens.append(cls_x[:, 0])
+            stage_tokens.append(cls_x)
             if i < num_pools:
                 cls_token, x, logit, inds = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask)
                 logits.append(logit)
@@ -631,22 +742,133 @@ class CAST(nn.Module):
                 if x is not None:
                     mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
         return dict(segments=segments, class_tokens=class_tokens, tokens=cls_x, logits=logits,
-                    sampled=sampled, padding_mask=padding_mask)
+                    sampled=sampled, padding_mask=padding_mask, stage_tokens=stage_tokens)
+
+    def _features(self, stage_tokens: Sequence[torch.Tensor]) -> Any:
+        """What :meth:`forward_features` returns, from the stages' outputs."""
+        return self.norm(stage_tokens[-1])
 
     def forward_features(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Normalised last-stage tokens (B, 1 + K_3, C): the class token, then the K_3 = 16
         (cast_small) segment tokens that stage 4 runs on."""
-        return self.norm(self.forward_stages(images, segments)["tokens"])
+        return self._features(self.forward_stages(images, segments)["stage_tokens"])
+
+    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
+        """(B, 1 + K, C) tokens -> (B, C) as ``global_pool`` says ((B, 1 + K, C) for ``''``)."""
+        if self.attn_pool is not None and pool_type is None:
+            return self.attn_pool(x[:, self.num_prefix_tokens:])
+        pool_type = self.global_pool if pool_type is None else pool_type
+        return global_pool_nlc(x, pool_type=pool_type, num_prefix_tokens=self.num_prefix_tokens)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, 1 + K, C) tokens -> (B, num_classes) logits, or (B, C) with ``pre_logits``."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
-        x = self.head_drop(x)
+        """(B, 1 + K, C) tokens -> (B, num_classes) logits, or (B, C) with ``pre_logits``
+        (per token, (B, 1 + K, ...), with ``global_pool=''``)."""
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, 3, H, W) images [+ (B, H, W) superpixels] -> (B, num_classes) logits."""
         return self.forward_head(self.forward_features(images, segments))
+
+    def forward_intermediates(
+            self,
+            images: torch.Tensor,
+            segments: Optional[torch.Tensor] = None,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+            paint: Optional[str] = None,
+    ) -> Union[List[Any], Tuple[Any, List[Any]]]:
+        """The outputs of the stages, as timm's ``forward_intermediates`` (what
+        ``features_only=True`` returns).
+
+        Stage ``l``'s blocks run on region tokens: the S superpixels for stage 0, then
+        the K_0, K_1, K_2 centroids of the graph poolings (64, 32, 16 for cast_small).
+        ``output_fmt='NCHW'`` paints each region token's feature over its region on the
+        stem's H/8 x W/8 grid (:func:`paint_tokens`, ``paint`` or the model's
+        ``feature_paint``): every map has stride 8, and its detail shrinks from
+        superpixels (stage 0) to K_{l-1} regions (stage l). ``'NLC'`` returns the region
+        tokens themselves, (B, N_l, C) (stage 0: N_0 = S, padded ids hold values no grid
+        cell reads).
+
+        Args:
+            images, segments: as for :meth:`forward`.
+            indices: stages to return: the last n if an int, all if None, else these
+                0-based stage indices (negative ones count from the end).
+            return_prefix_tokens: also return each stage's class token (B, 1, C), as
+                ``(feature, class_token)`` pairs.
+            norm: apply the final norm to every intermediate.
+            stop_early: stop after the last stage asked for.
+            output_fmt: ``'NCHW'`` (painted maps) or ``'NLC'`` (tokens).
+            intermediates_only: return only the intermediates.
+            paint: ``'soft'`` or ``'hard'``; default ``self.feature_paint``.
+
+        Returns:
+            a list of per-stage features (Tensor[B, C, H/8, W/8] or Tensor[B, N_l, C]),
+            or ``(final, intermediates)`` where ``final`` is what :meth:`forward_features`
+            returns.
+
+        Raises:
+            ValueError: an unknown ``output_fmt`` or ``paint``, or stage indices out of
+                range.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        paint = self.feature_paint if paint is None else paint
+        if paint not in PAINT_MODES:
+            raise ValueError(f"paint must be one of {PAINT_MODES}, got {paint!r}.")
+        try:
+            take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        except AssertionError as error:
+            raise ValueError(f"indices must pick stages in [-{len(self.stages)}, {len(self.stages)}), got "
+                             f"{indices!r}.") from error
+        self._check_inputs(images, segments)
+        if segments is None:
+            segments = self.superpixels(images)
+        segments = segments.to(images.device)
+        cls_token, x, mask = self.embed(images, segments)
+        grid_ids = resize_segments(segments, (images.shape[-2] // 8, images.shape[-1] // 8))
+        run_to = max_index if stop_early or intermediates_only else len(self.stages) - 1
+        logits: List[torch.Tensor] = []
+        stage_tokens, intermediates = [], []
+        for i in range(run_to + 1):
+            stage = self.stages[i]
+            cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1))
+            stage_tokens.append(cls_x)
+            if i in take_indices:
+                y = self.norm(cls_x) if norm else cls_x
+                feature = y[:, self.num_prefix_tokens:]
+                if output_fmt == "NCHW":
+                    feature = paint_tokens(feature, grid_ids, logits, paint)
+                intermediates.append((feature, y[:, :self.num_prefix_tokens]) if return_prefix_tokens else feature)
+            if i < run_to:
+                cls_token, x, logit, _ = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask)
+                logits.append(logit)
+                mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
+        if intermediates_only:
+            return intermediates
+        return self._features(stage_tokens), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages (and the pooling after the last kept one), and optionally the
+        final norm and the head, that ``forward_intermediates(indices=...)`` does not need.
+
+        Returns:
+            the kept 0-based stage indices.
+        """
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        self.stages[-1].pool = nn.Identity()  # its output feeds no kept stage
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.attn_pool = None
+            self.reset_classifier(0, "")
+        return take_indices
 
     @torch.no_grad()
     def forward_segments(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
@@ -772,7 +994,9 @@ def _create_cast(variant: str, pretrained: bool = False, model_cls: type = None,
     if "pretrained_cfg" in kwargs:
         kwargs["pretrained_cfg"] = as_pretrained_cfg(kwargs["pretrained_cfg"])
     # hcast's builder: timm's plus safe .pth loading and Google Drive tags (hcast.weights.builder)
-    return build_model_with_hcast_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
+    out_indices = kwargs.pop("out_indices", _NUM_STAGES)  # features_only: every stage, painted at stride 8
+    return build_model_with_hcast_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn,
+                                      feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 def _cfg(**kwargs: Any) -> CASTPretrainedCfg:

@@ -23,10 +23,27 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
 from hcast.hierarchy import benchmark_taxonomy
-from hcast.models.cast import CAST, _cfg, _check_num_classes, _create_cast, _variant_kwargs, convert_backbone, init_linear
+from hcast.models.cast import (CAST, _cfg, _check_global_pool, _check_num_classes, _create_cast, _variant_kwargs,
+                               convert_backbone, init_linear)
 from hcast.weights.original import has_level_heads, rename_level_heads, strip_prefixes, unwrap_state_dict
 
 __all__ = ["HCAST", "checkpoint_filter_fn"]
+
+
+def check_output_level(output_level: Optional[int], num_levels: int) -> Optional[int]:
+    """``output_level`` as given, after checking it is None or a level index in
+    ``[0, num_levels)`` (0-based, finest first).
+
+    Raises:
+        ValueError: another value.
+    """
+    if output_level is None:
+        return None
+    if isinstance(output_level, bool) or not isinstance(output_level, int) or not 0 <= output_level < num_levels:
+        raise ValueError(f"output_level must be a 0-based level index in [0, {num_levels}) (finest first) or None, "
+                         f"got {output_level!r}.")
+    return output_level
+
 
 def _level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any) -> Tuple[int, ...]:
     if taxonomy is not None:
@@ -54,31 +71,55 @@ class HCAST(CAST):
             uses 2 or 3). A count of 0 gives an Identity head (features).
         taxonomy: alternatively an :class:`hcast.hierarchy.Taxonomy` (anything with a
             ``num_classes`` tuple, finest first); kept as ``model.taxonomy``.
-        **kwargs: :class:`CAST` arguments (``num_classes`` is ignored: the finest level's
-            count is ``model.num_classes``).
+        num_classes: as timm users expect: ``0`` removes every head (``forward`` returns
+            the per-level features); without ``level_classes``/``taxonomy`` an int gives a
+            one-level model (the last stage's class token, as CAST) that returns a
+            (B, num_classes) tensor; otherwise it must equal the finest level's count.
+            (``timm.create_model`` passes the tag's ``level_classes`` unless
+            ``num_classes`` is another count than its finest level's.)
+        output_level: a 0-based level index (finest first): ``forward`` /
+            ``forward_head`` return that level's (B, n_l) logits as one tensor and
+            ``forward_features`` that level's stage tokens (B, 1 + N, C), so tools that
+            expect one tensor (timm's ``train.py``, ``validate.py``, ...) work. ``None``
+            (default): per-level tuples.
+        **kwargs: :class:`CAST` arguments. ``global_pool`` is applied to each level's
+            stage tokens (``'map'`` is not available for H-CAST).
 
     Inputs are those of :class:`CAST`. ``forward`` returns a tuple of (B, n_l) logits,
-    finest first.
+    finest first (a tensor with ``output_level``).
 
     Raises:
-        ValueError: without ``level_classes``/``taxonomy``, with fewer than 2 or more than
-            4 levels, or when both are given and disagree.
+        ValueError: without ``level_classes``/``taxonomy``/``num_classes``, with fewer
+            than 2 or more than 4 levels, when they disagree, or with an
+            ``output_level`` that is no level index.
     """
 
     def __init__(self, level_classes: Optional[Sequence[int]] = None, taxonomy: Any = None,
-                 **kwargs: Any) -> None:
-        level_classes = _level_classes(level_classes, taxonomy)
-        if not 2 <= len(level_classes) <= 4:
-            raise ValueError(f"H-CAST needs 2 to 4 taxonomy levels (one head per stage), got "
-                             f"level_classes={level_classes}.")
-        num_classes = kwargs.pop("num_classes", None)
-        if num_classes is not None:  # ignored, but a negative count is a mistake to report
+                 num_classes: Optional[int] = None, output_level: Optional[int] = None, **kwargs: Any) -> None:
+        if num_classes is not None:
             _check_num_classes(num_classes)
+        if level_classes is None and taxonomy is None and num_classes:
+            level_classes = (int(num_classes),)  # a one-level model, read like CAST
+            output_level = 0 if output_level is None else output_level
+        else:
+            level_classes = _level_classes(level_classes, taxonomy)
+            if not 2 <= len(level_classes) <= 4:
+                raise ValueError(f"H-CAST needs 2 to 4 taxonomy levels (one head per stage), got "
+                                 f"level_classes={level_classes}.")
+            if num_classes == 0:
+                level_classes = (0,) * len(level_classes)  # no heads: per-level features
+            elif num_classes is not None and num_classes != level_classes[0]:
+                raise ValueError(f"num_classes={num_classes} disagrees with level_classes={level_classes} (the "
+                                 f"finest level's count); pass level_classes only, or num_classes=0 for features.")
+        if kwargs.get("global_pool") == "map":
+            raise ValueError("global_pool='map' is not available for H-CAST (one attention pooling would be "
+                             "shared by every level); use 'token', 'avg', 'avgmax', 'max' or ''.")
         super().__init__(num_classes=0, **kwargs)
         self.taxonomy = taxonomy
         self.level_classes = level_classes
         self.num_classes = level_classes[0]
-        # Level l (finest first) reads stage level_stages[l]; the coarsest the last stage.
+        self.output_level = check_output_level(output_level, len(level_classes))
+        # Level l (finest first) reads stage level_stages[l] (0-based); the coarsest the last stage.
         self.level_stages = tuple(range(len(self.stages) - len(level_classes), len(self.stages)))
         del self.head
         self.heads = self._make_heads(level_classes)
@@ -94,9 +135,13 @@ class HCAST(CAST):
 
     def reset_classifier(self, num_classes: Union[int, Sequence[int]], global_pool: Optional[str] = None) -> None:
         """New heads: ``num_classes`` is a per-level sequence of counts (finest first), or
-        one int for every level (0 removes all heads: features come out)."""
-        if global_pool is not None and global_pool != "token":
-            raise ValueError(f"H-CAST heads read class tokens; global_pool must be 'token', got {global_pool!r}.")
+        one int for every level (0 removes all heads: features come out). ``global_pool``
+        as for :class:`CAST`, except ``'map'``."""
+        if global_pool is not None:
+            if _check_global_pool(global_pool) == "map":
+                raise ValueError("global_pool='map' is not available for H-CAST; use 'token', 'avg', 'avgmax', "
+                                 "'max' or ''.")
+            self.global_pool = global_pool
         counts = (num_classes,) * len(self.level_classes) if isinstance(num_classes, int) else tuple(num_classes)
         if len(counts) != len(self.level_classes):
             raise ValueError(f"num_classes must give {len(self.level_classes)} level counts, got {counts}.")
@@ -104,24 +149,41 @@ class HCAST(CAST):
         self.num_classes = counts[0]
         self.heads = self._make_heads(counts)
 
-    def forward_features(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
-                         ) -> Tuple[torch.Tensor, ...]:
-        """Per-level features (B, C), finest first: the class tokens the heads read."""
-        out = self.forward_stages(images, segments)
-        tokens = list(out["class_tokens"])
-        tokens[-1] = self.norm(tokens[-1])
-        return tuple(tokens[s] for s in self.level_stages)
+    def _level_tokens(self, stage_tokens: Sequence[torch.Tensor], level: int) -> torch.Tensor:
+        """(B, 1 + N, C) tokens of the stage level ``level`` reads; the last stage's
+        through the final norm, earlier ones as they are (as the original)."""
+        stage = self.level_stages[level]
+        tokens = stage_tokens[stage]
+        return self.norm(tokens) if stage == len(self.stages) - 1 else tokens
 
-    def forward_head(self, features: Sequence[torch.Tensor], pre_logits: bool = False
-                     ) -> Tuple[torch.Tensor, ...]:
-        """Per-level features -> per-level logits (B, n_l), finest first."""
+    def _features(self, stage_tokens: Sequence[torch.Tensor]) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        if self.output_level is not None:
+            return self._level_tokens(stage_tokens, self.output_level)
+        return tuple(self.pool(self._level_tokens(stage_tokens, level)) for level in range(len(self.level_classes)))
+
+    def forward_features(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
+                         ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """Per-level features (B, C), finest first: the class tokens the heads read
+        (pooled as ``global_pool`` says). With ``output_level``: that level's stage
+        tokens (B, 1 + N, C), pooled by :meth:`forward_head`."""
+        return self._features(self.forward_stages(images, segments)["stage_tokens"])
+
+    def forward_head(self, features: Union[torch.Tensor, Sequence[torch.Tensor]], pre_logits: bool = False
+                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """Per-level features -> per-level logits (B, n_l), finest first; with
+        ``output_level`` stage tokens -> that level's (B, n_l) logits."""
+        if self.output_level is not None:
+            x = self.head_drop(self.pool(features))
+            return x if pre_logits else self.heads[self.output_level](x)
         features = [self.head_drop(f) for f in features]
         if pre_logits:
             return tuple(features)
         return tuple(head(f) for head, f in zip(self.heads, features))
 
-    def forward(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
-        """(B, 3, H, W) images [+ (B, H, W) superpixels] -> tuple of (B, n_l) logits."""
+    def forward(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """(B, 3, H, W) images [+ (B, H, W) superpixels] -> tuple of (B, n_l) logits
+        (one (B, n_l) tensor with ``output_level``)."""
         return self.forward_head(self.forward_features(images, segments))
 
 
@@ -154,21 +216,31 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: HCAST) -> Dict[str, 
 
 
 def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAST:
-    # A released H-CAST tag knows its level class counts: use them unless given.
+    # A tag knows its level class counts: use them unless given. A user's num_classes
+    # (0: features; another count than the finest level's, without level_classes: a
+    # one-level model) wins over the count timm's builder would take from the cfg.
+    user_num_classes = kwargs.get("num_classes")
     cfg = kwargs.get("pretrained_cfg")
     if isinstance(cfg, str) or cfg is None:
         cfg = get_pretrained_cfg(f"{variant}.{cfg}" if cfg else variant)
     level_classes = cfg.get("level_classes") if isinstance(cfg, dict) else getattr(cfg, "level_classes", None)
+    if not level_classes:  # a backbone tag (deit_in1k): the name's default tag's level classes
+        level_classes = getattr(get_pretrained_cfg(variant), "level_classes", None)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     level_classes = overlay.get("level_classes", level_classes)
     taxonomy = overlay.get("taxonomy", cfg.get("taxonomy") if isinstance(cfg, dict) else getattr(cfg, "taxonomy", None))
-    if kwargs.get("taxonomy") is None and isinstance(taxonomy, str):
+    if (kwargs.get("taxonomy") is None and isinstance(taxonomy, str)
+            and user_num_classes in (None, level_classes[0] if level_classes else None)):
         # a released tag's taxonomy, in the checkpoint's label order (hcast.hierarchy.benchmark_taxonomy)
         taxonomy = benchmark_taxonomy(taxonomy)
         if kwargs.get("level_classes") is None or tuple(kwargs["level_classes"]) == taxonomy.num_classes:
             kwargs["taxonomy"] = taxonomy
-    if kwargs.get("level_classes") is None and kwargs.get("taxonomy") is None and level_classes:
-        kwargs["level_classes"] = tuple(level_classes)
+    if kwargs.get("level_classes") is None and kwargs.get("taxonomy") is None:
+        if level_classes and user_num_classes in (None, 0, level_classes[0]):
+            kwargs["level_classes"] = tuple(level_classes)
+            kwargs.setdefault("num_classes", level_classes[0])
+    else:
+        kwargs.setdefault("num_classes", None)  # not the tag's count: the given levels decide
     return _create_cast(variant, pretrained, model_cls=HCAST, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
@@ -202,6 +274,9 @@ _BREEDS = dict(num_segments=256)
 
 
 default_cfgs = generate_default_cfgs({
+    # The first tag of a name is its default: BREEDS Living-17, the smallest released H-CAST.
+    "hcast_small.living17": _hcast_cfg("17ouiirBmBxD5wxOuWBi-SulVIzv8oHBL", (34, 17), 85.11, "BREEDS Living-17",
+                                       "breeds-living17", **_BREEDS),
     # Backbone only: CAST-S supervised on ImageNet-1K; the level heads are initialised.
     "hcast_small.deit_in1k": _cfg(
         hf_hub_id="twke/CAST", hf_hub_filename="snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth",
@@ -216,10 +291,12 @@ default_cfgs = generate_default_cfgs({
                                        "breeds-entity13", **_BREEDS),
     "hcast_small.nonliving26": _hcast_cfg("1UKPUSm-rkRgExYeeeRlT7YcUcRvdwQOP", (52, 26), 82.53,
                                           "BREEDS Non-Living-26", "breeds-nonliving26", **_BREEDS),
-    "hcast_small.living17": _hcast_cfg("17ouiirBmBxD5wxOuWBi-SulVIzv8oHBL", (34, 17), 85.11, "BREEDS Living-17",
-                                       "breeds-living17", **_BREEDS),
-    "hcast_base": _cfg(num_classes=None, classifier=None, **_HCAST_PAPER),
-    "hcast_tiny": _cfg(input_size=(3, 64, 64), num_segments=49, num_classes=None, classifier=None, **_HCAST_PAPER),
+    # No released weights: default level classes so that the names build with no arguments,
+    # BREEDS Living-17's for hcast_base and hcast.data's Fashion-MNIST taxonomy (10 garments,
+    # 5 groups) for hcast_tiny.
+    "hcast_base": _cfg(level_classes=(34, 17), num_classes=34, classifier=("heads.0", "heads.1"), **_HCAST_PAPER),
+    "hcast_tiny": _cfg(input_size=(3, 64, 64), num_segments=49, level_classes=(10, 5), num_classes=10,
+                       classifier=("heads.0", "heads.1"), **_HCAST_PAPER),
 })
 
 
@@ -232,8 +309,9 @@ def hcast_tiny(pretrained: bool = False, **kwargs: Any) -> HCAST:
 
 @register_model
 def hcast_small(pretrained: bool = False, **kwargs: Any) -> HCAST:
-    """H-CAST-S (on CAST-S). ``pretrained=True`` without a tag starts from the
-    ``cast_small.deit_in1k`` backbone with fresh level heads."""
+    """H-CAST-S (on CAST-S). The default tag is ``living17`` (34, 17 classes);
+    ``hcast_small.deit_in1k`` starts from the CAST-S ImageNet backbone with fresh level
+    heads (pass ``level_classes`` or ``taxonomy``)."""
     args = dict(embed_dim=384, depths=(3, 3, 3, 2), num_heads=12, num_clusters=(64, 32, 16, 8))
     return _create_hcast("hcast_small", pretrained, **dict(args, **_variant_kwargs("hcast_small", kwargs)))
 

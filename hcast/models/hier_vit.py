@@ -3,7 +3,7 @@
 The baseline of H-CAST ("Visually Consistent Hierarchical Image Classification",
 ICLR 2025): a plain ViT whose class token is read after different blocks for different
 levels of the taxonomy, fine levels earlier, coarse levels later. With 12 blocks:
-3 levels read blocks 6, 9, 12; 2 levels read blocks 9, 12. Each read class token goes
+3 levels read blocks 6, 9, 12 (0-based indices 5, 8, 11); 2 levels blocks 9, 12. Each read class token goes
 through the ViT's final LayerNorm (``norm``, shared by all levels, as in the authors'
 ``deit/models_hier.py`` at HiOT b1a222b) and then its level's linear head.
 
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+import operator
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -30,9 +32,11 @@ from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
+from hcast.models.hcast import check_output_level
 from hcast.weights.builder import build_model_with_hcast_cfg
 from hcast.weights.original import rename_level_heads, strip_prefixes
 
@@ -42,20 +46,21 @@ __all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_f
 
 
 def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
-    """Blocks (1-based, finest level first) whose class token each level reads.
+    """Blocks (0-based, finest level first) whose class token each level reads.
 
     Levels are a quarter of the depth apart, the coarsest on the last block: for 12 blocks
-    ``(6, 9, 12)`` with 3 levels and ``(9, 12)`` with 2, as in H-CAST's Hier-ViT.
+    ``(5, 8, 11)`` with 3 levels and ``(8, 11)`` with 2, i.e. the 6th, 9th and 12th
+    blocks, as in H-CAST's Hier-ViT.
 
     Raises:
         ValueError: the depth is too small for that many levels.
     """
     step = max(depth // 4, 1)
-    blocks = tuple(depth - (num_levels - 1 - level) * step for level in range(num_levels))
-    if blocks[0] < 1:
+    blocks = tuple(depth - 1 - (num_levels - 1 - level) * step for level in range(num_levels))
+    if blocks[0] < 0:
         raise ValueError(
             f"level_blocks: cannot place {num_levels} levels a quarter of depth={depth} apart; "
-            f"pass level_blocks=(b_fine, ..., b_coarse) explicitly (1-based block indices).")
+            f"pass level_blocks=(b_fine, ..., b_coarse) explicitly (0-based block indices).")
     return blocks
 
 
@@ -78,6 +83,8 @@ def _resolve_level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any
     counts = tuple(level_classes)
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
         raise ValueError(f"level_classes: expected non-negative integer class counts, got {counts!r}.")
+    if num_classes == 0:
+        return (0,) * len(counts)  # no heads: per-level features
     if num_classes is not None and num_classes != counts[0]:
         raise ValueError(f"num_classes: got {num_classes}, but level_classes={counts} puts {counts[0]} classes at "
                          f"the finest level; pass level_classes only.")
@@ -92,10 +99,15 @@ class HierVisionTransformer(VisionTransformer):
             Default: one level of ``num_classes``.
         taxonomy: a :class:`hcast.hierarchy.Taxonomy` (or its ``to_dict()``) giving
             ``level_classes``; kept as ``model.taxonomy``.
-        level_blocks: 1-based block index each level reads, finest first, non-decreasing
-            (default :func:`default_level_blocks`).
+        level_blocks: 0-based block index each level reads, finest first, non-decreasing
+            (default :func:`default_level_blocks`: ``(5, 8, 11)`` for 3 levels of 12 blocks).
         num_classes: the finest level's class count (set by timm's builder; must agree
-            with ``level_classes``).
+            with ``level_classes``); ``0`` removes every head (features). Without
+            ``level_classes`` an int gives a one-level model that returns a
+            (B, num_classes) tensor, as any timm classifier.
+        output_level: a 0-based level index: ``forward`` / ``forward_head`` return that
+            level's (B, C_l) logits as one tensor, ``forward_features`` the normalised
+            tokens (B, 1 + N, C) after its block (for timm's scripts). ``None``: tuples.
         **kwargs: :class:`~timm.models.vision_transformer.VisionTransformer` arguments
             (``embed_dim``, ``depth``, ``num_heads``, ``img_size``, ...). Class-token
             pooling only (``global_pool='token'``).
@@ -111,12 +123,15 @@ class HierVisionTransformer(VisionTransformer):
             taxonomy: Any = None,
             level_blocks: Optional[Sequence[int]] = None,
             num_classes: Optional[int] = None,
+            output_level: Optional[int] = None,
             **kwargs: Any,
     ) -> None:
         if isinstance(taxonomy, Mapping):
             from hcast.hierarchy import Taxonomy
 
             taxonomy = Taxonomy.from_dict(taxonomy)
+        if level_classes is None and taxonomy is None and output_level is None:
+            output_level = 0  # a one-level model from num_classes: a plain classifier
         level_classes = _resolve_level_classes(level_classes, taxonomy, num_classes)
         if kwargs.get("global_pool", "token") != "token" or not kwargs.get("class_token", True):
             raise ValueError(f"global_pool: Hier-ViT reads the class token (global_pool='token', class_token=True), "
@@ -125,15 +140,32 @@ class HierVisionTransformer(VisionTransformer):
         depth = len(self.blocks)
         if level_blocks is None:
             level_blocks = default_level_blocks(depth, len(level_classes))
-        level_blocks = tuple(int(b) for b in level_blocks)
-        if (len(level_blocks) != len(level_classes) or any(not 1 <= b <= depth for b in level_blocks)
+        try:
+            level_blocks = tuple(operator.index(b) for b in level_blocks)
+        except TypeError as error:
+            raise ValueError(f"level_blocks: expected integer block indices, got {level_blocks!r}.") from error
+        if (len(level_blocks) != len(level_classes) or any(not 0 <= b < depth for b in level_blocks)
                 or list(level_blocks) != sorted(level_blocks)):
-            raise ValueError(f"level_blocks: expected {len(level_classes)} non-decreasing block indices in "
-                             f"[1, {depth}], finest level first, got {level_blocks}.")
+            raise ValueError(f"level_blocks: expected {len(level_classes)} non-decreasing 0-based block indices in "
+                             f"[0, {depth - 1}], finest level first, got {level_blocks}.")
         self.taxonomy = taxonomy
         self.level_blocks = level_blocks
+        self.output_level = check_output_level(output_level, len(level_classes))
         del self.head  # replaced by one head per level
         self._set_heads(level_classes)
+
+    @classmethod
+    def from_pretrained(cls, name_or_id: Union[str, os.PathLike], **kwargs: Any) -> "HierVisionTransformer":
+        """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
+        ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
+        ``timm.create_model``.
+
+        Raises:
+            TypeError: ``name_or_id`` holds another kind of model.
+        """
+        from hcast.models.factory import from_pretrained
+
+        return from_pretrained(name_or_id, expected_class=cls, **kwargs)
 
     def _set_heads(self, level_classes: Tuple[int, ...]) -> None:
         device = self.cls_token.device if self.cls_token is not None else None
@@ -176,30 +208,71 @@ class HierVisionTransformer(VisionTransformer):
         if counts != tuple(getattr(self.taxonomy, "num_classes", ())):
             self.taxonomy = None
 
-    def forward_features(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def _features(self, block_tokens: Mapping[int, torch.Tensor]) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """What :meth:`forward_features` returns, from the tokens after the level blocks."""
+        if self.output_level is not None:
+            return self.norm(block_tokens[self.level_blocks[self.output_level]])
+        # LayerNorm is per token: normalising the class token alone equals
+        # the original's norm(x)[:, 0] over all tokens.
+        return tuple(self.norm(block_tokens[b][:, 0]) for b in self.level_blocks)
+
+    def forward_features(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """Per-level features, finest first: tuple of (B, embed_dim) normalised class tokens.
 
         Level l reads the class token after block ``level_blocks[l]`` through the final
-        LayerNorm. Blocks after the last level's block are not run.
+        LayerNorm. Blocks after the last level's block are not run. With
+        ``output_level``: the normalised tokens (B, 1 + N, C) after that level's block.
         """
         x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)
         x = self.norm_pre(x)
-        feats = []
-        for index, block in enumerate(self.blocks[:self.level_blocks[-1]], start=1):
+        wanted = self.level_blocks if self.output_level is None else (self.level_blocks[self.output_level],)
+        block_tokens = {}
+        for index, block in enumerate(self.blocks[:wanted[-1] + 1]):
             if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-            # LayerNorm is per token: normalising the class token alone equals
-            # the original's norm(x)[:, 0] over all tokens.
-            feats.extend(self.norm(x[:, 0]) for _ in range(self.level_blocks.count(index)))
-        return tuple(feats)
+            if index in wanted:
+                block_tokens[index] = x
+        return self._features(block_tokens)
 
-    def forward_head(self, x: Sequence[torch.Tensor], pre_logits: bool = False) -> Tuple[torch.Tensor, ...]:
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, **kwargs: Any) -> Any:
+        """timm's ViT ``forward_intermediates`` (block outputs as (B, C, H/16, W/16) maps or
+        (B, N, C) tokens), with ``final`` equal to :meth:`forward_features` (per-level
+        features, or the ``output_level`` tokens) and computed in the same pass."""
+        if intermediates_only:
+            return super().forward_intermediates(
+                x, indices=indices, return_prefix_tokens=return_prefix_tokens, norm=norm, stop_early=stop_early,
+                output_fmt=output_fmt, intermediates_only=True, **kwargs)
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        take_indices, _ = feature_take_indices(len(self.blocks), indices)
+        wanted = sorted(set(take_indices) | set(self.level_blocks))
+        outs = super().forward_intermediates(x, indices=wanted, return_prefix_tokens=True, stop_early=True,
+                                             output_fmt="NLC", intermediates_only=True, **kwargs)
+        block_tokens = {b: torch.cat([prefix, tokens], dim=1) for b, (tokens, prefix) in zip(wanted, outs)}
+        height, width = self.patch_embed.dynamic_feat_size(x.shape[-2:])
+        intermediates = []
+        for b in take_indices:
+            y = self.norm(block_tokens[b]) if norm else block_tokens[b]
+            prefix, tokens = y[:, :self.num_prefix_tokens], y[:, self.num_prefix_tokens:]
+            if output_fmt == "NCHW":
+                tokens = tokens.reshape(x.shape[0], height, width, -1).permute(0, 3, 1, 2).contiguous()
+            intermediates.append((tokens, prefix) if return_prefix_tokens else tokens)
+        return self._features(block_tokens), intermediates
+
+    def forward_head(self, x: Union[torch.Tensor, Sequence[torch.Tensor]], pre_logits: bool = False
+                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """Per-level features (from :meth:`forward_features`) -> tuple of (B, C_l) logits,
-        finest first; with ``pre_logits`` the features after ``head_drop``."""
+        finest first; with ``pre_logits`` the features after ``head_drop``. With
+        ``output_level``: tokens -> that level's (B, C_l) logits."""
+        if self.output_level is not None:
+            x = self.head_drop(self.fc_norm(x[:, 0]))
+            return x if pre_logits else self.heads[self.output_level](x)
         if isinstance(x, torch.Tensor) or len(x) != self.num_levels:
             got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"{len(x)} items"
             raise ValueError(f"x: expected {self.num_levels} (B, {self.embed_dim}) per-level features from "
@@ -209,8 +282,9 @@ class HierVisionTransformer(VisionTransformer):
             return tuple(feats)
         return tuple(head(f) for head, f in zip(self.heads, feats))
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """(B, 3, H, W) images -> tuple of (B, C_l) logits, finest first."""
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """(B, 3, H, W) images -> tuple of (B, C_l) logits, finest first (one tensor with
+        ``output_level``)."""
         return self.forward_head(self.forward_features(x))
 
 
@@ -280,6 +354,7 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def hier_vit_small(pretrained: bool = False, **kwargs: Any) -> HierVisionTransformer:
     """Hier-ViT-S: DeiT-S (patch 16, width 384, 12 blocks, 6 heads) with per-level heads on
-    blocks 6/9/12 (3 levels) or 9/12 (2 levels). Pass ``level_classes=(fine, ..., coarse)``."""
+    blocks 5/8/11 (0-based; 3 levels) or 8/11 (2 levels). Pass ``level_classes=(fine, ..., coarse)``;
+    without it a one-level 1000-class classifier (DeiT-S)."""
     args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
     return _create_hier_vit("hier_vit_small", pretrained, **dict(args, **kwargs))
