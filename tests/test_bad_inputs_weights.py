@@ -70,7 +70,8 @@ def test_crafted_config_is_refused_before_allocating(saved, tmp_path, changes, m
 
 def test_class_counts_that_do_not_fit_the_weights_are_an_error_naming_the_files(saved, tmp_path):
     folder = _copy(saved, tmp_path)
-    _edit_config(folder, model_args__level_classes=[7, 5])
+    # config.json's class counts (level_classes and num_classes, the finest level's) edited together
+    _edit_config(folder, model_args__level_classes=[7, 5], model_args__num_classes=7)
     with pytest.raises(ValueError, match=r"model.safetensors.* does not fit .*config.json.*heads.0.weight: shape "
                                          r"\(10, 192\) in the file, \(7, 192\) in the model.*fresh_heads=True"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)

@@ -410,10 +410,15 @@ def build_model_with_hcast_cfg(
         model.pretrained_cfg["source"] = cfg.source
         return model
     model = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=cfg, **common, **kwargs)
+    num_classes = getattr(model, "num_classes", kwargs.get("num_classes", 1000))
+    if from_folder and pretrained_strict:
+        # the strict filter has settled every head (loaded, or fresh where asked and it does not
+        # fit): timm must not drop the heads that fit because the finest count changed
+        num_classes = model.pretrained_cfg.get("num_classes", num_classes)
     load_pretrained(
         model,
         pretrained_cfg=dict(model.pretrained_cfg, state_dict=state_dict, source=None),
-        num_classes=getattr(model, "num_classes", kwargs.get("num_classes", 1000)),
+        num_classes=num_classes,
         in_chans=kwargs.get("in_chans", 3),
         filter_fn=filter_fn,
         strict=pretrained_strict,
