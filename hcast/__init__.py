@@ -2,12 +2,27 @@
 
 ``import hcast`` registers every hcast model with timm, so that
 ``timm.create_model("cast_small.deit_in1k", pretrained=True)`` works.
+
+Packages (imports go downwards: cli -> train -> data / models -> weights / hierarchy / ops;
+docs/architecture.md):
+
+* :mod:`hcast.models`: CAST, H-CAST and Hier-ViT in timm's registry, :func:`from_pretrained`.
+* :mod:`hcast.weights`: everything between a file and a model (safe loading, the original
+  checkpoint formats, Google Drive, the builder, model folders).
+* :mod:`hcast.ops`: superpixels, superpixel pooling, farthest point sampling, hierarchical
+  segmentation.
+* :mod:`hcast.hierarchy`: taxonomies, hierarchical losses, metrics, decoding, mixup.
+* :mod:`hcast.metric_learning`: HIER and Recall@K.
+* :mod:`hcast.data`: the papers' benchmarks, Fashion-MNIST, image folders, transforms.
 """
 __version__ = "0.1.0"
 
-from hcast import ops  # noqa: F401
-from hcast import weights  # noqa: F401
-from hcast import models  # noqa: F401  (registers the models with timm)
-from hcast import hierarchy  # noqa: F401
-from hcast import metric_learning  # noqa: F401
-from hcast.models.factory import from_pretrained  # noqa: F401,E402
+from hcast import ops
+from hcast import weights
+from hcast import models  # registers the models with timm
+from hcast import hierarchy
+from hcast import metric_learning
+from hcast import data
+from hcast.models.factory import from_pretrained
+
+__all__ = ["__version__", "data", "from_pretrained", "hierarchy", "metric_learning", "models", "ops", "weights"]

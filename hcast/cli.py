@@ -105,15 +105,12 @@ def _model_name(source: str) -> str:
 
 
 def _read_config(name: str) -> Dict[str, Any]:
-    """The ``config.json`` of a local folder or hub repo (empty for a registry name)."""
-    if name.startswith("local-dir:"):
-        return json.loads((Path(name[len("local-dir:"):]) / "config.json").read_text())
-    if name.startswith(("hf-hub:", "hf_hub:")):
-        from huggingface_hub import hf_hub_download
+    """The ``config.json`` of a local folder or hub repo (empty for a registry name), read by
+    :func:`hcast.weights.read_model_config` so that a broken file is named."""
+    from hcast.weights import read_model_config
 
-        repo = name.split(":", 1)[1]
-        repo_id, _, revision = repo.partition("@")
-        return json.loads(Path(hf_hub_download(repo_id, "config.json", revision=revision or None)).read_text())
+    if name.startswith(("local-dir:", "hf-hub:", "hf_hub:")):
+        return read_model_config(name)
     return {}
 
 
@@ -314,8 +311,10 @@ def _build_model_for_finetune(args: argparse.Namespace, taxonomy: Any):
     import hcast  # noqa: F401
 
     name = _model_name(args.model)
+    # fine-tuning on this taxonomy: heads that do not fit the weights start fresh (a folder or
+    # hub repo otherwise loads strictly, as evaluation and prediction need)
     kwargs: Dict[str, Any] = dict(pretrained=args.pretrained or bool(args.initial_checkpoint),
-                                  level_classes=tuple(taxonomy.num_classes))
+                                  level_classes=tuple(taxonomy.num_classes), fresh_heads=True)
     if args.initial_checkpoint:
         kwargs["pretrained_cfg_overlay"] = dict(file=str(args.initial_checkpoint))
     if args.drop_path:

@@ -1,9 +1,31 @@
-"""hcast models, in timm's style. Importing this package registers them with timm."""
+"""hcast models, in timm's style. Importing this package registers them with timm.
 
-from hcast.models import cast  # noqa: F401,E402  (registers cast_* with timm)
-from hcast.models import hcast  # noqa: F401,E402  (registers hcast_* with timm)
-from hcast.models import hier_vit  # noqa: F401,E402  (registers hier_vit_* with timm)
-from hcast.weights import (  # noqa: F401,E402  (kept here for users who import them from hcast.models)
-    UnsafeCheckpointError, download_gdrive_checkpoint, load_checkpoint_file, save_for_hf,
-)
-from hcast.models.factory import from_pretrained  # noqa: F401,E402
+* :mod:`hcast.models.cast`: CAST (``cast_*``), the superpixel ViT with graph pooling.
+* :mod:`hcast.models.hcast`: H-CAST (``hcast_*``), one classifier per taxonomy level.
+* :mod:`hcast.models.hier_vit`: Hier-ViT (``hier_vit_*``), H-CAST's DeiT baseline.
+* :mod:`hcast.models.factory`: :func:`from_pretrained`, one loading path through timm.
+"""
+
+from hcast.models import cast  # registers cast_* with timm
+from hcast.models import hcast  # registers hcast_* with timm
+from hcast.models import hier_vit  # registers hier_vit_* with timm
+from hcast.models.cast import CAST
+from hcast.models.factory import from_pretrained
+from hcast.models.hcast import HCAST
+from hcast.models.hier_vit import HierVisionTransformer
+# kept here for users who import them from hcast.models (their home is hcast.weights)
+from hcast.weights import UnsafeCheckpointError, download_gdrive_checkpoint, load_checkpoint_file, save_for_hf
+
+__all__ = [
+    "CAST",
+    "HCAST",
+    "HierVisionTransformer",
+    "UnsafeCheckpointError",
+    "cast",
+    "download_gdrive_checkpoint",
+    "from_pretrained",
+    "hcast",
+    "hier_vit",
+    "load_checkpoint_file",
+    "save_for_hf",
+]

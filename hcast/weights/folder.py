@@ -335,6 +335,10 @@ def write_json(data: Any, path: PathLike) -> Path:
 # ----------------------------------------------------------------------------- model folders
 
 
+# keyword arguments of hcast's builder that timm.create_model records in model._model_args
+_LOADING_ARGS = ("fresh_heads", "pretrained_strict", "cache_dir")
+
+
 def save_for_hf(
         model: nn.Module,
         save_directory: PathLike,
@@ -370,6 +374,10 @@ def save_for_hf(
     # timm.create_model records its keyword arguments as model._model_args (timm 1.0.31 does) and
     # save_for_hf writes them: a Taxonomy argument there must be replaced by JSON.
     recorded = getattr(model, "_model_args", {})
+    if any(k in recorded for k in _LOADING_ARGS):
+        # how the weights were loaded (fresh_heads=True when fine-tuning, ...) is not an
+        # argument of the architecture: a folder that recorded it would not load back
+        recorded = model._model_args = {k: v for k, v in recorded.items() if k not in _LOADING_ARGS}
     if taxonomy is None:
         taxonomy = model_args.get("taxonomy", recorded.get("taxonomy", getattr(model, "taxonomy", None)))
     if isinstance(taxonomy, Mapping):

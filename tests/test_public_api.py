@@ -1,0 +1,72 @@
+"""hcast's public surface: every public module declares ``__all__``, every name in it imports
+and is documented, and importing the packages raises no DeprecationWarning (only the old
+module paths kept for one release do)."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import hcast
+
+# old module paths kept for one release; each warns when imported (tested where it moved)
+DEPRECATED = {
+    "hcast.convert",
+    "hcast.hierarchy.datasets",
+    "hcast.hierarchy.better_mistakes",
+    "hcast.hierarchy.hier",
+    "hcast.hierarchy.retrieval",
+}
+
+
+def _public_modules() -> list[str]:
+    names = ["hcast"]
+    for info in pkgutil.walk_packages(hcast.__path__, prefix="hcast."):
+        if any(part.startswith("_") for part in info.name.split(".")) or info.name in DEPRECATED:
+            continue
+        names.append(info.name)
+    return sorted(names)
+
+
+PUBLIC_MODULES = _public_modules()
+
+
+def test_the_walk_finds_every_layer():
+    for package in ("hcast.models", "hcast.ops", "hcast.hierarchy", "hcast.data", "hcast.weights",
+                    "hcast.metric_learning", "hcast.cli"):
+        assert package in PUBLIC_MODULES
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_module_declares_all_and_documents_it(name):
+    module = importlib.import_module(name)
+    assert module.__doc__ and module.__doc__.strip(), f"{name} has no module docstring"
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    assert len(set(exported)) == len(exported), f"{name}.__all__ lists a name twice"
+    for attr in exported:
+        assert hasattr(module, attr), f"{name}.__all__ names {attr!r}, which {name} does not define"
+        obj = getattr(module, attr)
+        if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj) or callable(obj):
+            doc = inspect.getdoc(obj)
+            assert doc and doc.strip(), f"{name}.{attr} has no docstring"
+
+
+@pytest.mark.parametrize("name", sorted(DEPRECATED))
+def test_old_module_paths_warn(name):
+    code = f"import warnings, importlib\nwarnings.simplefilter('error', DeprecationWarning)\n" \
+           f"try:\n    importlib.import_module({name!r})\nexcept DeprecationWarning as w:\n    print('warned:', w)\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "warned:" in res.stdout, f"importing {name} gave no DeprecationWarning"
+
+
+def test_importing_the_packages_is_free_of_deprecation_warnings():
+    code = "import hcast, hcast.hierarchy, hcast.ops, hcast.models, hcast.data, hcast.weights, hcast.metric_learning"
+    res = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
