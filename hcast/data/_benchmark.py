@@ -44,7 +44,35 @@ def image_files(folder: Path) -> List[Path]:
     return [folder / name for name in sorted(names)]
 
 
-class BenchmarkDataset(Dataset):
+class TaxonomyLabels:
+    """What every labelled dataset of hcast.data exposes from ``self.taxonomy`` and
+    ``self.targets`` (fine labels): class names and every level's labels."""
+
+    taxonomy: Taxonomy
+    targets: List[int]
+    transform: Optional[Callable]
+    target_transform: Optional[Callable]
+
+    @property
+    def classes(self) -> Optional[Tuple[str, ...]]:
+        """Fine class names in label order (``None`` when the taxonomy has none)."""
+        return self.taxonomy.names[0]
+
+    @property
+    def level_targets(self) -> torch.Tensor:
+        """(N, num_levels) int64 labels of every image, finest first."""
+        return self.taxonomy.paths()[torch.as_tensor(self.targets, dtype=torch.int64)]
+
+    def _transformed(self, image, target: int):
+        """``(transform(image), target_transform(target))``, each where set."""
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
+class BenchmarkDataset(TaxonomyLabels, Dataset):
     """Images listed with their fine labels, and the taxonomy of the labels.
 
     Args:
@@ -66,27 +94,12 @@ class BenchmarkDataset(Dataset):
         self.transform = transform
         self.target_transform = target_transform
 
-    @property
-    def classes(self) -> Optional[Tuple[str, ...]]:
-        """Fine class names in label order (``None`` when the taxonomy has none)."""
-        return self.taxonomy.names[0]
-
-    @property
-    def level_targets(self) -> torch.Tensor:
-        """(N, num_levels) int64 labels of every image, finest first."""
-        return self.taxonomy.paths()[torch.as_tensor(self.targets, dtype=torch.int64)]
-
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        image = default_loader(path)  # PIL, converted to RGB
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+        return self._transformed(default_loader(path), target)  # PIL, converted to RGB
 
     def __repr__(self) -> str:
         extra = ", ".join(f"{k}={getattr(self, k)!r}" for k in ("split", "root") if hasattr(self, k))

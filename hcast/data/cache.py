@@ -10,7 +10,7 @@ direction). :class:`SuperpixelCache` does that.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset

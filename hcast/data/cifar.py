@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from hcast.data._benchmark import require_file
+from hcast.data._benchmark import TaxonomyLabels, require_file
 from hcast.hierarchy import Taxonomy
 
 __all__ = ["CIFAR100", "read_cifar_pickle"]
@@ -60,7 +59,7 @@ def read_cifar_pickle(path: Union[str, Path]) -> Dict[str, Any]:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
-class CIFAR100(Dataset):
+class CIFAR100(TaxonomyLabels, Dataset):
     """CIFAR-100 as 32 x 32 RGB PIL images, fine labels 0..99, superclasses as level 1.
 
     Args:
@@ -110,26 +109,11 @@ class CIFAR100(Dataset):
         self.images = images
         self.targets = fine.tolist()
 
-    @property
-    def classes(self):
-        """Fine class names in label order."""
-        return self.taxonomy.names[0]
-
-    @property
-    def level_targets(self) -> torch.Tensor:
-        """(N, 2) int64 labels of every image, finest first."""
-        return self.taxonomy.paths()[torch.as_tensor(self.targets, dtype=torch.int64)]
-
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        image, target = Image.fromarray(self.images[index]), self.targets[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return image, target
+        return self._transformed(Image.fromarray(self.images[index]), self.targets[index])
 
     def __repr__(self) -> str:
         return f"CIFAR100(split={self.split!r}, num_samples={len(self)}, root={str(self.root)!r})"

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -53,6 +52,7 @@ from timm.models._features import feature_take_indices
 from timm.models._pretrained import PretrainedCfg
 from timm.models.vision_transformer import Block, global_pool_nlc
 
+from hcast.models.factory import FromPretrainedMixin
 from hcast.ops import farthest_point_sampling, superpixel_pool
 from hcast.ops._validation import check_finite
 from hcast.ops.superpixel_pool import resize_segments
@@ -433,7 +433,7 @@ def _has_seeds() -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-class CAST(nn.Module):
+class CAST(FromPretrainedMixin, nn.Module):
     """CAST classifier (Ke et al., ICLR 2024) on superpixel tokens.
 
     Args:
@@ -562,19 +562,6 @@ class CAST(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
-
-    @classmethod
-    def from_pretrained(cls, name_or_id: Union[str, os.PathLike], **kwargs: Any) -> "CAST":
-        """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
-        ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
-        ``timm.create_model``.
-
-        Raises:
-            TypeError: ``name_or_id`` holds another kind of model.
-        """
-        from hcast.models.factory import from_pretrained
-
-        return from_pretrained(name_or_id, expected_class=cls, **kwargs)
 
     # -- initialisation, timm helpers ------------------------------------------------------
 

@@ -31,7 +31,7 @@ from typing import Any, Optional, Union
 import timm
 from torch import nn
 
-__all__ = ["from_pretrained"]
+__all__ = ["FromPretrainedMixin", "from_pretrained"]
 
 _SCHEMES = ("hf-hub:", "hf_hub:", "local-dir:")
 
@@ -100,7 +100,7 @@ def from_pretrained(name_or_id: Union[str, os.PathLike], *, model_name: Optional
             ``save_for_hf``, or a checkpoint file in the original repositories' format
             or hcast's.
         model_name: the architecture of a checkpoint file (default: guessed from its
-            weights, :func:`hcast.convert.guess_model_name`); needed for ``cast_tiny``-
+            weights, :func:`hcast.weights.original.guess_model_name`); needed for ``cast_tiny``-
             or ``hcast_tiny``-sized files and other widths.
         expected_class: raise unless the model is an instance of it (the model classes'
             ``from_pretrained`` classmethods pass themselves).
@@ -128,3 +128,19 @@ def from_pretrained(name_or_id: Union[str, os.PathLike], *, model_name: Optional
         raise TypeError(f"{name_or_id!r} is a {type(model).__name__}, not a {expected_class.__name__}; use "
                         f"hcast.from_pretrained({str(name_or_id)!r}) or {type(model).__name__}.from_pretrained.")
     return model
+
+
+class FromPretrainedMixin:
+    """Gives a model class ``from_pretrained``, as Hugging Face users expect: the
+    :func:`from_pretrained` loading path, checked to return an instance of that class."""
+
+    @classmethod
+    def from_pretrained(cls, name_or_id: Union[str, os.PathLike], **kwargs: Any) -> nn.Module:
+        """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
+        ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
+        ``timm.create_model``.
+
+        Raises:
+            TypeError: ``name_or_id`` holds another kind of model.
+        """
+        return from_pretrained(name_or_id, expected_class=cls, **kwargs)

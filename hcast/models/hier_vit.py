@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import numbers
 import operator
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,6 +35,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
+from hcast.models.factory import FromPretrainedMixin
 from hcast.models.hcast import check_output_level
 from hcast.weights.builder import build_model_with_hcast_cfg
 from hcast.weights.original import rename_level_heads, strip_prefixes
@@ -91,7 +91,7 @@ def _resolve_level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any
     return counts
 
 
-class HierVisionTransformer(VisionTransformer):
+class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
     """ViT with per-level classifiers on the class token of different blocks (Hier-ViT).
 
     Args:
@@ -153,19 +153,6 @@ class HierVisionTransformer(VisionTransformer):
         self.output_level = check_output_level(output_level, len(level_classes))
         del self.head  # replaced by one head per level
         self._set_heads(level_classes)
-
-    @classmethod
-    def from_pretrained(cls, name_or_id: Union[str, os.PathLike], **kwargs: Any) -> "HierVisionTransformer":
-        """A pretrained model of this class: :func:`hcast.from_pretrained` (registry tag,
-        ``hf-hub:`` id, Hub repo id, folder, or original checkpoint file), through
-        ``timm.create_model``.
-
-        Raises:
-            TypeError: ``name_or_id`` holds another kind of model.
-        """
-        from hcast.models.factory import from_pretrained
-
-        return from_pretrained(name_or_id, expected_class=cls, **kwargs)
 
     def _set_heads(self, level_classes: Tuple[int, ...]) -> None:
         device = self.cls_token.device if self.cls_token is not None else None
