@@ -170,10 +170,36 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
 
 
 def _superpixel_settings(model: Any, args: argparse.Namespace) -> Tuple[str, int]:
+    """(method, num_segments) from the arguments, else the model's config; checked against
+    the input size before any image is read.
+
+    Raises:
+        UsageError: more superpixels than the method can make on the model's input (SEEDS
+            would crash or hang in OpenCV) or than the model's feature grid has cells
+            (every further superpixel is an empty token: a crafted config asking for
+            100,000 would exhaust memory in attention).
+    """
+    from hcast.ops import max_superpixels
+
     cfg = getattr(model, "pretrained_cfg", None) or {}
     method = getattr(args, "superpixel_method", None) or cfg.get("superpixel_method") or "seeds"
-    num_segments = getattr(args, "num_segments", None) or cfg.get("num_segments") or 196
-    return method, int(num_segments)
+    num_segments = int(getattr(args, "num_segments", None) or cfg.get("num_segments") or 196)
+    given = "--num-segments" if getattr(args, "num_segments", None) else "the model's num_segments"
+    if num_segments < 1:
+        raise UsageError(f"{given}: expected a positive number of superpixels, got {num_segments}.")
+    grid = getattr(model, "grid_size", None)
+    if grid is None:  # a patch model (Hier-ViT): superpixels are not read
+        return method, num_segments
+    size = getattr(args, "input_size", None)
+    height, width = (size, size) if size else tuple(_data_config(model)["input_size"][-2:])
+    limit = max_superpixels(height, width, method)
+    cells = int(grid[0]) * int(grid[1])
+    if num_segments > min(limit, cells):
+        raise UsageError(
+            f"{given}={num_segments} is more than {method} superpixels can make on {height}x{width} inputs "
+            f"(at most {limit}) or than the model's {grid[0]}x{grid[1]} feature grid has cells ({cells}); pass "
+            f"--num-segments {min(limit, cells)} or fewer.")
+    return method, num_segments
 
 
 def _data_config(model: Any) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,3 +309,23 @@ def test_a_library_bug_keeps_its_traceback(trained, monkeypatch):
     with pytest.raises(ValueError, match="internal invariant"):
         main(["evaluate", str(trained[0]), "fashion-mnist", "--num-samples", "4", "--workers", "0",
               "--device", "cpu", "--no-progress"])
+
+
+@needs_fmnist
+def test_too_many_superpixels_stop_before_any_image_is_read(trained, tmp_path, capsys):
+    """A crafted config asking for 100,000 superpixels, or --num-segments 5000, is refused
+    up front (SEEDS would crash or hang in OpenCV; the tokens would exhaust memory)."""
+    import shutil
+
+    folder = Path(shutil.copytree(trained[0], tmp_path / "crafted"))
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"]["num_segments"] = 100000
+    (folder / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["evaluate", str(folder), "fashion-mnist", "--num-samples", "4", "--workers", "0",
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the model's num_segments=100000" in err and "4x4 feature grid" in err and "--num-segments 16" in err
+    assert main(["finetune", *TINY[:-4], *QUICK, "--num-segments", "5000", "--data", "fashion-mnist",
+                 "--output", str(tmp_path / "o"), "--train-samples", "32", "--val-samples", "8"]) == 2
+    assert "--num-segments=5000" in capsys.readouterr().err and not (tmp_path / "o").exists()
