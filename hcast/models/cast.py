@@ -199,7 +199,7 @@ class ConvStem(nn.Module):
         batch, _, height, width = x.shape
         per_image = self.proj[0].out_channels * -(-height // 2) * -(-width // 2) * x.element_size()
         chunk = max(1, self.chunk_bytes // max(per_image, 1))
-        if chunk >= batch or torch.compiler.is_compiling():  # one graph: no batch-dependent split
+        if torch.compiler.is_compiling() or chunk >= batch:  # one graph: no batch-dependent split
             x = strided(x)
         else:
             x = torch.cat([strided(part) for part in x.split(chunk)])

@@ -75,9 +75,10 @@ def _rescale_huge(points: torch.Tensor) -> torch.Tensor:
     # (2 M)^2 * C stays below 2**1020 for M below this bound.
     bound = 2.0 ** ((1020 - 2 - max(channels - 1, 1).bit_length()) // 2)
     peak = points.detach().abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-    exponent = torch.frexp(peak).exponent  # peak < 2**exponent
-    scale = torch.where(peak > bound, torch.ldexp(torch.ones_like(peak), -exponent),
-                        torch.ones_like(peak))
+    # 2**-(floor(log2 peak) + 1): a power of two (exp2 of a whole number is exact), so the
+    # scaling is exact; log2 / exp2 rather than frexp, which ONNX has no op for.
+    exponent = torch.floor(torch.log2(peak)) + 1.0
+    scale = torch.where(peak > bound, torch.exp2(-exponent), torch.ones_like(peak))
     return points * scale
 
 
