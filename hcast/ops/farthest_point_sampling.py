@@ -107,6 +107,11 @@ def farthest_point_sampling(
         Tensor[B, num_samples], int64: indices into dimension 1 of ``points``; column 0
         is ``start_idx``.
 
+    Inside ``torch.compile`` / ``torch.export`` the op runs DGL's loop over the fixed
+    sample count (:func:`_farthest_point_sampling_reference`: no host sync, no
+    data-dependent branch, the same indices). Autocast is off inside the op, so the
+    indices under ``torch.autocast`` are the float64 ones.
+
     On CUDA tensors one Triton launch samples the whole batch. Elsewhere distances come
     from one batched Gram matrix and near ties are re-checked with DGL's channel-ordered
     float64 sums, which returns the same indices as the plain loop at a fraction of its
