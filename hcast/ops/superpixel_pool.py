@@ -107,7 +107,9 @@ def superpixel_pool(
                 f"the feature grid), got id {max_id}; pass num_segments={max_id + 1} or "
                 f"None, or relabel the ids."
             )
-    if features.is_cuda and _triton.available():
+    # Inside torch.compile / torch.export the scatter path is traced (the compiler
+    # generates its own kernel); eagerly, CUDA tensors take the Triton kernel.
+    if features.is_cuda and _triton.available() and not torch.compiler.is_compiling():
         return _triton.superpixel_pool(features, segments, num_segments)
     return _superpixel_pool_torch(features, segments, num_segments)
 
