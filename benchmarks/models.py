@@ -18,9 +18,17 @@ Rows:
   :func:`hcast.ops.farthest_point_sampling`, and the small shims timm >= 1.0 needs.
 * ``deit_small_patch16_224`` and ``vit_small_patch8_224`` from timm.
 
+Also, side by side: bfloat16 autocast of the reference and of hcast, ``torch.compile``
+(hcast's default mode, and the fixed-budget mode ``max_tokens`` as one graph), the
+fixed-budget mode eager, ONNX Runtime on the exported fixed-budget graph, and
+end-to-end ``model(images)`` with SEEDS and ``torch_slic`` computed inside. The CPU's
+capability (native bfloat16 or not) and the load average are printed: rows measured on
+a loaded machine or with emulated bfloat16 are no speed claims.
+
 Models are timed round-robin so that background load hits all of them alike; the table
-reports the median of ``--repeats`` timed passes after one warm-up, and the largest
-relative difference of each CAST output from hcast's.
+reports the median of ``--repeats`` timed passes after one warm-up (first-call compile
+and export times separately), the largest relative difference of each CAST output from
+hcast's fp32 eager, and top-1 agreement with it.
 """
 from __future__ import annotations
 
@@ -119,6 +127,35 @@ def flops_per_image(fn, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
+def _cpu_line() -> str:
+    from hcast.precision import cpu_has_native_bf16
+
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"CPU: {model}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}; native bf16 "
+            f"(AVX-512 BF16 / AMX): {'yes' if cpu_has_native_bf16() else 'NO: bf16 rows are emulated, not a speed claim'}")
+
+
+def _load_line() -> str:
+    try:
+        return "load average (1, 5, 15 min): " + " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "load average: unknown"
+
+
+def _autocast(fn):
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn()
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -126,49 +163,105 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--original", type=str, default=None, help="path to a github.com/twke18/CAST checkout")
+    parser.add_argument("--max-tokens", type=int, default=256, help="token budget of the fixed-budget rows")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (minutes to compile)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row")
+    parser.add_argument("--no-vit", action="store_true", help="skip timm's ViT rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    print(_cpu_line())
+    print(_load_line() + " (before)")
 
     images = photos(args.batch, args.size)
     segments = superpixels(images, num_segments=196, method="seeds")
     cast = timm.create_model("cast_small").eval()
-    runs = {"cast_small (hcast)": lambda: cast(images, segments)}
+    budget = timm.create_model("cast_small", max_tokens=args.max_tokens, validate_args=False).eval()
+    budget.load_state_dict(cast.state_dict())
+    fast = timm.create_model("cast_small", validate_args=False).eval()
+    fast.load_state_dict(cast.state_dict())
     ref = reference_model(cast)
-    runs["cast_small (reference)"] = lambda: ref(images, segments)
+    runs = {}
     if args.original:
         orig = original_model(args.original, cast)
-        runs["cast_small (original)"] = lambda: orig(images, segments)
-    for name in ("deit_small_patch16_224", "vit_small_patch8_224"):
-        vit_model = timm.create_model(name, img_size=args.size).eval()
-        runs[name] = (lambda m: lambda: m(images))(vit_model)
+        runs["original, fp32 eager"] = lambda: orig(images, segments)
+        runs["original, bf16 autocast"] = _autocast(lambda: orig(images, segments))
+    runs["reference (original structure), fp32 eager"] = lambda: ref(images, segments)
+    runs["reference (original structure), bf16 autocast"] = _autocast(lambda: ref(images, segments))
+    runs["hcast, fp32 eager"] = lambda: cast(images, segments)
+    runs["hcast, bf16 autocast"] = _autocast(lambda: cast(images, segments))
+    runs[f"hcast fixed budget ({args.max_tokens}), fp32 eager"] = lambda: budget(images, segments)
+    compile_seconds = {}
+    if not args.no_compile:
+        for label, model, fullgraph in (("hcast, compile", fast, False),
+                                        (f"hcast fixed budget ({args.max_tokens}), compile fullgraph", budget, True)):
+            compiled = torch.compile(model, fullgraph=fullgraph)
+            for suffix, fn in (("fp32", (lambda c: lambda: c(images, segments))(compiled)),
+                               ("bf16 autocast", _autocast((lambda c: lambda: c(images, segments))(compiled)))):
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    fn()
+                compile_seconds[f"{label}, {suffix}"] = time.perf_counter() - start
+                runs[f"{label}, {suffix}"] = fn
+    if not args.no_onnx:
+        import onnxruntime as ort
+
+        from hcast.export import export_onnx
+
+        path = Path(tempfile.mkdtemp()) / "cast_small.onnx"
+        start = time.perf_counter()
+        export_onnx(cast, path, max_tokens=args.max_tokens, img_size=(args.size, args.size))
+        compile_seconds["ONNX Runtime (fixed budget), fp32"] = time.perf_counter() - start
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {"images": images.numpy(), "segments": segments.numpy()}
+        runs["ONNX Runtime (fixed budget), fp32"] = lambda: torch.from_numpy(session.run(None, feed)[0])
+    cast_seeds = timm.create_model("cast_small").eval()
+    cast_seeds.load_state_dict(cast.state_dict())
+    cast_slic = timm.create_model("cast_small", pretrained_cfg_overlay=dict(superpixel_method="torch_slic")).eval()
+    cast_slic.load_state_dict(cast.state_dict())
+    runs["hcast end to end model(images), SEEDS inside, fp32"] = lambda: cast_seeds(images)
+    runs["hcast end to end model(images), torch_slic inside, fp32"] = lambda: cast_slic(images)
+    if not args.no_vit:
+        for name in ("deit_small_patch16_224", "vit_small_patch8_224"):
+            vit_model = timm.create_model(name, img_size=args.size).eval()
+            runs[name] = (lambda m: lambda: m(images))(vit_model)
 
     times = {name: [] for name in runs}
     with torch.inference_mode():
-        expected = runs["cast_small (hcast)"]()
-        diffs = {}
+        expected = cast(images, segments)
+        diffs, agree = {}, {}
         for name, fn in runs.items():
             out = fn()  # warm-up
-            if name.startswith("cast_small"):
+            if not name.startswith(("deit", "vit")) and "end to end" not in name:
+                out = out.float()
                 diffs[name] = float((out - expected).abs().max() / expected.abs().max())
-        flops = {name: flops_per_image(fn, args.batch) for name, fn in runs.items()}
+                agree[name] = float((out.argmax(1) == expected.argmax(1)).float().mean())
+        flops = {name: flops_per_image(fn, args.batch) for name, fn in runs.items()
+                 if not any(k in name for k in ("compile", "ONNX", "end to end", "bf16"))}
         for _ in range(args.repeats):
             for name, fn in runs.items():
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
 
-    base = "cast_small (original)" if args.original else "cast_small (reference)"
+    base = next(iter(runs))
     base_ips = args.batch / statistics.median(times[base])
     print(f"batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, torch {torch.__version__}, "
-          f"timm {timm.__version__}, median of {args.repeats}; SEEDS superpixels precomputed")
-    print(f"| model | images/s | vs {base} | GFLOP/image | GFLOP/s | max rel. diff vs hcast |")
+          f"timm {timm.__version__}, median of {args.repeats} round-robin passes; SEEDS superpixels precomputed "
+          f"except the end-to-end rows; random weights (outputs compared with hcast fp32 eager)")
+    print(_load_line() + " (after)")
+    print(f"| path | images/s | vs {base} | GFLOP/image | max rel. diff vs hcast fp32 | top-1 agreement |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in runs:
         ips = args.batch / statistics.median(times[name])
-        gflop = flops[name] / 1e9
+        gflop = f"{flops[name] / 1e9:.2f}" if name in flops else "-"
         diff = f"{diffs[name]:.1e}" if name in diffs else "-"
-        print(f"| {name} | {ips:.1f} | {ips / base_ips:.2f}x | {gflop:.2f} | {gflop * ips:.0f} | {diff} |")
+        top1 = f"{100 * agree[name]:.0f}%" if name in agree else "-"
+        print(f"| {name} | {ips:.1f} | {ips / base_ips:.2f}x | {gflop} | {diff} | {top1} |")
+    for name, seconds in compile_seconds.items():
+        print(f"first call (compile / export) of {name}: {seconds:.0f} s")
 
 
 if __name__ == "__main__":

@@ -607,7 +607,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    _add_precision(p)
+    p.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16", "off"),
+                   help="deprecated: use --precision (auto: bf16/fp16 on CUDA, off on CPU)")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the metrics as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -648,7 +650,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size))
     start = time.perf_counter()
     metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
-                              amp_dtype=engine.resolve_amp_dtype(ctx.device, args.amp),
+                              amp_dtype=_inference_dtype(args, ctx.device),
                               progress=ctx.is_main and not args.no_progress)
     metrics.update(model=args.model, data=str(args.data), split=args.split, seconds=time.perf_counter() - start,
                    weights=weights)
@@ -661,6 +663,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"metrics written to {args.json_out}")
     engine.destroy_distributed()
     return 0
+
+
+# ----------------------------------------------------------------------------- precision (evaluate, predict)
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
+                   help="fp32, bf16 autocast, or auto: bf16 on CUDA and on CPUs with native bf16 "
+                        "(AVX-512 BF16 / AMX), fp32 elsewhere (default: auto)")
+
+
+def _inference_dtype(args: argparse.Namespace, device: Any) -> Any:
+    """The autocast dtype from --precision, or from the deprecated --amp."""
+    import warnings
+
+    from hcast.precision import resolve_precision
+
+    amp = getattr(args, "amp", None)
+    if amp is not None:
+        if args.precision is not None:
+            raise UsageError("pass --precision or the deprecated --amp, not both.")
+        warnings.warn("--amp is deprecated; use --precision fp32|bf16|auto.", FutureWarning, stacklevel=2)
+        from hcast import engine
+
+        return engine.resolve_amp_dtype(device, amp)
+    return resolve_precision(args.precision or "auto", device)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -686,6 +714,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segment", default=None, metavar="OUT.png", help="write the segmentation picture")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the predictions as JSON")
+    _add_precision(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -774,7 +803,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images, segments, data_cfg, read = _load_images(args.images, model, method, num_segments)
     if images is None:
         raise UsageError(f"none of the {len(args.images)} IMAGE arguments could be read (see above).")
-    results = predict_paths(model, images.to(device), segments.to(device), taxonomy, top_k=args.top_k)
+    import torch
+
+    dtype = _inference_dtype(args, device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        results = predict_paths(model, images.to(device), segments.to(device), taxonomy, top_k=args.top_k)
     for path, rows in zip(read, results):
         print(f"{path}:")
         for rank, row in enumerate(rows, 1):
@@ -877,11 +910,54 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a CAST / H-CAST model as one graph: ONNX or a torch.export program",
+        description=(
+            "Export MODEL taking (images (B,3,H,W) float32, segments (B,H,W) int64) with a dynamic batch "
+            "dimension, in the fixed-budget mode (--max-tokens superpixel tokens, padded ones masked out) and "
+            "without value checks. Superpixels are computed outside the graph; see docs/deployment.md."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torch-export"))
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="the file to write (.onnx or .pt2)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="superpixel token budget, above the largest id (default: the model's num_segments, 196)")
+    p.add_argument("--img-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input size of the graph (default: the model's)")
+    p.add_argument("--no-pretrained", action="store_true", help="a registry MODEL with random weights")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hcast.export import export_model
+
+    with user_input(f"model {args.model!r}"):
+        model, _, _, weights = load_model_for_inference(args.model, "cpu", None, not args.no_pretrained)
+    from hcast.models import CAST
+
+    if not isinstance(model, CAST):
+        raise UsageError(f"hcast export: {args.model!r} is a {type(model).__name__}; export takes CAST / H-CAST "
+                         "models (a Hier-ViT exports as any timm ViT, with torch.export or torch.onnx directly).")
+    with user_input("--max-tokens / --img-size"):
+        path = export_model(model, args.output, args.format, max_tokens=args.max_tokens,
+                            img_size=tuple(args.img_size) if args.img_size else None)
+    print(weights)
+    print(f"exported {args.model} as {args.format} to {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``hcast`` argument parser (sub-commands finetune, evaluate, predict, convert, push)."""
+    """The ``hcast`` argument parser (sub-commands finetune, evaluate, predict, convert, push, export)."""
     from hcast import __version__
 
     parser = argparse.ArgumentParser(
@@ -891,7 +967,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hcast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_finetune, _add_evaluate, _add_predict, _add_convert, _add_push):
+    for add in (_add_finetune, _add_evaluate, _add_predict, _add_convert, _add_push, _add_export):
         add(sub)
     return parser
 

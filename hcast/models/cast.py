@@ -51,6 +51,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, get_pretrained_cf
 from timm.models._features import feature_take_indices
 from timm.models._pretrained import PretrainedCfg
 from timm.models.vision_transformer import Block, global_pool_nlc
+from torch.utils.checkpoint import checkpoint
 
 from hcast.models.factory import FromPretrainedMixin
 from hcast.ops import farthest_point_sampling, superpixel_pool
@@ -198,7 +199,7 @@ class ConvStem(nn.Module):
         batch, _, height, width = x.shape
         per_image = self.proj[0].out_channels * -(-height // 2) * -(-width // 2) * x.element_size()
         chunk = max(1, self.chunk_bytes // max(per_image, 1))
-        if chunk >= batch:
+        if torch.compiler.is_compiling() or chunk >= batch:  # one graph: no batch-dependent split
             x = strided(x)
         else:
             x = torch.cat([strided(part) for part in x.split(chunk)])
@@ -212,7 +213,8 @@ class AssignmentBlock(nn.Module):
 
     Shapes:
         (B, N, C) -> (B, N, C). All N tokens attend to each other (padded ones too, as in
-        the original).
+        the original) unless ``padding_mask`` (B, N) bool is given: then padded tokens are
+        neither attended to nor part of the mean (fixed-budget mode, ``max_tokens``).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
@@ -222,9 +224,15 @@ class AssignmentBlock(nn.Module):
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.bias = nn.Parameter(torch.zeros(dim).normal_(0, 1e-2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm(x))
-        return x - x.mean(dim=1, keepdim=True) + self.bias
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if padding_mask is None:
+            x = x + self.attn(self.norm(x))
+            return x - x.mean(dim=1, keepdim=True) + self.bias
+        keep = ~padding_mask
+        x = x + self.attn(self.norm(x), attn_mask=keep[:, None, None, :])
+        weights = keep.unsqueeze(-1).to(x.dtype)
+        mean = (x * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+        return x - mean + self.bias
 
 
 class GraphPooling(nn.Module):
@@ -274,16 +282,22 @@ class GraphPooling(nn.Module):
             self.fc2 = nn.Linear(dim * 4, dim)
 
     @torch.no_grad()
-    def sample_centroids(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    def sample_centroids(self, tokens: torch.Tensor, padding_mask: torch.Tensor,
+                         validate_args: bool = True) -> torch.Tensor:
         """FPS centroid indices (B, K) int64 in ``[0, N)`` for tokens (B, N, C) with
-        padding mask (B, N) bool (True = padded)."""
+        padding mask (B, N) bool (True = padded).
+
+        Padded tokens are replaced by the start point (the mean of the valid tokens):
+        their distance to the sampled set is exactly 0, so FPS picks one only once every
+        valid token is taken, and then it picks the start point first (first maximum),
+        which the fallback below replaces. A padded token is never a centroid."""
         valid = (~padding_mask).unsqueeze(-1).to(tokens.dtype)
         mean = (tokens * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
         filled = torch.where(padding_mask.unsqueeze(-1), mean, tokens)
         points = torch.cat([mean, filled], dim=1).to(torch.float64)
         num_points = points.shape[1]
         num_samples = self.num_clusters + 1
-        inds = farthest_point_sampling(points, min(num_samples, num_points), 0)
+        inds = farthest_point_sampling(points, min(num_samples, num_points), 0, validate_args=validate_args)
         if num_samples > num_points:  # more clusters than tokens: FPS would repeat the start
             inds = F.pad(inds, (0, num_samples - num_points), value=0)
         inds = inds[:, 1:] - 1
@@ -293,28 +307,35 @@ class GraphPooling(nn.Module):
         return torch.where(inds < 0, fallback[:, None], inds)
 
     def forward(self, cls_token: torch.Tensor, tokens: torch.Tensor,
-                padding_mask: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
-                                                     torch.Tensor, torch.Tensor]:
+                padding_mask: torch.Tensor, masked: bool = False, validate_args: bool = True
+                ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Pool tokens into centroids.
 
         Args:
             cls_token (Tensor[B, 1, C]): the class token.
             tokens (Tensor[B, N, C]): the tokens to cluster.
             padding_mask (Tensor[B, N], bool): True where a token is padding.
+            masked: keep padded tokens out of the assignment attention, its mean and the
+                averaging into centroids (fixed-budget mode); False: they take part, as
+                in the original. FPS never picks them either way.
+            validate_args: passed to :func:`hcast.ops.farthest_point_sampling` (False: no
+                finiteness check, no host sync).
 
         Returns:
             ``(cls_token, centroids, logits, sampled)``: the updated class token
             (B, 1, C), the centroids (B, K, C) (both None without ``update_centroids``),
             the assignment logits (B, N, K) and the FPS token indices (B, K) int64.
         """
-        sampled = self.sample_centroids(tokens, padding_mask)
+        sampled = self.sample_centroids(tokens, padding_mask, validate_args)
         gather_index = sampled.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-        embedded = self.assign(tokens)
+        embedded = self.assign(tokens, padding_mask if masked else None)
         centroid_embedded = torch.gather(embedded, 1, gather_index)
         logits = 5 * F.normalize(embedded, dim=-1) @ F.normalize(centroid_embedded, dim=-1).transpose(1, 2)
         if not self.update_centroids:
             return None, None, logits, sampled
         assignments = logits.softmax(dim=-1)  # (B, N, K)
+        if masked:  # padded tokens carry no mass into any centroid
+            assignments = assignments.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         hidden = self.drop(self.act(self.fc1(self.fc1_norm(torch.cat([cls_token, tokens], dim=1)))))
         cls_hidden, token_hidden = hidden[:, :1], hidden[:, 1:]
         pooled = assignments.transpose(1, 2) @ token_hidden / assignments.sum(dim=1).unsqueeze(-1)
@@ -332,10 +353,19 @@ class CASTStage(nn.Module):
         self.pool = pool
         self.grad_checkpointing = False
 
-    def forward_blocks(self, cls_x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, cls_x)
-        return self.blocks(cls_x)
+    def forward_blocks(self, cls_x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the blocks on (B, 1 + N, C); ``attn_mask`` (B, 1, 1, 1 + N) bool, True
+        where a key may be attended to (fixed-budget mode), None: every token."""
+        if attn_mask is None:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                return checkpoint_seq(self.blocks, cls_x)
+            return self.blocks(cls_x)
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                cls_x = checkpoint(block, cls_x, attn_mask, use_reentrant=False)
+            else:
+                cls_x = block(cls_x, attn_mask=attn_mask)
+        return cls_x
 
 
 def sincos_2d_pos_embed(grid_size: Tuple[int, int], dim: int, temperature: float = 10000.) -> torch.Tensor:
@@ -463,6 +493,18 @@ class CAST(FromPretrainedMixin, nn.Module):
         feature_paint: how :meth:`forward_intermediates` (and ``features_only=True``)
             paints region tokens on the stem grid, ``'soft'`` or ``'hard'``
             (:func:`paint_tokens`).
+        max_tokens: ``None`` (the default, as the original and the released checkpoints):
+            the number of superpixel tokens is the largest id in the batch plus one, and
+            padded tokens (ids with no grid cell) take part in the first stage's attention
+            and pooling, so an image's outputs depend on the images batched with it. An
+            int: the fixed token budget of the *fixed-budget mode*: every image gets
+            ``max_tokens`` tokens, padded and empty ones are masked out of attention, the
+            assignment block's mean and the averaging into centroids (FPS never picks them
+            in either mode); an image's outputs no longer depend on its batch and equal
+            the default mode's for that image evaluated alone (when each of its ids owns a
+            grid cell); shapes are static (one graph: ``torch.compile(fullgraph=True)``,
+            ``torch.export``, ONNX). Ids must be ``< max_tokens`` (checked with
+            ``validate_args``). Also an attribute, ``model.max_tokens``.
 
     Inputs:
         images (Tensor[B, in_chans, H, W], float): normalised with the ``pretrained_cfg``
@@ -503,9 +545,15 @@ class CAST(FromPretrainedMixin, nn.Module):
             norm_layer: Optional[Callable[..., nn.Module]] = None,
             validate_args: bool = True,
             feature_paint: str = "soft",
+            max_tokens: Optional[int] = None,
     ) -> None:
         super().__init__()
         _check_num_classes(num_classes)
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise ValueError(f"max_tokens must be None or an int >= 1 (the superpixel token budget, "
+                             f"above the largest superpixel id), got {max_tokens!r}.")
+        self.max_tokens = max_tokens
         if len(depths) != _NUM_STAGES or len(num_clusters) != _NUM_STAGES:
             raise ValueError(
                 f"depths and num_clusters must have {_NUM_STAGES} entries (one per stage), got "
@@ -669,6 +717,18 @@ class CAST(FromPretrainedMixin, nn.Module):
                                  f"hcast.ops.resize_segments(segments, {tuple(images.shape[-2:])}).")
         if self.validate_args:
             check_finite("images", images)
+            if segments is not None and self.max_tokens is not None:
+                self._check_budget(segments)
+
+    def _check_budget(self, segments: torch.Tensor) -> None:
+        """Ids in ``[0, max_tokens)`` (fixed-budget mode; one pass and a host sync)."""
+        low, high = int(segments.min()), int(segments.max())
+        if low < 0 or high >= self.max_tokens:
+            raise ValueError(
+                f"segments must hold superpixel ids in [0, max_tokens) = [0, {self.max_tokens}) in the "
+                f"fixed-budget mode, got ids in [{low}, {high}]; compute fewer superpixels, relabel "
+                f"the ids to 0..S-1 (torch.unique(..., return_inverse=True)), or build the model with "
+                f"max_tokens >= {high + 1}.")
 
     def _pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
         """Position embedding (1, 1 + h*w, C) for a (h, w) grid, resampled if needed."""
@@ -689,7 +749,10 @@ class CAST(FromPretrainedMixin, nn.Module):
         # Pooling is linear, so pooling features + position embedding at once equals the
         # original's two poolings.
         x = x + pos_embed[:, 1:].reshape(1, height, width, channels)
-        tokens, padding_mask = superpixel_pool(x, segments)
+        if self.max_tokens is None:
+            tokens, padding_mask = superpixel_pool(x, segments, validate_args=self.validate_args)
+        else:  # ids checked at the boundary (_check_inputs): no host sync here
+            tokens, padding_mask = superpixel_pool(x, segments, self.max_tokens, validate_args=False)
         cls_token = (self.cls_token + pos_embed[:, :1]).expand(batch, -1, -1)
         return cls_token, self.pos_drop(tokens), padding_mask
 
@@ -711,25 +774,42 @@ class CAST(FromPretrainedMixin, nn.Module):
             ``stage_tokens``: list of 4 (B, 1 + N_l, C) outputs of each stage's blocks
             (class token first; not normalised).
         """
-        self._check_inputs(images, segments)
-        if segments is None:
-            segments = self.superpixels(images)
-        cls_token, x, padding_mask = self.embed(images, segments.to(images.device))
+        segments = self._segments(images, segments)
+        cls_token, x, padding_mask = self.embed(images, segments)
         mask = padding_mask
+        attn_mask = self._attn_mask(padding_mask)
         class_tokens, logits, sampled, stage_tokens = [], [], [], []
         cls_x = None
         for i, stage in enumerate(self.stages):
-            cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1))
+            cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1), attn_mask if i == 0 else None)
             class_tokens.append(cls_x[:, 0])
             stage_tokens.append(cls_x)
             if i < num_pools:
-                cls_token, x, logit, inds = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask)
+                cls_token, x, logit, inds = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask, i == 0 and attn_mask is not None,
+                                                       self.validate_args)
                 logits.append(logit)
                 sampled.append(inds)
                 if x is not None:
                     mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
         return dict(segments=segments, class_tokens=class_tokens, tokens=cls_x, logits=logits,
                     sampled=sampled, padding_mask=padding_mask, stage_tokens=stage_tokens)
+
+    def _segments(self, images: torch.Tensor, segments: Optional[torch.Tensor]) -> torch.Tensor:
+        """Checked superpixel ids on the images' device (computed if None)."""
+        self._check_inputs(images, segments)
+        if segments is None:
+            segments = self.superpixels(images)
+            if self.max_tokens is not None:
+                self._check_budget(segments)
+        return segments.to(images.device)
+
+    def _attn_mask(self, padding_mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """Fixed-budget mode: (B, 1, 1, 1 + S) bool, True for the class token and the
+        superpixel tokens that own a grid cell; None in the default mode."""
+        if self.max_tokens is None:
+            return None
+        keep = torch.cat([padding_mask.new_ones(padding_mask.shape[0], 1), ~padding_mask], dim=1)
+        return keep[:, None, None, :]
 
     def _features(self, stage_tokens: Sequence[torch.Tensor]) -> Any:
         """What :meth:`forward_features` returns, from the stages' outputs."""
@@ -812,18 +892,16 @@ class CAST(FromPretrainedMixin, nn.Module):
         except AssertionError as error:
             raise ValueError(f"indices must pick stages in [-{len(self.stages)}, {len(self.stages)}), got "
                              f"{indices!r}.") from error
-        self._check_inputs(images, segments)
-        if segments is None:
-            segments = self.superpixels(images)
-        segments = segments.to(images.device)
+        segments = self._segments(images, segments)
         cls_token, x, mask = self.embed(images, segments)
+        attn_mask = self._attn_mask(mask)
         grid_ids = resize_segments(segments, (images.shape[-2] // 8, images.shape[-1] // 8))
         run_to = max_index if stop_early or intermediates_only else len(self.stages) - 1
         logits: List[torch.Tensor] = []
         stage_tokens, intermediates = [], []
         for i in range(run_to + 1):
             stage = self.stages[i]
-            cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1))
+            cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1), attn_mask if i == 0 else None)
             stage_tokens.append(cls_x)
             if i in take_indices:
                 y = self.norm(cls_x) if norm else cls_x
@@ -832,7 +910,8 @@ class CAST(FromPretrainedMixin, nn.Module):
                     feature = paint_tokens(feature, grid_ids, logits, paint)
                 intermediates.append((feature, y[:, :self.num_prefix_tokens]) if return_prefix_tokens else feature)
             if i < run_to:
-                cls_token, x, logit, _ = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask)
+                cls_token, x, logit, _ = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask, i == 0 and attn_mask is not None,
+                                                    self.validate_args)
                 logits.append(logit)
                 mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
         if intermediates_only:

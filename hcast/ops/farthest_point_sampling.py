@@ -75,9 +75,10 @@ def _rescale_huge(points: torch.Tensor) -> torch.Tensor:
     # (2 M)^2 * C stays below 2**1020 for M below this bound.
     bound = 2.0 ** ((1020 - 2 - max(channels - 1, 1).bit_length()) // 2)
     peak = points.detach().abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-    exponent = torch.frexp(peak).exponent  # peak < 2**exponent
-    scale = torch.where(peak > bound, torch.ldexp(torch.ones_like(peak), -exponent),
-                        torch.ones_like(peak))
+    # 2**-(floor(log2 peak) + 1): a power of two (exp2 of a whole number is exact), so the
+    # scaling is exact; log2 / exp2 rather than frexp, which ONNX has no op for.
+    exponent = torch.floor(torch.log2(peak)) + 1.0
+    scale = torch.where(peak > bound, torch.exp2(-exponent), torch.ones_like(peak))
     return points * scale
 
 
@@ -106,6 +107,11 @@ def farthest_point_sampling(
         Tensor[B, num_samples], int64: indices into dimension 1 of ``points``; column 0
         is ``start_idx``.
 
+    Inside ``torch.compile`` / ``torch.export`` the op runs DGL's loop over the fixed
+    sample count (:func:`_farthest_point_sampling_reference`: no host sync, no
+    data-dependent branch, the same indices). Autocast is off inside the op, so the
+    indices under ``torch.autocast`` are the float64 ones.
+
     On CUDA tensors one Triton launch samples the whole batch. Elsewhere distances come
     from one batched Gram matrix and near ties are re-checked with DGL's channel-ordered
     float64 sums, which returns the same indices as the plain loop at a fraction of its
@@ -123,11 +129,17 @@ def farthest_point_sampling(
             (with ``validate_args``), or ``num_samples`` / ``start_idx`` are out of range.
     """
     num_samples, start_idx = _check_inputs(points, num_samples, start_idx, validate_args)
-    points = _rescale_huge(points.detach())
-    # The Triton kernel holds a cloud's distances in registers: one block of points.
-    if points.is_cuda and _triton.available() and points.shape[1] <= _triton.MAX_FPS_POINTS:
-        return _triton.farthest_point_sampling(points, num_samples, start_idx)
-    return _farthest_point_sampling_torch(points, num_samples, start_idx)
+    # Autocast would run the Gram matrix in bfloat16/float16 and change the picks: DGL's
+    # indices need float64 distances, so autocast is switched off here.
+    with torch.autocast(points.device.type, enabled=False):
+        points = _rescale_huge(points.detach())
+        if torch.compiler.is_compiling():
+            # Inside torch.compile / torch.export: no host sync, no data-dependent branch.
+            return _farthest_point_sampling_reference(points, num_samples, start_idx)
+        # The Triton kernel holds a cloud's distances in registers: one block of points.
+        if points.is_cuda and _triton.available() and points.shape[1] <= _triton.MAX_FPS_POINTS:
+            return _triton.farthest_point_sampling(points, num_samples, start_idx)
+        return _farthest_point_sampling_torch(points, num_samples, start_idx)
 
 
 # Candidates whose distances the Gram-matrix shortcut cannot separate are resolved
@@ -197,7 +209,7 @@ def _channel_ordered_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     the channels in order (a plain ``.sum()`` reduces pairwise and can round differently).
     """
     diff = a - b
-    return diff.mul_(diff).cumsum(dim=-1)[..., -1]
+    return (diff * diff).cumsum(dim=-1)[..., -1]
 
 
 def _resolve_exactly(
@@ -230,15 +242,16 @@ def _farthest_point_sampling_reference(
     """Reference path: DGL's loop, vectorised over batch and points, one (B, N, C)
     channel-ordered distance pass per sample."""
     points = points.detach().to(torch.float64)
-    batch, num_points, _ = points.shape
-    batch_index = torch.arange(batch, device=points.device)
-    samples = torch.empty(batch, num_samples, dtype=torch.long, device=points.device)
-    samples[:, 0] = start_idx
-    current = samples[:, 0]
+    batch, num_points, channels = points.shape
+    # A loop over the fixed sample count of gathers, minima and argmaxes: no host sync and
+    # no data-dependent shape, so torch.compile, torch.export and ONNX take it as it is.
+    current = torch.full((batch,), start_idx, dtype=torch.long, device=points.device)
+    picks = [current]
     min_dist = None
-    for i in range(1, num_samples):
-        dist = _channel_ordered_sq_dist(points, points[batch_index, current][:, None, :])
+    for _ in range(1, num_samples):
+        selected = torch.gather(points, 1, current.view(batch, 1, 1).expand(batch, 1, channels))
+        dist = _channel_ordered_sq_dist(points, selected)
         min_dist = dist if min_dist is None else torch.minimum(min_dist, dist)
         current = min_dist.argmax(dim=1)  # torch documents: first maximal index
-        samples[:, i] = current
-    return samples
+        picks.append(current)
+    return torch.stack(picks, dim=1)

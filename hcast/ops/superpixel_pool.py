@@ -70,8 +70,9 @@ def superpixel_pool(
         num_segments: the number of tokens ``S`` to return. ``None`` (the default, as
             CAST) uses the largest resized id over the whole batch plus one.
         validate_args: check that the ids are >= 0 and, with ``num_segments``, below it
-            (a host sync); shape, dtype, batch and device checks always run. With False,
-            out-of-range ids are undefined behaviour of ``index_add``.
+            (a host sync); shape, dtype, batch and device checks always run. With False
+            (and ``num_segments`` given) there is no host sync and no data-dependent
+            shape; out-of-range ids are then undefined behaviour of the scatter.
 
     Returns:
         A tuple ``(tokens, padding_mask)``:
@@ -106,7 +107,9 @@ def superpixel_pool(
                 f"the feature grid), got id {max_id}; pass num_segments={max_id + 1} or "
                 f"None, or relabel the ids."
             )
-    if features.is_cuda and _triton.available():
+    # Inside torch.compile / torch.export the scatter path is traced (the compiler
+    # generates its own kernel); eagerly, CUDA tensors take the Triton kernel.
+    if features.is_cuda and _triton.available() and not torch.compiler.is_compiling():
         return _triton.superpixel_pool(features, segments, num_segments)
     return _superpixel_pool_torch(features, segments, num_segments)
 
@@ -114,14 +117,20 @@ def superpixel_pool(
 def _superpixel_pool_torch(
     features: torch.Tensor, segments: torch.Tensor, num_segments: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference path: one ``index_add`` of all B*H*W cells into B*S bins."""
-    batch, _, _, channels = features.shape
-    offsets = torch.arange(batch, device=segments.device).mul_(num_segments)
-    flat_ids = (segments.reshape(batch, -1) + offsets[:, None]).reshape(-1)
-    sums = features.new_zeros(batch * num_segments, channels).index_add(
-        0, flat_ids, features.reshape(-1, channels)
-    )
-    counts = torch.bincount(flat_ids, minlength=batch * num_segments)
-    tokens = sums / counts.clamp(min=1).to(features.dtype)[:, None]
-    padding_mask = counts == 0
-    return tokens.view(batch, num_segments, channels), padding_mask.view(batch, num_segments)
+    """Reference path: one scatter-add of all B*H*W cells into B*S bins.
+
+    A scatter with a sum reduction (not ``index_add`` and ``bincount``, whose output size
+    depends on the values) keeps the shapes static, so torch.compile, torch.export and
+    ONNX (``ScatterElements`` with ``reduction="add"``) take it as it is; the sums run in
+    index order, as ``index_add``'s.
+    """
+    batch, height, width, channels = features.shape
+    flat = features.reshape(batch, height * width, channels)
+    ids = segments.reshape(batch, height * width, 1)
+    sums = flat.new_zeros(batch, num_segments, channels).scatter_add(
+        1, ids.expand(-1, -1, channels), flat)
+    counts = flat.new_zeros(batch, num_segments, 1).scatter_add(
+        1, ids, torch.ones_like(ids, dtype=flat.dtype))
+    tokens = sums / counts.clamp(min=1)
+    padding_mask = counts[..., 0] == 0
+    return tokens, padding_mask
