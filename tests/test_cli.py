@@ -80,7 +80,8 @@ def test_finetune_writes_a_timm_folder_and_resumes(trained, capsys):
 
     out, first = trained
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoint-latest.pth", "config.json", "log.jsonl", "model.safetensors", "taxonomy.json"]
+    assert names == ["checkpoint-latest.pth", "config.json", "finetune_config.json", "learning_curves.png", "log.jsonl",
+                     "model.safetensors", "taxonomy.json"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2]  # the resumed run went on at epoch 2
     assert log[1]["train"]["num_updates"] == 8  # 4 updates per epoch, counted across the resume
@@ -299,12 +300,12 @@ def test_a_model_that_is_nothing_names_every_kind_it_tried(tmp_path, capsys):
 def test_a_library_bug_keeps_its_traceback(trained, monkeypatch):
     """Exit status 2 and one line are for the user's mistakes; a ValueError from inside hcast
     (here: the evaluation loop) is not turned into one."""
-    import hcast.engine
+    import hcast.train
 
     def broken(*args, **kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(hcast.engine, "evaluate", broken)
+    monkeypatch.setattr(hcast.train, "evaluate", broken)
     with pytest.raises(ValueError, match="internal invariant"):
         main(["evaluate", str(trained[0]), "fashion-mnist", "--num-samples", "4", "--workers", "0",
               "--device", "cpu", "--no-progress"])

@@ -16,6 +16,7 @@ import hcast
 # old module paths kept for one release; each warns when imported (tested where it moved)
 DEPRECATED = {
     "hcast.convert",
+    "hcast.engine",
     "hcast.hierarchy.datasets",
     "hcast.hierarchy.better_mistakes",
     "hcast.hierarchy.hier",
