@@ -76,7 +76,9 @@ class FinetuneConfig:
             augmentation, ``scale_min=1``).
         superpixel_method, num_segments: ``None``: the model's ``pretrained_cfg``.
 
-    Run:
+    Run settings:
+
+    Attributes:
         amp: ``"auto"`` (bf16/fp16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"``, ``"off"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         workers: DataLoader worker processes per process.
@@ -157,6 +159,9 @@ class FinetuneConfig:
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", "0 (off) or a decay in (0, 1)")
         need(self.repeated_aug >= 0, "repeated_aug", "0 (off) or a repeat count")
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup", "mixup and cutmix alphas >= 0")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(f"batch_size: expected an even batch size with mixup/cutmix (timm's Mixup pairs each "
+                             f"image with its mirror in the batch), got {self.batch_size}.")
         need(self.superpixels in _SUPERPIXEL_MODES, "superpixels", f"one of {_SUPERPIXEL_MODES}")
         need(self.amp in _AMP, "amp", f"one of {_AMP}")
         need(self.workers >= 0, "workers", ">= 0")

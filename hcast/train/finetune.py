@@ -97,7 +97,8 @@ class TransformedDataset(Dataset):
         return self.transform(image), label
 
     def __getattr__(self, name: str) -> Any:  # targets, classes, ... of the wrapped dataset
-        if name in ("dataset", "transform"):
+        # never dunders: DataLoader would fetch untransformed items through a wrapped __getitems__
+        if name in ("dataset", "transform") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
