@@ -337,7 +337,8 @@ def finetune(
         eval_updates = (config.epochs - start_epoch) * len(val_data) / (config.batch_size * ctx.world_size * 2.5)
         budget = TimeBudget(max(config.time_budget * 60 - cache_seconds, 1.0), config.epochs * steps_per_epoch,
                             scheduler, warmup_updates=warmup_updates, reserve_updates=eval_updates + 5,
-                            sync=ctx.distributed, start_update=num_updates)
+                            # re-plan often: on a shared machine a slow start must not fix a short schedule
+                            replan_every=20, sync=ctx.distributed, start_update=num_updates)
     metrics: Dict[str, Any] = history[-1]["val"] if history else {}
     stopped_early = False
     train_start = time.perf_counter()
