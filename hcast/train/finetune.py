@@ -352,6 +352,12 @@ def finetune(
             progress=show_progress, world_size=ctx.world_size, should_stop=budget, model_ema=model_ema,
         )
         num_updates = stats["num_updates"]
+        if ctx.distributed:
+            # BatchNorm running statistics moved apart in the last step's local forward (DDP
+            # broadcasts buffers only at the start of a forward): evaluate, on every rank, the
+            # buffers rank 0 saves
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         out_of_budget = budget is not None and budget(num_updates)
         judged = model_ema.module if (model_ema is not None and config.ema_eval) else model
         metrics = evaluate(judged, val_loader, taxonomy, ctx.device, superpixel_fn=superpixel_fn, amp_dtype=amp_dtype)
