@@ -1,4 +1,4 @@
-"""Fine-tune H-CAST on your own images and class tree, with hcast's engine.
+"""Fine-tune H-CAST on your own images and class tree, with hcast.train's pieces.
 
 Your data: one sub-folder per fine class (optionally inside ``train/`` and ``val/``), and
 the class tree either as a taxonomy JSON (``Taxonomy.save``) or as a CSV with one line
@@ -30,7 +30,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 import hcast  # noqa: F401  (registers the hcast models with timm)
-from hcast import engine
+from hcast import train as engine
 from hcast.data import WithSuperpixels, create_train_val_datasets, create_transform
 from hcast.hierarchy import Taxonomy
 from hcast.hierarchy.losses import HCASTLoss

@@ -14,6 +14,8 @@ docs/architecture.md):
 * :mod:`hcast.hierarchy`: taxonomies, hierarchical losses, metrics, decoding, mixup.
 * :mod:`hcast.metric_learning`: HIER and Recall@K.
 * :mod:`hcast.data`: the papers' benchmarks, Fashion-MNIST, image folders, transforms.
+* :mod:`hcast.train` (imported on demand: ``import hcast.train``): fine-tuning as a library,
+  ``hcast.train.finetune`` with a ``FinetuneConfig`` and the authors' recipes.
 """
 __version__ = "0.1.0"
 

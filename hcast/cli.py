@@ -30,7 +30,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 __all__ = ["main", "build_parser", "load_model", "load_model_for_inference", "load_taxonomy", "UsageError"]
 
 CHECKPOINT_NAME = "checkpoint-latest.pth"
-LOG_NAME = "log.jsonl"
 
 
 # ----------------------------------------------------------------------------- user errors
@@ -208,11 +207,6 @@ def _data_config(model: Any) -> Dict[str, Any]:
     return resolve_data_config({}, model=model)
 
 
-# What `hcast finetune` validates with (hcast.data.create_transform: the whole image resized
-# to the input size), written into its folders so `hcast evaluate` uses the same transform.
-_WHOLE_IMAGE = {"crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bilinear"}
-
-
 def _is_registry_name(source: str) -> bool:
     from timm.models import is_model
 
@@ -263,90 +257,180 @@ def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[s
 # ----------------------------------------------------------------------------- finetune
 
 
+def _optional(kind: Any):
+    """An argparse type that reads ``none`` as ``None`` (e.g. ``--eval-crop-pct none``)."""
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "off") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from hcast.train import FinetuneConfig, list_recipes
+
+    defaults = FinetuneConfig()
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a hierarchical classifier on an image folder or Fashion-MNIST",
+        help="fine-tune a hierarchical classifier on a benchmark, an image folder or Fashion-MNIST",
         description=(
-            "Fine-tune an H-CAST (or Hier-ViT) model: AdamW, cosine schedule with warm-up, AMP on CUDA, "
-            "gradient clipping, optional hierarchical mixup/cutmix, the H-CAST loss (per-level CE + "
-            "tree-path KL). Writes OUTPUT/config.json + model.safetensors (timm-loadable with "
+            "Fine-tune an H-CAST (or Hier-ViT) model with hcast.train.finetune: timm's data pipeline (random resized "
+            "crop, flip, RandAugment, random erasing), superpixels of the augmented image, hierarchical "
+            "mixup/cutmix, EMA, repeated augmentation, AdamW with a cosine schedule, the H-CAST loss (per-level CE + "
+            "tree-path KL). --recipe NAME starts from a named preset (the H-CAST authors' runs, docs/training.md); "
+            "any flag overrides it; --print-config shows the result and exits. Writes OUTPUT/config.json + "
+            "model.safetensors (the best epoch by validation FPA; timm-loadable with "
             "timm.create_model('local-dir:OUTPUT', pretrained=True)), OUTPUT/checkpoint-latest.pth (for --resume), "
-            "OUTPUT/taxonomy.json and OUTPUT/log.jsonl. Run under torchrun for DDP."
+            "taxonomy.json, finetune_config.json (the resolved config), log.jsonl and learning_curves.png. "
+            "Run under torchrun for DDP."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+
+    def add(group: Any, flag: str, help: str, *aliases: str, **kw: Any) -> None:
+        # config flags: absent unless given (argparse.SUPPRESS), so a recipe's value stays unless overridden
+        dest = kw.pop("dest", flag.lstrip("-").replace("-", "_"))
+        default = getattr(defaults, dest)
+        group.add_argument(flag, *aliases, dest=dest, default=argparse.SUPPRESS,
+                           help=f"{help} (config.{dest}; default without a recipe: {default})", **kw)
+
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", default=None, choices=list_recipes(),
+                   help="start from a named preset: every hyper-parameter of the H-CAST authors' run on a benchmark, "
+                        "Hier-ViT's, or the main job's (fashion-mnist); flags override it")
+    g.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="hcast_tiny", help="timm model name, hf-hub: id or folder")
-    g.add_argument("--pretrained", action="store_true", help="start from the model's pretrained weights")
+    g.add_argument("--model", default=None, help="timm model name, hf-hub: id or folder (default: the recipe's, "
+                   "else hcast_tiny)")
+    g.add_argument("--pretrained", action="store_true", default=None,
+                   help="start from the model's pretrained weights (a recipe for a benchmark sets it)")
+    g.add_argument("--no-pretrained", action="store_false", dest="pretrained", help="start from random weights")
     g.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="more timm.create_model arguments, e.g. drop_rate=0.1 depths='[1,1,1,1]' (values read as JSON when they parse)")
     g.add_argument("--initial-checkpoint", default=None, help="a checkpoint file to start from (original format or safetensors)")
-    g.add_argument("--data", required=True, help="a benchmark (breeds-living17, breeds-nonliving26, breeds-entity13, "
+    g.add_argument("--data", default=None, help="a benchmark (breeds-living17, breeds-nonliving26, breeds-entity13, "
                    "breeds-entity30, cub200, fgvc-aircraft, inat21-mini, imagenet-1k, cifar100), 'fashion-mnist' or a "
-                   "folder with one sub-folder per fine class")
+                   "folder with one sub-folder per fine class (required unless --print-config)")
     g.add_argument("--data-root", default=None,
                    help="a benchmark's folder in its native layout; Fashion-MNIST: a folder with the IDX files")
     g.add_argument("--taxonomy", default=None, help="taxonomy JSON (Taxonomy.save); default for fashion-mnist: 10 garments -> 5 groups")
-    g.add_argument("--output", "-o", required=True, help="output folder")
-    g.add_argument("--input-size", type=int, default=None, help="image side in pixels (default: the model's)")
+    g.add_argument("--output", "-o", default=None, help="output folder (required unless --print-config)")
     g.add_argument("--train-samples", type=int, default=None, help="class-balanced training subset size (default: all)")
     g.add_argument("--val-samples", type=int, default=None, help="validation subset size (fashion-mnist default 1000, held out of train)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="image folder without train/ val/: share held out")
-    g.add_argument("--scale-min", type=float, default=0.7, help="random resized crop: smallest area fraction")
+    add(g, "--input-size", "image side in pixels (none: the model's)", type=_optional(int))
+    g = p.add_argument_group("augmentation (timm.data.create_transform)")
+    add(g, "--scale-min", "random resized crop: smallest area fraction", type=float)
+    add(g, "--hflip", "horizontal flip probability", type=float)
+    add(g, "--auto-augment", "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (none: off)", "--aa",
+        type=_optional(str))
+    add(g, "--color-jitter", "color jitter strength (timm skips it under --auto-augment)", type=_optional(float))
+    add(g, "--train-interpolation", "bilinear | bicubic | random", type=str)
+    add(g, "--reprob", "random erasing probability", type=float)
+    add(g, "--remode", "random erasing mode (pixel | rand | const)", type=str)
+    add(g, "--recount", "random erasing count", type=int)
+    add(g, "--eval-crop-pct", "validation center crop fraction (none: the whole image, no crop)", type=_optional(float))
+    add(g, "--mixup", "mixup alpha (0: off)", type=float)
+    add(g, "--cutmix", "cutmix alpha (0: off)", type=float)
+    add(g, "--mixup-prob", "probability of mixing a batch", type=float)
+    add(g, "--mixup-switch-prob", "probability of cutmix instead of mixup", type=float)
+    add(g, "--repeated-aug", "repeats per image per epoch (timm RepeatAugSampler; 0: off)", type=int)
     g = p.add_argument_group("superpixels")
-    g.add_argument("--superpixels", choices=("loader", "device", "cache"), default="loader",
-                   help="compute superpixels in the DataLoader workers, batched on the training device (torch_slic), "
-                        "or once before training and kept in memory (cache: flip-only augmentation, --scale-min 1)")
-    g.add_argument("--superpixel-method", default=None, help="seeds | slic | torch_slic (default: the model's)")
-    g.add_argument("--num-segments", type=int, default=None, help="superpixels per image (default: the model's)")
+    add(g, "--superpixels", "compute superpixels in the DataLoader workers on the augmented image, batched on the "
+        "training device (torch_slic), or once before training and kept in memory (cache: flip-only augmentation, "
+        "--scale-min 1)", choices=("loader", "device", "cache"))
+    add(g, "--superpixel-method", "seeds | slic | torch_slic (none: the model's)", type=_optional(str))
+    add(g, "--num-segments", "superpixels per image (none: the model's)", type=_optional(int))
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", "-b", type=int, default=64, help="per process")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    g.add_argument("--min-lr", type=float, default=1e-5)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
-    g.add_argument("--warmup-lr", type=float, default=1e-5)
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
-    g.add_argument("--kl-weight", type=float, default=0.5, help="weight of H-CAST's tree-path KL term")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
-    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
-    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="auto: bf16/fp16 on CUDA, off on CPU")
+    add(g, "--epochs", "passes over the training set", type=int)
+    add(g, "--batch-size", "images per process and step", "-b", type=int)
+    add(g, "--lr", "peak learning rate", type=float)
+    add(g, "--lr-base-batch", "scale --lr by global batch / this (DeiT; none: no scaling)", type=_optional(int))
+    add(g, "--min-lr", "learning rate at the end of the cosine", type=float)
+    add(g, "--warmup-epochs", "linear warm-up length in epochs", type=float)
+    add(g, "--warmup-lr", "learning rate at the first update", type=float)
+    add(g, "--weight-decay", "AdamW weight decay", type=float)
+    add(g, "--opt", "timm.optim optimizer name", type=str)
+    add(g, "--clip-grad", "max gradient norm (0 or none: off)", type=_optional(float))
+    add(g, "--kl-weight", "weight of H-CAST's tree-path KL term", type=float)
+    add(g, "--label-smoothing", "label smoothing of every level", "--smoothing", type=float)
+    add(g, "--drop-path", "stochastic depth rate (none: the model's)", type=_optional(float))
+    add(g, "--ema-decay", "EMA of the weights per update (timm ModelEmaV3; 0: off)", type=float)
+    g.add_argument("--ema-eval", dest="ema_eval", action="store_true", default=argparse.SUPPRESS,
+                   help="validate and keep the best epoch with the EMA weights (timm's train.py) instead of the raw ones")
+    add(g, "--amp", "auto: bf16/fp16 on CUDA, off on CPU", choices=("auto", "bf16", "fp16", "off"))
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process")
+    add(g, "--device", "auto | cpu | cuda", type=str)
+    add(g, "--workers", "DataLoader worker processes per process", type=int)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    g.add_argument("--seed", type=int, default=0)
+    add(g, "--seed", "seed of every epoch's randomness (with the epoch and rank)", type=int)
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from OUTPUT/checkpoint-latest.pth (or the given file)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (quick runs)")
-    g.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
-                   help="wall-clock limit of the training loop (updates + per-epoch evaluation): after timing "
-                        "the first updates, the schedule is shortened to fit if needed")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add(g, "--max-steps", "stop each epoch after this many steps (quick runs)", type=_optional(int))
+    add(g, "--time-budget", "wall-clock limit in minutes of the training loop (updates + per-epoch evaluation): "
+        "after timing the first updates, the schedule is shortened to fit if needed", metavar="MINUTES",
+        type=_optional(float))
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="no progress bars (they show only on a terminal anyway)")
     p.set_defaults(func=cmd_finetune)
 
 
-def _build_model_for_finetune(args: argparse.Namespace, taxonomy: Any):
+_NOT_CONFIG = {"recipe", "print_config", "model", "pretrained", "model_kwargs", "initial_checkpoint", "data",
+               "data_root", "taxonomy", "output", "train_samples", "val_samples", "val_fraction", "threads", "resume",
+               "func", "command"}
+
+
+def resolve_finetune_config(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any], Dict[str, str]]:
+    """The run ``hcast finetune`` was asked for: the recipe (if any) with the flags given on top.
+
+    Returns:
+        ``(config, settings, sources)``: the :class:`hcast.train.FinetuneConfig`; the model and
+        data settings (``model``, ``pretrained``, ``train_samples``, ``val_samples``); and, per
+        config field, where its value came from (the recipe's source, ``"flag"`` or
+        ``"default"``).
+
+    Raises:
+        UsageError: for a value the config rejects.
+    """
+    from hcast.train import FinetuneConfig, get_recipe
+
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if given.get("clip_grad") == 0:
+        given["clip_grad"] = None
+    recipe = get_recipe(args.recipe) if args.recipe else None
+    base = recipe.config.to_dict() if recipe else FinetuneConfig().to_dict()
+    with user_input("finetune"):
+        config = FinetuneConfig.from_dict({**base, **given})
+    sources = {name: ("flag" if name in given else (recipe.sources.get(name, f"recipe {recipe.name}") if recipe
+                                                    else "default")) for name in base}
+    settings = {
+        "model": args.model or (recipe.model if recipe else "hcast_tiny"),
+        "pretrained": args.pretrained if args.pretrained is not None else (
+            recipe.pretrained and not args.model if recipe else False),
+        "train_samples": args.train_samples if args.train_samples is not None else (recipe.data.get("train_samples")
+                                                                                    if recipe else None),
+        "val_samples": args.val_samples if args.val_samples is not None else (recipe.data.get("val_samples")
+                                                                              if recipe else None),
+    }
+    return config, settings, sources
+
+
+def _build_model_for_finetune(source: str, pretrained: bool, args: argparse.Namespace, config: Any, taxonomy: Any):
     import timm
 
     import hcast  # noqa: F401
 
-    name = _model_name(args.model)
+    name = _model_name(source)
     # fine-tuning on this taxonomy: heads that do not fit the weights start fresh (a folder or
     # hub repo otherwise loads strictly, as evaluation and prediction need)
-    kwargs: Dict[str, Any] = dict(pretrained=args.pretrained or bool(args.initial_checkpoint),
+    kwargs: Dict[str, Any] = dict(pretrained=pretrained or bool(args.initial_checkpoint),
                                   level_classes=tuple(taxonomy.num_classes), fresh_heads=True)
     if args.initial_checkpoint:
         kwargs["pretrained_cfg_overlay"] = dict(file=str(args.initial_checkpoint))
-    if args.drop_path:
-        kwargs["drop_path_rate"] = args.drop_path
-    if args.input_size:
-        kwargs["img_size"] = args.input_size
+    if config.drop_path:
+        kwargs["drop_path_rate"] = config.drop_path
+    if config.input_size:
+        kwargs["img_size"] = config.input_size
     kwargs.update(parse_kwargs(args.model_kwargs))
     return timm.create_model(name, **kwargs)
 
@@ -382,196 +466,49 @@ def _seed_everything(seed: int) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
 
-    from hcast import engine
-    from hcast.data import WithSuperpixels, create_train_val_datasets, create_transform
-    from hcast.hierarchy.losses import HCASTLoss
-    from hcast.ops import SuperpixelTransform, superpixels
+    from hcast.data import create_train_val_datasets
+    from hcast.train import destroy_distributed, finetune, init_distributed
 
+    config, settings, sources = resolve_finetune_config(args)
+    if args.print_config:
+        print(json.dumps({**settings, "recipe": args.recipe, "config": config.to_dict(), "sources": sources}, indent=2))
+        return 0
+    for flag, value in (("--data", args.data), ("--output", args.output)):
+        if not value:
+            raise UsageError(f"{flag} is required (unless --print-config); see `hcast finetune --help`.")
     if args.threads:
         torch.set_num_threads(args.threads)
-    ctx = engine.init_distributed(args.device)
     out = Path(args.output)
+    resume = None
+    if args.resume:
+        resume = out / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
+        if not resume.is_file():
+            raise UsageError(f"--resume: no checkpoint at {str(resume)!r}; pass a file written by `hcast finetune` "
+                             f"(OUTPUT/{CHECKPOINT_NAME}).")
+    ctx = init_distributed(config.device)
     taxonomy = load_taxonomy(args.taxonomy, data=args.data, data_root=args.data_root)
     if taxonomy is None:
         raise UsageError("--taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
-    _seed_everything(args.seed + ctx.rank)
-
-    with user_input(f"model {args.model!r}"):
-        model = _build_model_for_finetune(args, taxonomy)
-    data_cfg = _data_config(model)
-    if args.input_size:
-        data_cfg["input_size"] = (3, args.input_size, args.input_size)
-    input_size = data_cfg["input_size"][-2:]
-    method, num_segments = _superpixel_settings(model, args)
-    train_tf = create_transform(input_size, True, data_cfg["mean"], data_cfg["std"], scale=(args.scale_min, 1.0))
-    val_tf = create_transform(input_size, False, data_cfg["mean"], data_cfg["std"])
-    superpixel_fn = None
-    if args.superpixels == "cache":
-        if args.scale_min != 1.0:
-            raise UsageError(f"--superpixels cache needs flip-only augmentation (--scale-min 1), got --scale-min "
-                             f"{args.scale_min:g}: cached superpixels cannot follow random crops. Pass --scale-min 1, "
-                             "or --superpixels loader to keep the crops.")
-        # both sets get the deterministic transform; SuperpixelCache flips training images with their ids
-        train_tf = val_tf
-    if args.superpixels in ("loader", "cache"):
-        sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
-        train_tf, val_tf = WithSuperpixels(train_tf, sp), WithSuperpixels(val_tf, sp)
-    else:
-        method = args.superpixel_method or "torch_slic"
-
-        def superpixel_fn(images: torch.Tensor) -> torch.Tensor:  # noqa: F811
-            return superpixels(images, num_segments=num_segments, method=method)
-
+    _seed_everything(config.seed + ctx.rank)
+    with user_input(f"model {settings['model']!r}"):
+        model = _build_model_for_finetune(settings["model"], settings["pretrained"], args, config, taxonomy)
     with user_input(f"data {args.data!r}"):
         train_set, val_set = create_train_val_datasets(
-            args.data, train_tf, val_tf, taxonomy=taxonomy, train_samples=args.train_samples,
-            val_samples=args.val_samples, val_fraction=args.val_fraction, seed=args.seed, data_root=args.data_root,
+            args.data, None, None, taxonomy=taxonomy, train_samples=settings["train_samples"],
+            val_samples=settings["val_samples"], val_fraction=args.val_fraction, seed=config.seed,
+            data_root=args.data_root,
         )
-    cache_seconds = 0.0
-    if args.superpixels == "cache":
-        from hcast.data import SuperpixelCache
+    try:
+        with user_input(f"--resume {str(resume)!r}" if resume else "finetune"):
+            if resume is not None:  # a broken checkpoint is the user's file: name it
+                from hcast.weights import load_checkpoint
 
-        t0 = time.perf_counter()
-        # every process caches the whole training set: the distributed sampler reshuffles shards each epoch
-        train_set = SuperpixelCache(train_set, hflip=0.5, num_workers=args.workers, progress=not args.no_progress)
-        val_set = SuperpixelCache(val_set, hflip=0.0, num_workers=args.workers, progress=not args.no_progress)
-        cache_seconds = time.perf_counter() - t0
-        if ctx.is_main:
-            print(f"superpixels of {len(train_set)} + {len(val_set)} images cached in {cache_seconds:.0f}s "
-                  f"({(train_set.images.nbytes + val_set.images.nbytes) / 2 ** 20:.0f} MiB of images)", flush=True)
-    # also for one process: a seeded shuffle per epoch (set_epoch), so a resumed run sees the same order
-    train_sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed, drop_last=True)
-    val_sampler = engine.ShardSampler(len(val_set), ctx.rank, ctx.world_size)
-    workers = 0 if args.superpixels == "cache" else args.workers  # cached items are tensor slices: no workers
-    loader_kw = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **loader_kw)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size * 2, sampler=val_sampler, **loader_kw)
-    if len(train_loader) == 0:
-        raise UsageError(f"{len(train_set)} training images give no full batch of {args.batch_size}; "
-                         "lower --batch-size.")
-
-    model.to(ctx.device)
-    net: torch.nn.Module = model
-    if ctx.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    optimizer, scheduler, steps_per_epoch, warmup_updates = _optimizer_and_schedule(model, args, len(train_loader))
-    amp_dtype = engine.resolve_amp_dtype(ctx.device, args.amp)
-    grad_scaler = torch.amp.GradScaler(ctx.device.type) if amp_dtype == torch.float16 else None
-    mixup = None
-    if args.mixup > 0 or args.cutmix > 0:
-        from hcast.hierarchy.mixup import HierarchicalMixup
-
-        mixup = HierarchicalMixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                                  label_smoothing=args.label_smoothing, level_classes=taxonomy.num_classes)
-    criterion = HCASTLoss(kl_weight=args.kl_weight, label_smoothing=args.label_smoothing)
-
-    start_epoch, num_updates, best_fpa = 0, 0, -1.0
-    resume_path = None
-    if args.resume:
-        resume_path = out / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
-    if resume_path is not None:
-        with user_input(f"--resume {str(resume_path)!r}"):
-            state = engine.load_checkpoint(resume_path, map_location=ctx.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if grad_scaler is not None and state.get("grad_scaler"):
-            grad_scaler.load_state_dict(state["grad_scaler"])
-        start_epoch, num_updates = int(state["epoch"]) + 1, int(state["num_updates"])
-        best_fpa = float(state.get("best_fpa", -1.0))
-        scheduler.step_update(num_updates)
-        if ctx.is_main:
-            print(f"resumed from {resume_path} at epoch {start_epoch} (update {num_updates})", flush=True)
-
-    model_args = {"level_classes": list(taxonomy.num_classes)}
-    if args.input_size:
-        model_args["img_size"] = args.input_size
-    sp_cfg = {"superpixel_method": method, "num_segments": num_segments, "level_classes": list(taxonomy.num_classes)}
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        taxonomy.save(out / "taxonomy.json")
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"hcast finetune: {args.model} ({n_params / 1e6:.2f}M parameters) on {ctx.device} x{ctx.world_size}, "
-              f"{len(train_set)} train / {len(val_set)} val images, levels {taxonomy.num_classes}, "
-              f"superpixels {method} ({num_segments}) in the {args.superpixels}, "
-              f"AMP {amp_dtype if amp_dtype else 'off'}, {args.epochs} epochs x {steps_per_epoch} steps", flush=True)
-    metrics: Dict[str, Any] = {}
-    train_start = time.perf_counter()
-    budget = None
-    if args.time_budget:
-        # evaluation costs about a third of a training step per image, plus the superpixels
-        eval_updates = (args.epochs - start_epoch) * len(val_set) / (args.batch_size * ctx.world_size * 2.5)
-        budget = engine.TimeBudget(max(args.time_budget * 60 - cache_seconds, 1.0), args.epochs * steps_per_epoch, scheduler,
-                                   warmup_updates=warmup_updates, reserve_updates=eval_updates + 5,
-                                   sync=ctx.distributed, start_update=num_updates)
-    for epoch in range(start_epoch, args.epochs):
-        train_sampler.set_epoch(epoch)
-        stats = engine.train_one_epoch(
-            net, train_loader, criterion, optimizer, taxonomy, ctx.device, epoch=epoch, scheduler=scheduler,
-            num_updates=num_updates, mixup=mixup, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
-            clip_grad=args.clip_grad, superpixel_fn=superpixel_fn, max_steps=args.max_steps,
-            progress=ctx.is_main and not args.no_progress, world_size=ctx.world_size, should_stop=budget,
-        )
-        num_updates = stats["num_updates"]
-        last_epoch = epoch == args.epochs - 1 or (budget is not None and budget(num_updates))
-        metrics = engine.evaluate(model, val_loader, taxonomy, ctx.device, superpixel_fn=superpixel_fn,
-                                  amp_dtype=amp_dtype)
-        fpa = metrics["plain"]["fpa"]
-        if ctx.is_main:
-            accs = " ".join(f"{n} {100 * a:.2f}" for n, a in zip(metrics["level_names"], metrics["plain"]["level_accuracy"]))
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, lr {stats['lr']:.2e}, "
-                  f"{stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f}s | val {accs}, FPA {100 * fpa:.2f}, "
-                  f"TICE {100 * metrics['plain']['tice']:.2f}", flush=True)
-            best_fpa = max(best_fpa, fpa)
-            engine.save_model_folder(model, out, taxonomy, model_args=model_args,
-                                     extra_config={"pretrained_cfg": sp_cfg},
-                                     data_config={"input_size": tuple(data_cfg["input_size"]), **_WHOLE_IMAGE})
-            engine.save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
-                "epoch": epoch, "num_updates": num_updates, "best_fpa": best_fpa,
-                "args": {k: v for k, v in vars(args).items() if k != "func"},
-            }, out / CHECKPOINT_NAME)
-            with open(out / LOG_NAME, "a") as f:
-                f.write(json.dumps({"epoch": epoch + 1, "train": stats, "val": metrics}) + "\n")
-        if last_epoch:
-            if budget is not None and budget.shortened and ctx.is_main:
-                print(f"time budget of {args.time_budget:g} min: stopped after {num_updates} of "
-                      f"{budget.planned_updates} planned updates ({budget.seconds_per_update or 0:.2f} s each); "
-                      "the cosine schedule was shortened to match", flush=True)
-            break
-    if ctx.is_main:
-        print(f"trained in {time.perf_counter() - train_start:.0f}s; model folder: {out} "
-              f"(timm.create_model('local-dir:{out}', pretrained=True))", flush=True)
-    engine.destroy_distributed()
+                load_checkpoint(resume, map_location="cpu")
+        finetune(model, train_set, val_set, taxonomy, config, output=out, resume=resume)
+    finally:
+        destroy_distributed()
     return 0
-
-
-def _optimizer_and_schedule(model: Any, args: argparse.Namespace, steps_per_epoch: int):
-    import torch
-    from timm.optim import param_groups_weight_decay
-    from timm.scheduler import CosineLRScheduler
-
-    if args.max_steps:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps)
-    groups = param_groups_weight_decay(model, args.weight_decay,
-                                       no_weight_decay_list=getattr(model, "no_weight_decay", lambda: set())())
-    # the fused kernel updates all parameters in one pass (CPU and CUDA): 7 ms instead of 26 ms a step
-    # for hcast_tiny on 2 CPU cores; the for-loop form elsewhere
-    device_types = {p.device.type for p in model.parameters()}
-    fused = len(device_types) == 1 and device_types <= {"cpu", "cuda"} and all(
-        p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters())
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, fused=fused or None)
-    total = max(1, args.epochs * steps_per_epoch)
-    warmup = min(int(round(args.warmup_epochs * steps_per_epoch)), total - 1)
-    # warm-up first, then a cosine over the remaining updates down to min_lr at the last one
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(1, total - warmup), lr_min=args.min_lr, warmup_t=warmup,
-        warmup_lr_init=args.warmup_lr, warmup_prefix=True, t_in_epochs=False,
-    )
-    scheduler.step_update(0)
-    return optimizer, scheduler, steps_per_epoch, warmup
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -619,7 +556,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from hcast import engine
+    from hcast import train as engine
     from hcast.data import WithSuperpixels, benchmark_dataset_name, create_dataset, create_eval_transform
     from hcast.ops import SuperpixelTransform
 
@@ -718,48 +655,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def predict_paths(model: Any, images: Any, segments: Any, taxonomy: Any, top_k: int = 1) -> List[List[Dict[str, Any]]]:
-    """The ``top_k`` best taxonomy paths of each image.
-
-    Args:
-        model: returns per-level logits, finest first.
-        images: (B,3,H,W) normalised float; segments: (B,H,W) int64 superpixels.
-        taxonomy: the model's class tree.
-
-    Returns:
-        per image, a list of ``top_k`` paths, each ``{"score": p(path), "levels": [{"level",
-        "class_id", "name", "probability"}, ...]}`` (finest first; ``probability`` is the
-        level's softmax probability of that class; ``score`` the product over levels).
-    """
-    import torch
-
-    from hcast.hierarchy.decoding import path_log_probs
-
-    with torch.no_grad():
-        out = model(images, segments)
-    logits = [out] if isinstance(out, torch.Tensor) else list(out)
-    probs = [lg.float().softmax(-1).cpu() for lg in logits]
-    scores = path_log_probs([lg.float() for lg in logits], taxonomy).cpu()
-    paths = taxonomy.paths()
-    results = []
-    for b in range(images.shape[0]):
-        best = scores[b].topk(min(top_k, scores.shape[1]))
-        rows = []
-        for score, fine in zip(best.values.tolist(), best.indices.tolist()):
-            levels = []
-            for level, class_id in enumerate(paths[fine].tolist()):
-                names = taxonomy.names[level]
-                levels.append({
-                    "level": taxonomy.level_names[level],
-                    "class_id": class_id,
-                    "name": names[class_id] if names is not None else str(class_id),
-                    "probability": float(probs[level][b, class_id]),
-                })
-            rows.append({"score": math.exp(score), "levels": levels})
-        results.append(rows)
-    return results
-
-
 def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: int):
     import torch
     from PIL import Image
@@ -790,7 +685,8 @@ def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: in
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hcast import engine
+    from hcast import train as engine
+    from hcast.train import predict_paths
 
     device = engine.resolve_device(args.device)
     with user_input(f"model {args.model!r}"):

@@ -81,7 +81,8 @@ def test_finetune_writes_a_timm_folder_and_resumes(trained, capsys):
 
     out, first = trained
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoint-latest.pth", "config.json", "log.jsonl", "model.safetensors", "taxonomy.json"]
+    assert names == ["checkpoint-latest.pth", "config.json", "finetune_config.json", "learning_curves.png", "log.jsonl",
+                     "model.safetensors", "taxonomy.json"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2]  # the resumed run went on at epoch 2
     assert log[1]["train"]["num_updates"] == 8  # 4 updates per epoch, counted across the resume
@@ -300,12 +301,12 @@ def test_a_model_that_is_nothing_names_every_kind_it_tried(tmp_path, capsys):
 def test_a_library_bug_keeps_its_traceback(trained, monkeypatch):
     """Exit status 2 and one line are for the user's mistakes; a ValueError from inside hcast
     (here: the evaluation loop) is not turned into one."""
-    import hcast.engine
+    import hcast.train
 
     def broken(*args, **kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(hcast.engine, "evaluate", broken)
+    monkeypatch.setattr(hcast.train, "evaluate", broken)
     with pytest.raises(ValueError, match="internal invariant"):
         main(["evaluate", str(trained[0]), "fashion-mnist", "--num-samples", "4", "--workers", "0",
               "--device", "cpu", "--no-progress"])
@@ -329,3 +330,45 @@ def test_too_many_superpixels_stop_before_any_image_is_read(trained, tmp_path, c
     assert main(["finetune", *TINY[:-4], *QUICK, "--num-segments", "5000", "--data", "fashion-mnist",
                  "--output", str(tmp_path / "o"), "--train-samples", "32", "--val-samples", "8"]) == 2
     assert "--num-segments=5000" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_print_config_shows_the_authors_recipe_and_flags_override_it(capsys):
+    assert main(["finetune", "--recipe", "hcast-breeds", "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    config, sources = shown["config"], shown["sources"]
+    # deit/main_suppix_hier.py and the README's BREEDS command (github:ngocquanai/HiOT at b1a222b)
+    assert shown["model"] == "hcast_small.deit_in1k" and shown["pretrained"] is True
+    assert (config["epochs"], config["batch_size"], config["lr"], config["lr_base_batch"]) == (100, 256, 1e-3, 512)
+    assert (config["warmup_epochs"], config["warmup_lr"], config["min_lr"]) == (5, 1e-4, 1e-5)
+    assert (config["opt"], config["weight_decay"], config["kl_weight"], config["label_smoothing"]) == \
+        ("adamw", 0.05, 0.5, 0.1)
+    assert config["auto_augment"] == "rand-m9-mstd0.5-inc1" and config["train_interpolation"] == "bicubic"
+    assert (config["color_jitter"], config["reprob"], config["remode"]) == (0.3, 0.25, "pixel")
+    assert (config["mixup"], config["cutmix"], config["mixup_switch_prob"]) == (0.8, 1.0, 0.5)
+    assert (config["ema_decay"], config["repeated_aug"], config["drop_path"]) == (0.99996, 3, 0.1)
+    assert (config["eval_crop_pct"], config["num_segments"], config["superpixel_method"]) == (0.875, 196, "seeds")
+    assert sources["lr"] == "README BREEDS command (--lr 0.001)"
+
+    assert main(["finetune", "--recipe", "hcast-breeds", "--lr", "2e-4", "--aa", "none", "--epochs", "3",
+                 "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["config"]["lr"], shown["config"]["auto_augment"], shown["config"]["epochs"]) == (2e-4, None, 3)
+    assert shown["sources"]["lr"] == "flag" and shown["config"]["reprob"] == 0.25  # the rest stays the recipe's
+
+    # the main job's recipe is what scripts/main_job.sh ran with flags before recipes existed
+    assert main(["finetune", "--recipe", "fashion-mnist", "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["model"], shown["pretrained"], shown["train_samples"], shown["val_samples"]) == \
+        ("hcast_tiny", False, 18000, 500)
+    config = shown["config"]
+    assert (config["epochs"], config["batch_size"], config["lr"], config["min_lr"], config["warmup_epochs"]) == \
+        (2, 64, 6e-4, 1e-5, 0.2)
+    assert (config["scale_min"], config["superpixels"], config["num_segments"], config["time_budget"]) == \
+        (1.0, "cache", 49, 9.0)
+
+
+def test_finetune_flags_the_config_rejects_are_usage_errors(capsys):
+    assert main(["finetune", "--recipe", "fashion-mnist", "--scale-min", "0.5", "--print-config"]) == 2
+    assert "scale_min=1" in capsys.readouterr().err
+    assert main(["finetune", "--epochs", "1"]) == 2
+    assert "--data is required" in capsys.readouterr().err

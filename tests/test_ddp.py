@@ -33,7 +33,7 @@ def test_torchrun_two_processes_match_a_single_process(tmp_path):
 
     torch.set_num_threads(1)  # as the two processes ran (--threads 1): the same arithmetic
 
-    from hcast import engine
+    from hcast import train as engine
     from hcast.data import WithSuperpixels, create_train_val_datasets, create_transform
     from hcast.hierarchy import Taxonomy
     from hcast.ops import SuperpixelTransform

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import hcast  # noqa: F401  (registers the models)
-from hcast import engine
+from hcast import train as engine
 from hcast.data import FashionMNIST, WithSuperpixels, create_transform, stratified_indices
 from hcast.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
 from hcast.hierarchy import fashion_mnist_taxonomy

@@ -16,6 +16,7 @@ import hcast
 # old module paths kept for one release; each warns when imported (tested where it moved)
 DEPRECATED = {
     "hcast.convert",
+    "hcast.engine",
     "hcast.hierarchy.datasets",
     "hcast.hierarchy.better_mistakes",
     "hcast.hierarchy.hier",
@@ -37,7 +38,7 @@ PUBLIC_MODULES = _public_modules()
 
 def test_the_walk_finds_every_layer():
     for package in ("hcast.models", "hcast.ops", "hcast.hierarchy", "hcast.data", "hcast.weights",
-                    "hcast.metric_learning", "hcast.cli"):
+                    "hcast.metric_learning", "hcast.train", "hcast.train.recipes", "hcast.cli"):
         assert package in PUBLIC_MODULES
 
 

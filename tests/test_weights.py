@@ -128,7 +128,7 @@ def test_old_import_paths_keep_working():
 
 
 def test_package_imports_without_deprecation_warnings():
-    code = "import hcast, hcast.models, hcast.weights, hcast.engine, hcast.cli"
+    code = "import hcast, hcast.models, hcast.weights, hcast.train, hcast.cli"
     result = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

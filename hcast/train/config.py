@@ -1,0 +1,203 @@
+"""The settings of a fine-tuning run, in one dataclass that round-trips through JSON.
+
+:class:`FinetuneConfig`'s defaults are a short, light fine-tuning run (what ``hcast
+finetune`` did before recipes existed); :mod:`hcast.train.recipes` holds the H-CAST
+authors' settings per benchmark and the main job's. ``hcast finetune --recipe NAME``
+starts from a recipe and lets any flag override it; the resolved config is saved as
+``finetune_config.json`` next to the model, so a run can be repeated exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+__all__ = ["FinetuneConfig"]
+
+_SUPERPIXEL_MODES = ("loader", "device", "cache")
+_AMP = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class FinetuneConfig:
+    """Every hyper-parameter of a fine-tuning run (see docs/training.md for each recipe's values).
+
+    Optimisation (AdamW via ``timm.optim.create_optimizer_v2``, cosine schedule with a
+    linear warm-up via ``timm.scheduler.CosineLRScheduler``, stepped per update):
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: images per process and step.
+        lr: peak learning rate. With ``lr_base_batch`` set it is scaled by
+            ``batch_size * world_size / lr_base_batch`` (DeiT's linear scaling, which the
+            H-CAST authors kept: ``deit/main_suppix_hier.py``, 512).
+        lr_base_batch: the global batch size ``lr`` is given for; ``None``: no scaling.
+        min_lr: learning rate at the end of the cosine.
+        warmup_epochs: linear warm-up length, in epochs (fractions allowed).
+        warmup_lr: learning rate at the first update.
+        weight_decay: AdamW's decoupled weight decay (not on norms, biases, position
+            embeddings: timm's ``param_groups_weight_decay``).
+        opt: a ``timm.optim`` optimizer name (``"adamw"``).
+        clip_grad: max global gradient norm; ``None``/0: no clipping.
+        kl_weight: weight of H-CAST's tree-path KL term.
+        label_smoothing: smoothing of every level's targets.
+        mixup, cutmix: Beta alphas of mixup / cutmix (0: off); hierarchical, every level.
+        mixup_prob: probability of mixing a batch.
+        mixup_switch_prob: probability of cutmix instead of mixup when both are on.
+        ema_decay: decay of an EMA of the weights per update (``timm.utils.ModelEmaV3``);
+            0: no EMA.
+        ema_eval: validate (and choose the best epoch) with the EMA weights, as timm's
+            ``train.py`` does; the authors validated the raw weights (False).
+        repeated_aug: repeats of each image per epoch (``timm``'s ``RepeatAugSampler``,
+            DeiT's repeated augmentation); 0 or 1: off.
+        drop_path: stochastic depth rate given to the model when the CLI (or
+            :func:`hcast.train.create_model_for_finetune`) builds it; ``None``: the model's.
+
+    Data pipeline (``timm.data.create_transform``; ``None`` fields take the model's
+    ``pretrained_cfg``):
+
+    Attributes:
+        input_size: image side in pixels.
+        scale_min: smallest area fraction of the random resized crop (largest: 1).
+        hflip: probability of a horizontal flip.
+        auto_augment: a timm auto-augment policy, e.g. ``"rand-m9-mstd0.5-inc1"``
+            (RandAugment); ``None``: off.
+        color_jitter: color jitter strength; timm skips it when ``auto_augment`` is set.
+        train_interpolation: ``"bilinear"``, ``"bicubic"`` or ``"random"``.
+        reprob, remode, recount: random erasing probability, mode (``"pixel"``: normal
+            noise per pixel) and count, after normalisation.
+        eval_crop_pct: validation resizes the short side to ``size / eval_crop_pct`` and
+            takes the center crop (the authors: 0.875); ``None``: the whole image squashed
+            to the input size, no crop (small images such as Fashion-MNIST's).
+        superpixels: where superpixels are computed: ``"loader"`` (DataLoader workers, on
+            the augmented image, as the original), ``"device"`` (batched ``torch_slic``
+            on the training device) or ``"cache"`` (once, before training: flip-only
+            augmentation, ``scale_min=1``).
+        superpixel_method, num_segments: ``None``: the model's ``pretrained_cfg``.
+
+    Run settings:
+
+    Attributes:
+        amp: ``"auto"`` (bf16/fp16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"``, ``"off"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        workers: DataLoader worker processes per process.
+        seed: seeds every epoch's randomness (with the epoch and the rank), so a resumed
+            run replays the epochs an uninterrupted one would have run.
+        max_steps: stop each epoch after this many steps (quick runs).
+        time_budget: wall-clock minutes for the training loop; the cosine is shortened to
+            fit after timing the first updates. ``None``: no limit.
+        progress: tqdm bars (only when stderr is a terminal).
+        recipe: the recipe this config started from (a label, for the saved JSON).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_base_batch: Optional[int] = None
+    min_lr: float = 1e-5
+    warmup_epochs: float = 1.0
+    warmup_lr: float = 1e-5
+    weight_decay: float = 0.05
+    opt: str = "adamw"
+    clip_grad: Optional[float] = 1.0
+    kl_weight: float = 0.5
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    ema_decay: float = 0.0
+    ema_eval: bool = False
+    repeated_aug: int = 0
+    drop_path: Optional[float] = None
+    input_size: Optional[int] = None
+    scale_min: float = 0.7
+    hflip: float = 0.5
+    auto_augment: Optional[str] = None
+    color_jitter: Optional[float] = None
+    train_interpolation: str = "bilinear"
+    reprob: float = 0.0
+    remode: str = "pixel"
+    recount: int = 1
+    eval_crop_pct: Optional[float] = None
+    superpixels: str = "loader"
+    superpixel_method: Optional[str] = None
+    num_segments: Optional[int] = None
+    amp: str = "auto"
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    max_steps: Optional[int] = None
+    time_budget: Optional[float] = None
+    progress: bool = True
+    recipe: Optional[str] = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values that would otherwise fail deep inside a run.
+
+        Raises:
+            ValueError: naming the field, the value and what is expected.
+        """
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}.")
+
+        need(self.epochs >= 1, "epochs", "at least 1")
+        need(self.batch_size >= 1, "batch_size", "at least 1")
+        need(self.lr > 0, "lr", "a positive learning rate")
+        need(self.lr_base_batch is None or self.lr_base_batch > 0, "lr_base_batch", "None or a positive batch size")
+        need(self.min_lr >= 0 and self.warmup_lr >= 0, "min_lr", "min_lr and warmup_lr >= 0")
+        need(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+        need(0.0 < self.scale_min <= 1.0, "scale_min", "an area fraction in (0, 1]")
+        need(0.0 <= self.hflip <= 1.0, "hflip", "a probability in [0, 1]")
+        need(0.0 <= self.reprob <= 1.0, "reprob", "a probability in [0, 1]")
+        need(self.eval_crop_pct is None or 0.0 < self.eval_crop_pct <= 1.0, "eval_crop_pct", "None or in (0, 1]")
+        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "0 (off) or a decay in (0, 1)")
+        need(self.repeated_aug >= 0, "repeated_aug", "0 (off) or a repeat count")
+        need(self.mixup >= 0 and self.cutmix >= 0, "mixup", "mixup and cutmix alphas >= 0")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(f"batch_size: expected an even batch size with mixup/cutmix (timm's Mixup pairs each "
+                             f"image with its mirror in the batch), got {self.batch_size}.")
+        need(self.superpixels in _SUPERPIXEL_MODES, "superpixels", f"one of {_SUPERPIXEL_MODES}")
+        need(self.amp in _AMP, "amp", f"one of {_AMP}")
+        need(self.workers >= 0, "workers", ">= 0")
+        need(self.time_budget is None or self.time_budget > 0, "time_budget", "None or positive minutes")
+        if self.superpixels == "cache" and self.scale_min != 1.0:
+            raise ValueError(
+                f"superpixels='cache' needs flip-only augmentation (scale_min=1), got scale_min={self.scale_min:g}: "
+                "cached superpixels cannot follow random crops. Set scale_min=1 (--scale-min 1), or "
+                "superpixels='loader' to keep the crops.")
+        if self.superpixels == "cache" and (self.auto_augment or self.reprob > 0 or self.color_jitter):
+            raise ValueError(
+                "superpixels='cache' computes superpixels once, before any augmentation but a flip; "
+                f"auto_augment={self.auto_augment!r}, color_jitter={self.color_jitter!r} and reprob={self.reprob:g} "
+                "need superpixels='loader' (computed on the augmented image, as the H-CAST authors do).")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The config as a JSON-serialisable dict (field order kept)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "FinetuneConfig":
+        """A config from :meth:`to_dict`'s output (e.g. a saved ``finetune_config.json``).
+
+        Raises:
+            ValueError: for a key that is not a field (a typo would otherwise be ignored).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"FinetuneConfig: unknown field(s) {unknown}; the fields are {sorted(names)}.")
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> "FinetuneConfig":
+        """A copy with ``changes`` applied (validated; unknown names raise ``ValueError``)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)

@@ -1,0 +1,307 @@
+"""The training loop of H-CAST-style hierarchical classifiers, usable in your own scripts.
+
+* :func:`train_one_epoch`: one pass with AMP where the device has it, gradient
+  clipping, hierarchical mixup/cutmix, the H-CAST loss, a per-step LR schedule and an
+  optional EMA of the weights (``timm.utils.ModelEmaV3``), with a tqdm bar showing loss
+  and images/s.
+* :class:`TimeBudget`: fit a run into a wall-clock budget by shortening its cosine.
+* :func:`level_targets`: per-level labels from fine labels.
+
+The loop follows the H-CAST authors' DeiT-based engine (``deit/engine_hier.py`` in
+github:ngocquanai/HiOT at b1a222b): superpixels travel with the images, mixup mixes
+every level's targets with one permutation, the loss is one cross-entropy per level
+plus the tree-path KL term, the EMA is updated after every optimizer step.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from hcast.hierarchy import Taxonomy
+from hcast.train.distributed import _autocast, unwrap_model
+
+__all__ = ["level_targets", "train_one_epoch", "TimeBudget"]
+
+SuperpixelFn = Callable[[torch.Tensor], torch.Tensor]
+
+def level_targets(fine_targets: torch.Tensor, paths: torch.Tensor) -> List[torch.Tensor]:
+    """Per-level labels, finest first, from fine labels.
+
+    Args:
+        fine_targets: (N,) int64 fine class ids.
+        paths: (num_fine, num_levels) int64, ``taxonomy.paths()`` on the same device.
+
+    Returns:
+        list of ``num_levels`` (N,) int64 tensors; entry 0 is ``fine_targets``.
+    """
+    rows = paths[fine_targets]
+    return [rows[:, level] for level in range(paths.shape[1])]
+
+
+def _unpack_batch(batch: Any, device: torch.device, superpixel_fn: Optional[SuperpixelFn]):
+    inputs, fine = batch
+    if isinstance(inputs, (list, tuple)):
+        images, segments = inputs
+        segments = segments.to(device, non_blocking=True)
+    else:
+        images, segments = inputs, None
+    images = images.to(device, non_blocking=True)
+    fine = torch.as_tensor(fine).to(device, non_blocking=True)
+    if segments is None and superpixel_fn is not None:
+        segments = superpixel_fn(images)
+    return images, segments, fine
+
+
+def _forward(model: nn.Module, images: torch.Tensor, segments: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    out = model(images, segments) if segments is not None else model(images)
+    if isinstance(out, torch.Tensor):  # a flat classifier: one level
+        return [out]
+    return list(out)
+
+
+def _progress(iterable: Iterable, enabled: bool, total: Optional[int], desc: str):
+    # a bar only where someone watches: log files and CI get the per-epoch lines instead
+    if not enabled or not sys.stderr.isatty():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=1.0)
+
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    taxonomy: Taxonomy,
+    device: torch.device,
+    epoch: int = 0,
+    scheduler: Any = None,
+    num_updates: int = 0,
+    mixup: Optional[Callable] = None,
+    amp_dtype: Optional[torch.dtype] = None,
+    grad_scaler: Optional[torch.amp.GradScaler] = None,
+    clip_grad: Optional[float] = None,
+    superpixel_fn: Optional[SuperpixelFn] = None,
+    max_steps: Optional[int] = None,
+    progress: bool = True,
+    world_size: int = 1,
+    should_stop: Optional[Callable[[int], bool]] = None,
+    model_ema: Any = None,
+) -> Dict[str, float]:
+    """Train ``model`` for one pass over ``loader``.
+
+    Args:
+        model: returns per-level logits, finest first, from ``model(images, segments)``
+            (may be wrapped in ``DistributedDataParallel``).
+        loader: yields ``((images (B,3,H,W) float, segments (B,H,W) int64), fine (B,) int64)``
+            or ``(images, fine)`` (superpixels then come from ``superpixel_fn``, or the
+            model computes them).
+        criterion: e.g. :class:`hcast.hierarchy.losses.HCASTLoss`; called as
+            ``criterion(logits, targets)`` with per-level lists.
+        optimizer: e.g. AdamW.
+        taxonomy: maps fine labels to every level's labels.
+        device: where the model lives.
+        epoch: shown in the progress bar.
+        scheduler: a timm scheduler stepped per update with ``step_update(num_updates)``,
+            or a torch LR scheduler stepped every update.
+        num_updates: optimizer steps taken before this epoch (for the schedule).
+        mixup: ``mixup(images, level_targets[, segments]) -> (images[, segments], soft level
+            targets)`` (:class:`hcast.hierarchy.mixup.HierarchicalMixup`, which cuts the
+            loader's superpixel ids with the same box), or ``None``.
+        amp_dtype: autocast dtype (:func:`resolve_amp_dtype`), ``None`` for float32.
+        grad_scaler: a ``torch.amp.GradScaler`` for float16 AMP.
+        clip_grad: max global gradient norm, ``None``/0 for no clipping.
+        superpixel_fn: (B,3,H,W) -> (B,H,W) int64 superpixels computed on the device
+            (e.g. ``hcast.ops.superpixels(..., method="torch_slic")``) when the loader
+            does not provide them. Computed after mixup, on the mixed images.
+        max_steps: stop after this many batches (quick runs and tests).
+        progress: show a tqdm bar with loss and images/s (only when stderr is a terminal).
+        world_size: number of processes, to report global images/s.
+        should_stop: called with ``num_updates`` after every update; ``True`` ends the
+            epoch early (e.g. a :class:`TimeBudget`). Under DDP it must answer the same on
+            every process.
+        model_ema: a ``timm.utils.ModelEmaV3`` of the (unwrapped) model, updated after
+            every optimizer step with ``step=num_updates``, as the authors'
+            ``deit/engine_hier.py`` updates theirs; ``None`` for no EMA.
+
+    Returns:
+        dict with ``loss`` (mean over the epoch), ``lr`` (last), ``images_per_s``
+        (global), ``num_updates`` (after the epoch), ``steps`` and ``seconds``.
+
+    Raises:
+        FloatingPointError: when the loss becomes NaN or infinite.
+    """
+    model.train()
+    paths = taxonomy.paths().to(device)
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    if max_steps is not None and total is not None:
+        total = min(total, max_steps)
+    bar = _progress(loader, progress, total, f"epoch {epoch}")
+    loss_sum, steps, seen = torch.zeros((), device=device), 0, 0
+    start = time.perf_counter()
+    for batch in bar:
+        if max_steps is not None and steps >= max_steps:
+            break
+        images, segments, fine = _unpack_batch(batch, device, None)
+        targets: Sequence[torch.Tensor] = level_targets(fine, paths)
+        if mixup is not None:
+            if segments is not None:  # the same cut is pasted into the superpixel ids
+                images, segments, targets = mixup(images, targets, segments)
+            else:
+                images, targets = mixup(images, targets)
+        if segments is None and superpixel_fn is not None:
+            with torch.no_grad():
+                segments = superpixel_fn(images)
+        with _autocast(device, amp_dtype):
+            logits = _forward(model, images, segments)
+            loss = criterion([lg.float() for lg in logits], targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {epoch}, step {steps}; lower --lr, raise --warmup-epochs, "
+                "or use --amp off."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if grad_scaler is not None:
+            grad_scaler.scale(loss).backward()
+            if clip_grad:
+                grad_scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+        else:
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+        num_updates += 1
+        if model_ema is not None:
+            model_ema.update(unwrap_model(model), step=num_updates)
+        if scheduler is not None:
+            if hasattr(scheduler, "step_update"):
+                scheduler.step_update(num_updates=num_updates)
+            else:
+                scheduler.step()
+        loss_sum += loss.detach()
+        steps += 1
+        seen += images.shape[0]
+        if should_stop is not None and should_stop(num_updates):
+            break
+        if progress and steps % 5 == 0:
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(  # type: ignore[union-attr]
+                loss=f"{loss_sum.item() / steps:.3f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                img_s=f"{seen * world_size / max(elapsed, 1e-9):.0f}",
+            )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if hasattr(bar, "close"):
+        bar.close()
+    return {
+        "loss": loss_sum.item() / max(steps, 1),
+        "lr": float(optimizer.param_groups[0]["lr"]),
+        "images_per_s": seen * world_size / max(seconds, 1e-9),
+        "num_updates": num_updates,
+        "steps": steps,
+        "seconds": seconds,
+    }
+
+
+class TimeBudget:
+    """Fit a training run into a wall-clock budget by shortening its schedule.
+
+    From update ``skip`` on (the first ones pay for allocator and data-worker warm-up)
+    it measures the mean seconds per update; after ``calibration_updates`` more, and
+    again every ``replan_every`` updates (machines slow down and speed up), it sets the
+    run's total to what fits in ``seconds`` (less the time of ``reserve_updates`` updates,
+    kept for evaluation and saving), never above the original plan, and re-plans the
+    LR schedule's cosine to end at that total (``scheduler.t_initial`` of a timm
+    scheduler built with ``warmup_prefix=True``), so the learning rate still anneals.
+    Called after each update, it returns ``True`` once the total is reached or the
+    budget is spent.
+
+    Under DDP every process must reach the same decision: ``sync=True`` averages the
+    measurements over processes (an all-reduce per call).
+
+    Args:
+        seconds: the budget for the whole training loop, wall clock, from construction.
+        total_updates: the planned number of optimizer updates.
+        scheduler: a timm scheduler (``warmup_prefix=True``), or ``None``.
+        warmup_updates: warm-up length of ``scheduler``.
+        reserve_updates: time to keep for what follows the updates (evaluation, saving),
+            in units of one update's measured time.
+        calibration_updates, skip, replan_every: the measuring windows.
+        sync: all-reduce the measurements across processes.
+        start_update: updates already done (a resumed run).
+        clock: seconds, monotonic (``time.perf_counter``).
+
+    Raises:
+        ValueError: for a budget that is not positive.
+    """
+
+    def __init__(self, seconds: float, total_updates: int, scheduler: Any = None, warmup_updates: int = 0,
+                 reserve_updates: float = 0.0, calibration_updates: int = 20, skip: int = 3,
+                 replan_every: int = 50, sync: bool = False, start_update: int = 0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if seconds <= 0:
+            raise ValueError(f"seconds: expected a positive time budget, got {seconds}.")
+        self.seconds, self.planned_updates = float(seconds), int(total_updates)
+        self.total_updates, self.scheduler = int(total_updates), scheduler
+        self.warmup_updates, self.reserve_updates = int(warmup_updates), float(reserve_updates)
+        self.calibration_updates, self.skip = int(calibration_updates), int(skip)
+        self.replan_every, self.sync = max(1, int(replan_every)), sync
+        self.clock = clock
+        self.start = clock()
+        self.start_update = int(start_update)
+        self._mark: Optional[float] = None
+        self.seconds_per_update: Optional[float] = None
+        self.reserve_seconds = 0.0
+
+    @property
+    def shortened(self) -> bool:
+        """Whether the run was cut below its planned number of updates."""
+        return self.total_updates < self.planned_updates
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def __call__(self, num_updates: int) -> bool:
+        done = num_updates - self.start_update
+        if done == self.skip and self._mark is None:
+            self._mark = self.clock()
+        measured = done - self.skip
+        if self._mark is not None and measured >= self.calibration_updates and (
+                measured == self.calibration_updates or measured % self.replan_every == 0):
+            self._replan(num_updates, (self.clock() - self._mark) / measured)
+        out_of_time = self.elapsed() > self.seconds - self.reserve_seconds
+        if self.sync and dist.is_initialized():
+            flag = torch.tensor([float(out_of_time)])
+            dist.all_reduce(flag)
+            out_of_time = bool(flag.item() > 0)
+        if out_of_time:
+            self.total_updates = min(self.total_updates, num_updates)
+        return num_updates >= self.total_updates or out_of_time
+
+    def _replan(self, num_updates: int, per_update: float) -> None:
+        if self.sync and dist.is_initialized():
+            t = torch.tensor([per_update], dtype=torch.float64)
+            dist.all_reduce(t)
+            per_update = float(t.item()) / dist.get_world_size()
+        self.seconds_per_update = per_update
+        self.reserve_seconds = self.reserve_updates * per_update
+        left = self.seconds - self.reserve_seconds - self.elapsed()
+        fit = num_updates + max(1, int(left / max(per_update, 1e-9)))
+        total = min(self.planned_updates, fit)
+        if total != self.total_updates:
+            self.total_updates = total
+            if self.scheduler is not None and hasattr(self.scheduler, "t_initial"):
+                self.scheduler.t_initial = max(1, total - self.warmup_updates)
+
