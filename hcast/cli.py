@@ -169,36 +169,19 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
 
 
 def _superpixel_settings(model: Any, args: argparse.Namespace) -> Tuple[str, int]:
-    """(method, num_segments) from the arguments, else the model's config; checked against
-    the input size before any image is read.
+    """(method, num_segments) from the arguments, else the model's config, checked against the
+    input size before any image is read (:func:`hcast.data.resolve_superpixel_settings`).
 
     Raises:
-        UsageError: more superpixels than the method can make on the model's input (SEEDS
-            would crash or hang in OpenCV) or than the model's feature grid has cells
-            (every further superpixel is an empty token: a crafted config asking for
-            100,000 would exhaust memory in attention).
+        UsageError: a count the method or the model's feature grid cannot take (SEEDS would
+            crash or hang in OpenCV; a crafted config's 100,000 tokens would exhaust memory).
     """
-    from hcast.ops import max_superpixels
+    from hcast.data import resolve_superpixel_settings
 
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    method = getattr(args, "superpixel_method", None) or cfg.get("superpixel_method") or "seeds"
-    num_segments = int(getattr(args, "num_segments", None) or cfg.get("num_segments") or 196)
-    given = "--num-segments" if getattr(args, "num_segments", None) else "the model's num_segments"
-    if num_segments < 1:
-        raise UsageError(f"{given}: expected a positive number of superpixels, got {num_segments}.")
-    grid = getattr(model, "grid_size", None)
-    if grid is None:  # a patch model (Hier-ViT): superpixels are not read
-        return method, num_segments
-    size = getattr(args, "input_size", None)
-    height, width = (size, size) if size else tuple(_data_config(model)["input_size"][-2:])
-    limit = max_superpixels(height, width, method)
-    cells = int(grid[0]) * int(grid[1])
-    if num_segments > min(limit, cells):
-        raise UsageError(
-            f"{given}={num_segments} is more than {method} superpixels can make on {height}x{width} inputs "
-            f"(at most {limit}) or than the model's {grid[0]}x{grid[1]} feature grid has cells ({cells}); pass "
-            f"--num-segments {min(limit, cells)} or fewer.")
-    return method, num_segments
+    flag = "--num-segments" if getattr(args, "num_segments", None) else "superpixels"
+    with user_input(flag):
+        return resolve_superpixel_settings(model, getattr(args, "superpixel_method", None),
+                                           getattr(args, "num_segments", None), getattr(args, "input_size", None))
 
 
 def _data_config(model: Any) -> Dict[str, Any]:
@@ -467,7 +450,7 @@ def _seed_everything(seed: int) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
-    from hcast.data import create_train_val_datasets
+    from hcast.data import create_train_val_datasets, resolve_superpixel_settings
     from hcast.train import destroy_distributed, finetune, init_distributed
 
     config, settings, sources = resolve_finetune_config(args)
@@ -499,6 +482,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             val_samples=settings["val_samples"], val_fraction=args.val_fraction, seed=config.seed,
             data_root=args.data_root,
         )
+    with user_input("--num-segments" if config.num_segments else "superpixels"):  # before any image is read
+        resolve_superpixel_settings(
+            model, config.superpixel_method or ("torch_slic" if config.superpixels == "device" else None),
+            config.num_segments, config.input_size)
     try:
         with user_input(f"--resume {str(resume)!r}" if resume else "finetune"):
             if resume is not None:  # a broken checkpoint is the user's file: name it

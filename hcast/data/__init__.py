@@ -19,7 +19,8 @@
 """
 from hcast.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, read_idx, stratified_indices
 from hcast.data.image_folder import HierarchicalImageFolder
-from hcast.data.transforms import ToRGB, WithSuperpixels, create_eval_transform, create_transform
+from hcast.data.transforms import (ToRGB, WithSuperpixels, create_eval_transform, create_transform,
+                                   resolve_superpixel_settings)
 from hcast.data.cache import SuperpixelCache
 from hcast.data.breeds import BREEDS
 from hcast.data.cub import CUB200
@@ -60,5 +61,6 @@ __all__ = [
     "dataset_targets",
     "is_fashion_mnist",
     "read_idx",
+    "resolve_superpixel_settings",
     "stratified_indices",
 ]

@@ -15,7 +15,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
-__all__ = ["create_eval_transform", "create_transform", "WithSuperpixels", "ToRGB"]
+__all__ = ["create_eval_transform", "create_transform", "resolve_superpixel_settings", "WithSuperpixels", "ToRGB"]
 
 
 class ToRGB:
@@ -117,6 +117,53 @@ def create_eval_transform(model: Any = None, pretrained_cfg: Optional[Mapping[st
         config = resolve_data_config({}, pretrained_cfg=dict(pretrained_cfg))
     transform = timm_create_transform(**config, is_training=False)
     return T.Compose([ToRGB(), *transform.transforms])
+
+
+def resolve_superpixel_settings(model: Any, method: Optional[str] = None, num_segments: Optional[int] = None,
+                                input_size: Optional[Union[int, Sequence[int]]] = None,
+                                default_method: str = "seeds") -> Tuple[str, int]:
+    """The superpixel method and count a model is run with, checked before any image is read.
+
+    Args:
+        model: a CAST / H-CAST model (anything with ``pretrained_cfg`` and, for the check,
+            ``grid_size``: its (h, w) feature grid); a patch model (Hier-ViT) has no grid
+            and is not checked.
+        method, num_segments: what the user asked for; ``None``: the model's
+            ``pretrained_cfg`` (``superpixel_method``, ``num_segments``), else
+            ``default_method`` and 196.
+        input_size: the image side (int) or (H, W) in pixels; ``None``: the model's
+            ``pretrained_cfg`` input size.
+        default_method: the method when neither the arguments nor the config name one.
+
+    Returns:
+        ``(method, num_segments)``.
+
+    Raises:
+        ValueError: ``num_segments`` under 1, or more than ``method`` can make at the input
+            size (:func:`hcast.ops.max_superpixels`: SEEDS would crash or hang in OpenCV)
+            or than the model's feature grid has cells (every further superpixel is an
+            empty token: a config asking for 100,000 would exhaust memory in attention).
+    """
+    from hcast.ops import max_superpixels
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    given = "num_segments" if num_segments else "the model's num_segments"
+    method = method or cfg.get("superpixel_method") or default_method
+    num_segments = int(num_segments or cfg.get("num_segments") or 196)
+    if num_segments < 1:
+        raise ValueError(f"{given}: expected a positive number of superpixels, got {num_segments}.")
+    grid = getattr(model, "grid_size", None)
+    if grid is None:  # a patch model (Hier-ViT): superpixels are not read
+        return method, num_segments
+    height, width = _size_pair(input_size if input_size else tuple(cfg.get("input_size", (3, 224, 224))[-2:]))
+    limit = max_superpixels(height, width, method)
+    cells = int(grid[0]) * int(grid[1])
+    if num_segments > min(limit, cells):
+        raise ValueError(
+            f"{given}={num_segments} is more than {method} superpixels can make on {height}x{width} inputs "
+            f"(at most {limit}) or than the model's {grid[0]}x{grid[1]} feature grid has cells ({cells}); pass "
+            f"num_segments={min(limit, cells)} or fewer.")
+    return method, num_segments
 
 
 class WithSuperpixels:

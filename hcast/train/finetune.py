@@ -206,7 +206,7 @@ def finetune(
     """
     from timm.data import resolve_data_config
 
-    from hcast.data import SuperpixelCache, WithSuperpixels
+    from hcast.data import SuperpixelCache, WithSuperpixels, resolve_superpixel_settings
     from hcast.hierarchy.losses import HCASTLoss
     from hcast.ops import SuperpixelTransform, superpixels
 
@@ -221,10 +221,11 @@ def finetune(
     data_cfg = resolve_data_config({}, model=model)
     if config.input_size:
         data_cfg["input_size"] = (3, config.input_size, config.input_size)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
     with_superpixels = uses_superpixels(model)
-    method = config.superpixel_method or cfg.get("superpixel_method") or "seeds"
-    num_segments = int(config.num_segments or cfg.get("num_segments") or 196)
+    # on the device the batched torch_slic runs unless asked otherwise; else the model's method
+    method, num_segments = resolve_superpixel_settings(
+        model, config.superpixel_method or ("torch_slic" if config.superpixels == "device" else None),
+        config.num_segments, data_cfg["input_size"][-2:])
     train_tf = create_train_transform(config, data_cfg)
     val_tf = create_val_transform(config, data_cfg)
     if config.superpixels == "cache":
@@ -234,7 +235,6 @@ def finetune(
         sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
         train_tf, val_tf = WithSuperpixels(train_tf, sp), WithSuperpixels(val_tf, sp)
     elif with_superpixels:
-        method = config.superpixel_method or "torch_slic"
 
         def superpixel_fn(images: torch.Tensor) -> torch.Tensor:
             return superpixels(images, num_segments=num_segments, method=method)
