@@ -609,9 +609,9 @@ def _inference_dtype(args: argparse.Namespace, device: Any) -> Any:
         if args.precision is not None:
             raise UsageError("pass --precision or the deprecated --amp, not both.")
         warnings.warn("--amp is deprecated; use --precision fp32|bf16|auto.", FutureWarning, stacklevel=2)
-        from hcast import engine
+        from hcast.train import resolve_amp_dtype
 
-        return engine.resolve_amp_dtype(device, amp)
+        return resolve_amp_dtype(device, amp)
     return resolve_precision(args.precision or "auto", device)
 
 

@@ -141,7 +141,7 @@ def test_evaluate_and_predict_a_tag_from_the_cache(tmp_path, monkeypatch, capsys
         target = _cache_file(LIVING17_ID)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(living17_checkpoint.read_bytes())
-        args = ["--workers", "0", "--device", "cpu", "--no-progress", "--amp", "off"]
+        args = ["--workers", "0", "--device", "cpu", "--no-progress", "--precision", "fp32"]
         assert main(["evaluate", "hcast_small.living17", "breeds-living17", "--data-root", str(breeds_root),
                      "--split", "val", *args, "--json", str(tmp_path / "m.json")]) == 0
         out = capsys.readouterr().out

@@ -8,7 +8,7 @@
 Class ``i`` is the ``i``-th WordNet id in sorted order, the order of torchvision's
 ``ImageFolder``, of timm's ImageNet metadata (:class:`timm.data.ImageNetInfo`, which
 gives the names here) and of CAST's released classifier. The taxonomy has one level, so
-:func:`hcast.engine.evaluate`'s full-path accuracy is the top-1 accuracy.
+:func:`hcast.train.evaluate`'s full-path accuracy is the top-1 accuracy.
 """
 from __future__ import annotations
 
