@@ -826,7 +826,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hcast.models import CAST
 
     if not isinstance(model, CAST):
-        raise UsageError(f"hcast export: {args.model!r} is a {type(model).__name__}; export takes CAST / H-CAST "
+        raise UsageError(f"{args.model!r} is a {type(model).__name__}; export takes CAST / H-CAST "
                          "models (a Hier-ViT exports as any timm ViT, with torch.export or torch.onnx directly).")
     with user_input("--max-tokens / --img-size"):
         path = export_model(model, args.output, args.format, max_tokens=args.max_tokens,
