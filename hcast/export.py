@@ -21,6 +21,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from hcast.weights.folder import atomic_write
+
 __all__ = ["EXPORT_FORMATS", "prepare_for_export", "example_inputs", "export_program", "export_onnx",
            "export_model"]
 
@@ -110,7 +112,8 @@ def export_onnx(model: torch.nn.Module, path: Union[str, os.PathLike], max_token
     names = ["logits"] if isinstance(out, torch.Tensor) else [f"logits_{i}" for i in range(len(out))]
     program = torch.onnx.export(model, (images, segments), dynamo=True, dynamic_shapes=_dynamic_shapes(),
                                 input_names=["images", "segments"], output_names=names, opset_version=18)
-    program.save(os.fspath(path))
+    with atomic_write(path, description="ONNX file") as tmp:  # a killed export leaves no torn file
+        program.save(os.fspath(tmp))
     return os.fspath(path)
 
 
@@ -127,5 +130,7 @@ def export_model(model: torch.nn.Module, path: Union[str, os.PathLike], format: 
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}.")
     if format == "onnx":
         return export_onnx(model, path, max_tokens, img_size)
-    torch.export.save(export_program(model, max_tokens, img_size), os.fspath(path))
+    program = export_program(model, max_tokens, img_size)
+    with atomic_write(path, description="torch.export program") as tmp, open(tmp, "wb") as f:
+        torch.export.save(program, f)
     return os.fspath(path)
