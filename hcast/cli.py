@@ -559,11 +559,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if taxonomy is None and benchmark is None:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     data_cfg = _data_config(model)
-    method, num_segments = _superpixel_settings(model, args)
-    tf = WithSuperpixels(
-        create_eval_transform(model),
-        SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"]),
-    )
+    tf = create_eval_transform(model)
+    if engine.uses_superpixels(model):  # a patch model (Hier-ViT) reads the images alone
+        method, num_segments = _superpixel_settings(model, args)
+        tf = WithSuperpixels(tf, SuperpixelTransform(num_segments=num_segments, method=method,
+                                                     mean=data_cfg["mean"], std=data_cfg["std"]))
     with user_input(f"data {args.data!r}"):
         dataset = create_dataset(args.data, args.data_root, split=args.split, transform=tf, taxonomy=taxonomy,
                                  num_samples=args.num_samples)
@@ -642,7 +642,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: int):
+def _load_images(paths: Sequence[str], model: Any, method: Optional[str], num_segments: Optional[int]):
+    """(images, segments or None for a patch model (method None), data_cfg, paths read)."""
     import torch
     from PIL import Image
 
@@ -651,7 +652,6 @@ def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: in
 
     data_cfg = _data_config(model)
     tf = create_eval_transform(model)
-    sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
     images, read = [], []
     for path in paths:
         if not Path(path).is_file():
@@ -667,6 +667,9 @@ def _load_images(paths: Sequence[str], model: Any, method: str, num_segments: in
     if not images:
         return None, None, data_cfg, read
     batch = torch.stack(images)
+    if method is None:
+        return batch, None, data_cfg, read
+    sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
     segments = torch.stack([sp(im) for im in images])
     return batch, segments, data_cfg, read
 
@@ -682,7 +685,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if taxonomy is None:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     print(weights)
-    method, num_segments = _superpixel_settings(model, args)
+    if args.segment and not hasattr(model, "forward_segments"):
+        raise UsageError(f"--segment: {args.model!r} ({type(model).__name__}) does not segment images; "
+                         "use a CAST or H-CAST model.")
+    method, num_segments = _superpixel_settings(model, args) if engine.uses_superpixels(model) else (None, None)
     images, segments, data_cfg, read = _load_images(args.images, model, method, num_segments)
     if images is None:
         raise UsageError(f"none of the {len(args.images)} IMAGE arguments could be read (see above).")
@@ -690,7 +696,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     dtype = _inference_dtype(args, device)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        results = predict_paths(model, images.to(device), segments.to(device), taxonomy, top_k=args.top_k)
+        results = predict_paths(model, images.to(device), None if segments is None else segments.to(device),
+                                taxonomy, top_k=args.top_k)
     for path, rows in zip(read, results):
         print(f"{path}:")
         for rank, row in enumerate(rows, 1):
@@ -700,10 +707,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         engine.write_json([{"image": p, "paths": r} for p, r in zip(read, results)], args.json_out)
     if args.segment:
         from hcast.visualize import save_segmentation_figure
-
-        if not hasattr(model, "forward_segments"):
-            raise UsageError(f"--segment: {args.model!r} ({type(model).__name__}) does not segment images; "
-                             "use a CAST or H-CAST model.")
 
         seg = model.forward_segments(images.to(device), segments.to(device))
         titles = ["predicted: " + " / ".join(lv["name"] for lv in rows[0]["levels"]) for rows in results]

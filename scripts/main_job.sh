@@ -8,6 +8,8 @@
 #   bash scripts/main_job.sh                      # CPU (2 cores: ~10 minutes of training)
 #   bash scripts/main_job.sh --device cuda        # extra arguments go to `hcast finetune`
 #   OUT=/tmp/fmnist bash scripts/main_job.sh      # output folder (default runs/main_job)
+#   bash scripts/main_job.sh --model hier_vit_tiny --model-kwargs img_size=64 patch_size=8
+#                                                 # the Hier-ViT baseline, same recipe and budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -70,7 +72,12 @@ for i in range(len(test)):
     image, label = test[i]
     image.save(out / "images" / f"test{i}_{test.classes[label].replace('/', '-').replace(' ', '_')}.png")
 EOF
-hcast predict "$OUT/model" "$OUT"/images/*.png --segment "$OUT/segments.png" "${DEVICE_ARGS[@]}"
+SEGMENT_ARGS=()  # a patch model (e.g. --model hier_vit_tiny) draws no segmentation
+if "$PY" -c "import sys, timm, hcast; from hcast.train import uses_superpixels; \
+sys.exit(0 if uses_superpixels(timm.create_model('local-dir:$OUT/model')) else 1)"; then
+    SEGMENT_ARGS=(--segment "$OUT/segments.png")
+fi
+hcast predict "$OUT/model" "$OUT"/images/*.png "${SEGMENT_ARGS[@]}" "${DEVICE_ARGS[@]}"
 
 echo "== summary"
 "$PY" - "$OUT/test_metrics.json" "$TRAIN_S" "$START" <<'EOF'

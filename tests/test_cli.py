@@ -269,6 +269,30 @@ def test_finetune_with_cached_superpixels(tmp_path, capsys):
 
 
 @needs_fmnist
+def test_the_hier_vit_baseline_runs_the_main_job_recipe_through_every_command(tmp_path, capsys):
+    """A patch model (Hier-ViT) takes the fashion-mnist recipe as H-CAST does (images cached
+    without superpixels), and evaluate / predict read it without superpixels."""
+    out = tmp_path / "run"
+    assert main(["finetune", "--recipe", "fashion-mnist", "--data", "fashion-mnist", "--output", str(out),
+                 "--model", "hier_vit_tiny", "--model-kwargs", "img_size=32", "patch_size=8", "embed_dim=32",
+                 "depth=4", "num_heads=2", "--input-size", "32", "--train-samples", "48", "--val-samples", "16",
+                 "--epochs", "1", "--threads", "1", "--workers", "0", "--batch-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "decoded 48 + 16 images cached" in text and "patches" in text
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "hier_vit_tiny" and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert main(["evaluate", str(out), "fashion-mnist", "--split", "test", "--num-samples", "20", "--workers", "0",
+                 "--no-progress"]) == 0
+    assert "(20 images" in capsys.readouterr().out
+    image = tmp_path / "shirt.png"
+    FashionMNIST(split="test", indices=[0])[0][0].save(image)
+    assert main(["predict", str(out), str(image)]) == 0
+    assert "garment:" in capsys.readouterr().out
+    assert main(["predict", str(out), str(image), "--segment", str(tmp_path / "seg.png")]) == 2
+    assert "does not segment images" in capsys.readouterr().err and not (tmp_path / "seg.png").exists()
+
+
+@needs_fmnist
 def test_predict_skips_a_file_that_is_not_an_image(trained, tmp_path, capsys):
     out, _ = trained
     image, _ = FashionMNIST(split="test", indices=[0])[0]

@@ -215,12 +215,23 @@ def test_superpixel_cache_keeps_images_and_ids_and_flips_them_together():
     assert orientations == {True, False}
 
 
+def test_superpixel_cache_of_a_patch_model_keeps_images_only():
+    """Hier-ViT reads patches: plain (image, label) items are cached and flipped without ids."""
+    from hcast.data import SuperpixelCache
+
+    images = torch.arange(4 * 3 * 4 * 5, dtype=torch.float32).view(4, 3, 4, 5)
+    cache = SuperpixelCache(torch.utils.data.TensorDataset(images, torch.tensor([3, 1, 0, 2])), hflip=1.0)
+    assert cache.segments is None and cache.targets.tolist() == [3, 1, 0, 2]
+    image, label = cache[2]
+    assert torch.equal(image, images[2].flip(-1)) and label == 0
+
+
 def test_superpixel_cache_rejects_bad_input():
     from hcast.data import SuperpixelCache
 
     images = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="WithSuperpixels"):
-        SuperpixelCache(images)
+    with pytest.raises(ValueError, match="WithSuperpixels"):  # (H,W) items: neither an image nor (image, ids)
+        SuperpixelCache(torch.utils.data.TensorDataset(torch.zeros(4, 8, 8), torch.zeros(4, dtype=torch.long)))
     with pytest.raises(ValueError, match="hflip"):
         SuperpixelCache(images, hflip=1.5)
     with pytest.raises(ValueError, match="empty"):

@@ -77,7 +77,9 @@ def test_timm_model_expectations():
         assert key in cfg
     assert dict(model.named_modules())[cfg["first_conv"]] is model.patch_embed.proj
     assert isinstance(dict(model.named_modules())[cfg["classifier"]], torch.nn.Linear)
-    assert timm.data.resolve_data_config({}, model=model)["input_size"] == (3, 224, 224)
+    # the data config follows the size the ViT was built for (img_size=32), not the 224 of its weights
+    assert timm.data.resolve_data_config({}, model=model)["input_size"] == (3, 32, 32)
+    assert timm.create_model("hier_vit_small").pretrained_cfg["input_size"] == (3, 224, 224)
     assert model.num_classes == 10 and model.get_classifier() is model.heads
 
     x = images()

@@ -10,7 +10,7 @@ direction). :class:`SuperpixelCache` does that.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -38,9 +38,14 @@ class SuperpixelCache(Dataset):
     ``cache[i]`` returns ``((image (3,H,W) float32, superpixels (H,W) int64), label int)``;
     ``cache.targets`` is the (N,) int64 label tensor.
 
+    A dataset of plain ``(image, label)`` items (for a patch model such as Hier-ViT, which
+    reads no superpixels) is cached the same way without superpixels: ``cache[i]`` is then
+    ``(image, label)`` and ``cache.segments`` is ``None``.
+
     Raises:
         ValueError: when ``hflip`` is not a probability, when the dataset is empty, or
-            when its items are not ``((image, superpixels), label)`` of one size.
+            when its items are not ``((image, superpixels), label)`` or ``(image, label)``
+            of one size.
     """
 
     def __init__(self, dataset: Dataset, hflip: float = 0.5, num_workers: int = 0, batch_size: int = 256,
@@ -58,13 +63,18 @@ class SuperpixelCache(Dataset):
         images, segments, labels = [], [], []
         for batch in loader:
             inputs, label = batch
-            if not (isinstance(inputs, (list, tuple)) and len(inputs) == 2):
+            if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+                image, segment = inputs, None  # a patch model's images, no superpixels
+            elif isinstance(inputs, (list, tuple)) and len(inputs) == 2:
+                image, segment = inputs
+            else:
                 raise ValueError(
-                    "dataset: expected items ((image, superpixels), label), as WithSuperpixels gives; got "
-                    f"{type(inputs).__name__} inputs. Wrap the transform: WithSuperpixels(transform, "
-                    "SuperpixelTransform(...))."
+                    "dataset: expected items ((image, superpixels), label), as WithSuperpixels gives, or "
+                    f"(image, label) with a (3,H,W) image; got {type(inputs).__name__} inputs. For a "
+                    "superpixel model wrap the transform: WithSuperpixels(transform, SuperpixelTransform(...))."
                 )
-            image, segment = inputs
+            if segments and (segment is None) != (segments[0] is None):
+                raise ValueError("dataset: expected every item with superpixels or every item without; got both.")
             if images and image.shape[1:] != images[0].shape[1:]:
                 raise ValueError(
                     f"dataset: expected images of one size to cache, got {tuple(images[0].shape[1:])} and "
@@ -74,18 +84,22 @@ class SuperpixelCache(Dataset):
             segments.append(segment)
             labels.append(torch.as_tensor(label, dtype=torch.int64))
         self.images = torch.cat(images)
-        ids = torch.cat(segments)
-        self.segments = ids.to(torch.int16 if int(ids.max()) < 2 ** 15 else torch.int32)
+        self.segments = None
+        if segments[0] is not None:
+            ids = torch.cat(segments)
+            self.segments = ids.to(torch.int16 if int(ids.max()) < 2 ** 15 else torch.int32)
         self.targets = torch.cat(labels)
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def __getitem__(self, index: int) -> Tuple[Tuple[torch.Tensor, torch.Tensor], int]:
-        image, segments = self.images[index], self.segments[index].long()
-        if self.hflip > 0 and torch.rand(()) < self.hflip:
-            image, segments = image.flip(-1), segments.flip(-1)
-        return (image, segments), int(self.targets[index])
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        flip = self.hflip > 0 and bool(torch.rand(()) < self.hflip)
+        image = self.images[index].flip(-1) if flip else self.images[index]
+        if self.segments is None:
+            return image, int(self.targets[index])
+        segments = self.segments[index].long()
+        return (image, segments.flip(-1) if flip else segments), int(self.targets[index])
 
     def __repr__(self) -> str:
         return (f"SuperpixelCache(num_samples={len(self)}, image_size={tuple(self.images.shape[-2:])}, "

@@ -42,7 +42,7 @@ from hcast.weights.original import rename_level_heads, strip_prefixes
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn", "hier_vit_small"]
+__all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn", "hier_vit_tiny", "hier_vit_small"]
 
 
 def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
@@ -315,9 +315,15 @@ def _create_hier_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> H
         # timm's builder would otherwise pass the pretrained cfg's 1000 classes
         kwargs["num_classes"] = level_classes[0]
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_hcast_cfg(
+    model = build_model_with_hcast_cfg(
         HierVisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    vit = getattr(model, "model", model)  # features_only wraps the ViT
+    if kwargs.get("img_size") is not None and hasattr(vit, "patch_embed"):
+        # a ViT reads one input size: the data config (resolve_data_config) follows the built model
+        height, width = vit.patch_embed.img_size
+        model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, input_size=(3, int(height), int(width)))
+    return model
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -330,12 +336,27 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
+    "hier_vit_tiny.fb_in1k": _cfg(
+        hf_hub_id="timm/deit_tiny_patch16_224.fb_in1k",
+        url="https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth",
+        description="DeiT-Ti ImageNet-1K weights (timm's deit_tiny_patch16_224.fb_in1k) for the backbone; "
+                    "level heads initialised."),
     "hier_vit_small.fb_in1k": _cfg(
         hf_hub_id="timm/deit_small_patch16_224.fb_in1k",
         url="https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth",
         description="DeiT-S ImageNet-1K weights (timm's deit_small_patch16_224.fb_in1k) for the backbone; "
                     "level heads initialised."),
 })
+
+
+@register_model
+def hier_vit_tiny(pretrained: bool = False, **kwargs: Any) -> HierVisionTransformer:
+    """Hier-ViT-Ti: DeiT-Ti (patch 16, width 192, 12 blocks, 3 heads) with per-level heads on
+    blocks 5/8/11 (0-based; 3 levels) or 8/11 (2 levels); the size of ``hcast_tiny`` (width 192,
+    3 heads). The main job's Hier-ViT baseline trains it from scratch on 64 x 64 Fashion-MNIST
+    with ``img_size=64, patch_size=8`` (64 patch tokens beside H-CAST's 49 superpixels)."""
+    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create_hier_vit("hier_vit_tiny", pretrained, **dict(args, **kwargs))
 
 
 @register_model

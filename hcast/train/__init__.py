@@ -30,7 +30,8 @@ from hcast.train.outputs import plot_learning_curves, save_model_folder, write_l
 from hcast.train.transforms import create_train_transform, create_val_transform
 from hcast.train.recipes import RECIPES, Recipe, get_recipe, list_recipes
 from hcast.train.predict import predict_paths
-from hcast.train.finetune import FinetuneResult, TransformedDataset, create_optimizer_and_scheduler, finetune
+from hcast.train.finetune import (FinetuneResult, TransformedDataset, create_optimizer_and_scheduler, finetune,
+                                  uses_superpixels)
 # checkpoints and JSON for loops of your own (hcast.weights.folder: atomic writes, safe loading)
 from hcast.weights.folder import load_checkpoint, save_checkpoint, write_json
 
@@ -63,6 +64,7 @@ __all__ = [
     "save_model_folder",
     "train_one_epoch",
     "unwrap_model",
+    "uses_superpixels",
     "write_json",
     "write_log",
 ]

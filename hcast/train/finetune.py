@@ -248,7 +248,8 @@ def finetune(
         train_data = SuperpixelCache(train_data, hflip=config.hflip, num_workers=config.workers, progress=show_progress)
         val_data = SuperpixelCache(val_data, hflip=0.0, num_workers=config.workers, progress=show_progress)
         cache_seconds = time.perf_counter() - t0
-        say(f"superpixels of {len(train_data)} + {len(val_data)} images cached in {cache_seconds:.0f}s "
+        what = "superpixels of" if with_superpixels else "decoded"
+        say(f"{what} {len(train_data)} + {len(val_data)} images cached in {cache_seconds:.0f}s "
             f"({(train_data.images.nbytes + val_data.images.nbytes) / 2 ** 20:.0f} MiB of images)")
 
     if config.repeated_aug > 1:
