@@ -341,7 +341,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add(g, "--ema-decay", "EMA of the weights per update (timm ModelEmaV3; 0: off)", type=float)
     g.add_argument("--ema-eval", dest="ema_eval", action="store_true", default=argparse.SUPPRESS,
                    help="validate and keep the best epoch with the EMA weights (timm's train.py) instead of the raw ones")
-    add(g, "--amp", "auto: bf16/fp16 on CUDA, off on CPU", choices=("auto", "bf16", "fp16", "off"))
+    add(g, "--precision", "autocast: fp32, bf16, fp16, or auto: bf16 on CUDA (fp16 on GPUs without bf16) and on "
+        "CPUs with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere", choices=("fp32", "bf16", "fp16", "auto"))
+    g.add_argument("--amp", default=argparse.SUPPRESS, choices=("auto", "bf16", "fp16", "off"),
+                   help="deprecated: use --precision ('off' is fp32)")
     g = p.add_argument_group("run")
     add(g, "--device", "auto | cpu | cuda", type=str)
     add(g, "--workers", "DataLoader worker processes per process", type=int)
@@ -378,6 +381,8 @@ def resolve_finetune_config(args: argparse.Namespace) -> Tuple[Any, Dict[str, An
     from hcast.train import FinetuneConfig, get_recipe
 
     given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if "amp" in given and "precision" in given:
+        raise UsageError("pass --precision or the deprecated --amp, not both.")
     if given.get("clip_grad") == 0:
         given["clip_grad"] = None
     recipe = get_recipe(args.recipe) if args.recipe else None
@@ -528,6 +533,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="a registry MODEL with random weights instead of its released ones (the output says so)")
     p.add_argument("--num-samples", type=int, default=None, help="class-balanced subset size (default: all)")
     p.add_argument("--batch-size", "-b", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="CAST / H-CAST: evaluate in the fixed-budget mode, N superpixel tokens per image with padded "
+                        "ones masked out (each image's logits independent of its batch; N above the largest id); "
+                        "0: the original mode (tokens padded to the batch's largest id, attended to). "
+                        "Default: the model's own (max_tokens in its config, else the original mode)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -553,6 +563,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(ctx.device), args.taxonomy,
                                                                not args.no_pretrained)
+    if args.max_tokens is not None:
+        _set_token_budget(model, args.max_tokens, args.model)
     benchmark = benchmark_dataset_name(args.data)
     if taxonomy is None and benchmark is None:
         taxonomy = load_taxonomy(data=args.data)
@@ -587,6 +599,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"metrics written to {args.json_out}")
     engine.destroy_distributed()
     return 0
+
+
+def _set_token_budget(model: Any, max_tokens: int, name: str) -> None:
+    """``--max-tokens``: the fixed-budget mode (N >= 1) or the original mode (0)."""
+    if not hasattr(model, "max_tokens"):
+        raise UsageError(f"--max-tokens: {name!r} ({type(model).__name__}) has no superpixel tokens; "
+                         "the flag is for CAST and H-CAST models.")
+    if max_tokens < 0:
+        raise UsageError(f"--max-tokens: expected 0 (the original mode) or a token budget >= 1, got {max_tokens}.")
+    model.max_tokens = max_tokens or None
 
 
 # ----------------------------------------------------------------------------- precision (evaluate, predict)

@@ -134,6 +134,25 @@ def test_shard_sampler_reads_every_index_once():
         engine.ShardSampler(4, 2, 2)
 
 
+def test_training_precision_and_the_deprecated_amp_field(monkeypatch):
+    cpu = torch.device("cpu")
+    assert engine.resolve_training_precision(cpu, "fp32") is None
+    assert engine.resolve_training_precision(cpu, "bf16") is torch.bfloat16
+    assert engine.resolve_training_precision(cpu, "fp16") is torch.float16
+    monkeypatch.setattr("hcast.precision.cpu_has_native_bf16", lambda: True)
+    assert engine.resolve_training_precision(cpu, "auto", verbose=False) is torch.bfloat16
+    monkeypatch.setattr("hcast.precision.cpu_has_native_bf16", lambda: False)
+    assert engine.resolve_training_precision(cpu, "auto", verbose=False) is None
+    with pytest.raises(ValueError, match="precision"):
+        engine.resolve_training_precision(cpu, "off")
+    with pytest.warns(FutureWarning, match="precision"):
+        config = engine.FinetuneConfig(amp="off")
+    assert config.precision == "fp32" and config.amp is None and "amp" not in {
+        k for k, v in config.to_dict().items() if v is not None}
+    with pytest.raises(ValueError, match="precision"):
+        engine.FinetuneConfig(precision="fp8")
+
+
 def test_resolve_amp_dtype():
     cpu = torch.device("cpu")
     assert engine.resolve_amp_dtype(cpu, "auto") is None

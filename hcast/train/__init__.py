@@ -21,6 +21,7 @@ from hcast.train.distributed import (
     destroy_distributed,
     init_distributed,
     resolve_amp_dtype,
+    resolve_training_precision,
     resolve_device,
     unwrap_model,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "plot_learning_curves",
     "predict_paths",
     "resolve_amp_dtype",
+    "resolve_training_precision",
     "resolve_device",
     "save_checkpoint",
     "save_model_folder",

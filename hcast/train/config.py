@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
 __all__ = ["FinetuneConfig"]
 
 _SUPERPIXEL_MODES = ("loader", "device", "cache")
-_AMP = ("auto", "bf16", "fp16", "off")
+_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_AMP_TO_PRECISION = {"off": "fp32", "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
 
 
 @dataclass
@@ -79,7 +81,13 @@ class FinetuneConfig:
     Run settings:
 
     Attributes:
-        amp: ``"auto"`` (bf16/fp16 on CUDA, off on CPU), ``"bf16"``, ``"fp16"``, ``"off"``.
+        precision: autocast of the forward pass: ``"fp32"`` (none), ``"bf16"``, ``"fp16"``
+            (with a ``GradScaler``) or ``"auto"``: bf16 on CUDA (fp16 on GPUs without bf16)
+            and on CPUs with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere
+            (:func:`hcast.train.resolve_training_precision`). The loss, farthest point
+            sampling and the superpixel means stay in float32 / float64.
+        amp: deprecated alias of ``precision`` (``"off"`` = ``"fp32"``); warns, sets
+            ``precision`` and is reset to ``None``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         workers: DataLoader worker processes per process.
         seed: seeds every epoch's randomness (with the epoch and the rank), so a resumed
@@ -124,7 +132,7 @@ class FinetuneConfig:
     superpixels: str = "loader"
     superpixel_method: Optional[str] = None
     num_segments: Optional[int] = None
-    amp: str = "auto"
+    precision: str = "auto"
     device: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -132,8 +140,16 @@ class FinetuneConfig:
     time_budget: Optional[float] = None
     progress: bool = True
     recipe: Optional[str] = field(default=None)
+    amp: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.amp is not None:
+            if self.amp not in _AMP_TO_PRECISION:
+                raise ValueError(f"amp: expected one of {tuple(_AMP_TO_PRECISION)} (deprecated; use precision), "
+                                 f"got {self.amp!r}.")
+            warnings.warn("FinetuneConfig.amp (--amp) is deprecated; use precision (--precision "
+                          "fp32|bf16|fp16|auto; amp 'off' is 'fp32').", FutureWarning, stacklevel=3)
+            self.precision, self.amp = _AMP_TO_PRECISION[self.amp], None
         self.validate()
 
     def validate(self) -> None:
@@ -163,7 +179,7 @@ class FinetuneConfig:
             raise ValueError(f"batch_size: expected an even batch size with mixup/cutmix (timm's Mixup pairs each "
                              f"image with its mirror in the batch), got {self.batch_size}.")
         need(self.superpixels in _SUPERPIXEL_MODES, "superpixels", f"one of {_SUPERPIXEL_MODES}")
-        need(self.amp in _AMP, "amp", f"one of {_AMP}")
+        need(self.precision in _PRECISIONS, "precision", f"one of {_PRECISIONS}")
         need(self.workers >= 0, "workers", ">= 0")
         need(self.time_budget is None or self.time_budget > 0, "time_budget", "None or positive minutes")
         if self.superpixels == "cache" and self.scale_min != 1.0:

@@ -93,7 +93,9 @@ def destroy_distributed() -> None:
 
 
 def resolve_amp_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dtype]:
-    """The autocast dtype for ``device``: ``None`` means full float32.
+    """The autocast dtype for ``device``: ``None`` means full float32. (The ``amp`` names of
+    ``--amp``, kept for old scripts; :func:`resolve_training_precision` is what
+    :func:`hcast.train.finetune` uses.)
 
     ``amp="auto"``: bfloat16 on CUDA GPUs that support it, float16 on older GPUs, off on
     CPU (CPU autocast is slower than float32 for these models on most machines).
@@ -114,6 +116,36 @@ def resolve_amp_dtype(device: torch.device, amp: str = "auto") -> Optional[torch
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_training_precision(device: torch.device, precision: str = "auto", verbose: bool = True
+                               ) -> Optional[torch.dtype]:
+    """The autocast dtype of a training run (:attr:`FinetuneConfig.precision`): ``None`` for float32.
+
+    ``"fp32"``, ``"bf16"``, ``"fp16"`` are taken as given; ``"auto"`` follows
+    :func:`hcast.precision.resolve_precision` (bfloat16 on CUDA and on CPUs with native
+    bfloat16, float32 elsewhere) and picks float16 (trained with a ``GradScaler``) on a
+    GPU without bfloat16.
+
+    Args:
+        device: where the model trains.
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
+        verbose: print what ``"auto"`` chose, and why.
+
+    Raises:
+        ValueError: an unknown ``precision``.
+    """
+    from hcast.precision import resolve_precision
+
+    if precision == "fp16":
+        return torch.float16
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"precision: expected 'fp32', 'bf16', 'fp16' or 'auto', got {precision!r}.")
+    device = torch.device(device)
+    dtype = resolve_precision(precision, device, verbose=verbose)
+    if dtype is None and precision == "auto" and device.type == "cuda" and torch.cuda.is_available():
+        return torch.float16  # a GPU without bfloat16: float16 with loss scaling
+    return dtype
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from hcast.hierarchy import Taxonomy
 from hcast.train.config import FinetuneConfig
-from hcast.train.distributed import ShardSampler, init_distributed, resolve_amp_dtype
+from hcast.train.distributed import ShardSampler, init_distributed, resolve_training_precision
 from hcast.train.evaluation import evaluate
 from hcast.train.loop import TimeBudget, train_one_epoch
 from hcast.train.outputs import (CHECKPOINT_NAME, CONFIG_NAME, CURVES_NAME, LOG_NAME, plot_learning_curves,
@@ -101,6 +101,9 @@ class TransformedDataset(Dataset):
         if name in ("dataset", "transform") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+_PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def uses_superpixels(model: nn.Module) -> bool:
@@ -280,7 +283,7 @@ def finetune(
     steps_per_epoch = min(len(train_loader), config.max_steps or len(train_loader))
     lr = config.lr * (config.batch_size * ctx.world_size / config.lr_base_batch if config.lr_base_batch else 1.0)
     optimizer, scheduler, warmup_updates = create_optimizer_and_scheduler(model, config, steps_per_epoch, lr)
-    amp_dtype = resolve_amp_dtype(ctx.device, config.amp)
+    amp_dtype = resolve_training_precision(ctx.device, config.precision, verbose=ctx.is_main)
     grad_scaler = torch.amp.GradScaler(ctx.device.type) if amp_dtype == torch.float16 else None
     model_ema = None
     if config.ema_decay > 0:
@@ -329,7 +332,7 @@ def finetune(
     sp_note = f"superpixels {method} ({num_segments}) in the {config.superpixels}" if with_superpixels else "patches"
     say(f"hcast finetune: {type(model).__name__} ({n_params / 1e6:.2f}M parameters) on {ctx.device} x{ctx.world_size}, "
         f"{len(train_data)} train / {len(val_data)} val images, levels {taxonomy.num_classes}, {sp_note}, "
-        f"AMP {amp_dtype if amp_dtype else 'off'}, {config.epochs} epochs x {steps_per_epoch} steps, peak LR {lr:.3g}"
+        f"precision {_PRECISION_NAMES[amp_dtype]}, {config.epochs} epochs x {steps_per_epoch} steps, peak LR {lr:.3g}"
         + (f", recipe {config.recipe}" if config.recipe else ""))
 
     budget = None

@@ -165,7 +165,7 @@ def train_one_epoch(
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {epoch}, step {steps}; lower --lr, raise --warmup-epochs, "
-                "or use --amp off."
+                "or use --precision fp32."
             )
         optimizer.zero_grad(set_to_none=True)
         if grad_scaler is not None:
