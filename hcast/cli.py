@@ -333,6 +333,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add(g, "--warmup-epochs", "linear warm-up length in epochs", type=float)
     add(g, "--warmup-lr", "learning rate at the first update", type=float)
     add(g, "--weight-decay", "AdamW weight decay", type=float)
+    add(g, "--eval-mean", "normalisation mean of validation images and of the saved model (none: the model's)",
+        type=float, nargs=3, metavar=("R", "G", "B"))
+    add(g, "--eval-std", "normalisation std of validation images and of the saved model (none: the model's)",
+        type=float, nargs=3, metavar=("R", "G", "B"))
     add(g, "--opt", "timm.optim optimizer name", type=str)
     add(g, "--clip-grad", "max gradient norm (0 or none: off)", type=_optional(float))
     add(g, "--kl-weight", "weight of H-CAST's tree-path KL term", type=float)

@@ -161,6 +161,42 @@ def test_small_images_are_validated_whole_by_default():
     assert cropped.shape == (3, 64, 64) and not torch.allclose(cropped, want, atol=1e-3)
 
 
+def test_the_inat21_recipe_evaluates_and_saves_with_inats_statistics(photo_folder, tmp_path):
+    """hcast-inat21 trains with the model's (ImageNet) normalisation and validates with iNat's,
+    as the authors' build_transform does; the saved folder's data config carries iNat's, so
+    hcast evaluate reads the model as the authors evaluate it."""
+    import timm
+
+    from hcast.data import create_train_val_datasets
+    from hcast.hierarchy import Taxonomy
+    from hcast.train import finetune
+
+    inat_mean, inat_std = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
+    config = get_recipe("hcast-inat21").config
+    assert (config.eval_mean, config.eval_std) == (inat_mean, inat_std)
+    data_cfg = {"input_size": (3, 32, 32), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    image = Image.fromarray(np.full((40, 40, 3), 200, np.uint8))
+    val = create_val_transform(config.replace(input_size=32), data_cfg)(image)
+    torch.testing.assert_close(val[:, 0, 0], (200 / 255 - torch.tensor(inat_mean)) / torch.tensor(inat_std))
+
+    taxonomy = Taxonomy.load(photo_folder / "taxonomy.json")
+    train_set, val_set = create_train_val_datasets(str(photo_folder / "images"), None, None, taxonomy=taxonomy,
+                                                   val_fraction=0.25, seed=0)
+    small = config.replace(epochs=1, batch_size=8, input_size=32, num_segments=16, superpixel_method="slic",
+                           mixup=0.0, cutmix=0.0, ema_decay=0.0, repeated_aug=0, auto_augment=None, reprob=0.0,
+                           drop_path=0.0, workers=0, device="cpu", progress=False, max_steps=1)
+    torch.manual_seed(0)
+    model = timm.create_model("hcast_tiny", embed_dim=32, depths=[1, 1, 1, 1], num_heads=2, img_size=32,
+                              level_classes=taxonomy.num_classes)
+    finetune(model, train_set, val_set, taxonomy, small, output=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["pretrained_cfg"]
+    assert tuple(saved["mean"]) == inat_mean and tuple(saved["std"]) == inat_std
+    with pytest.raises(ValueError, match="eval_mean and eval_std set together"):
+        FinetuneConfig(eval_mean=inat_mean)
+    with pytest.raises(ValueError, match="eval_std: expected positive"):
+        FinetuneConfig(eval_mean=inat_mean, eval_std=(0.1, 0.0, 0.1))
+
+
 def test_config_rejects_what_would_fail_later():
     with pytest.raises(ValueError, match="unknown field.*'lrr'"):
         FinetuneConfig.from_dict({"lrr": 1e-3})

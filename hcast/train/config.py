@@ -12,7 +12,7 @@ import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = ["FinetuneConfig"]
 
@@ -72,6 +72,10 @@ class FinetuneConfig:
         eval_crop_pct: validation resizes the short side to ``size / eval_crop_pct`` and
             takes the center crop (the authors: 0.875); ``None``: the whole image squashed
             to the input size, no crop (small images such as Fashion-MNIST's).
+        eval_mean, eval_std: per-channel normalisation of validation images, and of the
+            saved model folder's data config (what ``hcast evaluate`` then uses); ``None``: the
+            model's, as in training. The H-CAST authors evaluate iNat21 with iNat's own
+            statistics while training with ImageNet's (``hcast-inat21``).
         superpixels: where superpixels are computed: ``"loader"`` (DataLoader workers, on
             the augmented image, as the original), ``"device"`` (batched ``torch_slic``
             on the training device) or ``"cache"`` (once, before training: flip-only
@@ -129,6 +133,8 @@ class FinetuneConfig:
     remode: str = "pixel"
     recount: int = 1
     eval_crop_pct: Optional[float] = None
+    eval_mean: Optional[Tuple[float, float, float]] = None
+    eval_std: Optional[Tuple[float, float, float]] = None
     superpixels: str = "loader"
     superpixel_method: Optional[str] = None
     num_segments: Optional[int] = None
@@ -172,6 +178,15 @@ class FinetuneConfig:
         need(0.0 <= self.hflip <= 1.0, "hflip", "a probability in [0, 1]")
         need(0.0 <= self.reprob <= 1.0, "reprob", "a probability in [0, 1]")
         need(self.eval_crop_pct is None or 0.0 < self.eval_crop_pct <= 1.0, "eval_crop_pct", "None or in (0, 1]")
+        for name in ("eval_mean", "eval_std"):
+            value = getattr(self, name)
+            if value is not None:
+                values = tuple(value) if isinstance(value, (list, tuple)) else ()
+                need(len(values) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              for v in values), name, "None or three numbers (R, G, B)")
+                setattr(self, name, tuple(float(v) for v in values))
+        need(self.eval_std is None or min(self.eval_std) > 0, "eval_std", "positive standard deviations")
+        need((self.eval_mean is None) == (self.eval_std is None), "eval_mean", "eval_mean and eval_std set together")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", "0 (off) or a decay in (0, 1)")
         need(self.repeated_aug >= 0, "repeated_aug", "0 (off) or a repeat count")
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup", "mixup and cutmix alphas >= 0")

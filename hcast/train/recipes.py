@@ -116,7 +116,10 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in [
             lr=(1e-3, "README Aircraft command (--lr 0.001)"),
             warmup_lr=(1e-4, "README Aircraft command (--warmup-lr 0.0001)"),
             repeated_aug=(0, "README Aircraft command runs without --distributed: no RASampler")),
-    _recipe("hcast-inat21", "H-CAST on iNat21-Mini, 4 GPUs x 256", "hcast_small.deit_in1k", True, _HCAST),
+    _recipe("hcast-inat21", "H-CAST on iNat21-Mini, 4 GPUs x 256", "hcast_small.deit_in1k", True, _HCAST,
+            eval_mean=((0.466, 0.471, 0.380), "deit/dataset/datasets.py build_transform: evaluation of INAT "
+                       "normalises with iNat's statistics (training keeps timm's ImageNet default)"),
+            eval_std=((0.195, 0.194, 0.192), "deit/dataset/datasets.py build_transform (INAT)")),
     _recipe("hier-vit", "Hier-ViT (DeiT-S with per-level heads), the authors' baseline on every benchmark",
             "hier_vit_small.fb_in1k", True, _HCAST,
             lr=(5e-4, f"{_HIER} --lr default (README Hier-ViT commands set none)"),

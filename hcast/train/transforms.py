@@ -27,11 +27,16 @@ def val_data_config(config: FinetuneConfig) -> Dict[str, Any]:
 
     ``config.eval_crop_pct=None``: :data:`WHOLE_IMAGE`; a number: a bicubic resize of the
     short side to ``size / eval_crop_pct`` and a center crop (the authors' evaluation).
-    Written into the model folder, so ``hcast evaluate`` uses the same transform.
+    With ``config.eval_mean`` / ``eval_std`` set, also ``mean`` and ``std``. Written into the
+    model folder, so ``hcast evaluate`` uses the same transform.
     """
     if config.eval_crop_pct is None:
-        return dict(WHOLE_IMAGE)
-    return {"crop_pct": float(config.eval_crop_pct), "crop_mode": "center", "interpolation": "bicubic"}
+        out = dict(WHOLE_IMAGE)
+    else:
+        out = {"crop_pct": float(config.eval_crop_pct), "crop_mode": "center", "interpolation": "bicubic"}
+    if config.eval_mean is not None:
+        out.update(mean=tuple(config.eval_mean), std=tuple(config.eval_std))
+    return out
 
 
 def _size(config: FinetuneConfig, data_config: Mapping[str, Any]) -> Tuple[int, int]:
@@ -67,7 +72,6 @@ def create_val_transform(config: FinetuneConfig, data_config: Mapping[str, Any])
     """PIL image -> (3, H, W) float32 normalised tensor for validation (see :func:`val_data_config`)."""
     from timm.data import create_transform
 
-    crop = val_data_config(config)
-    tf = create_transform(input_size=_size(config, data_config), is_training=False,
-                          mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), **crop)
+    crop = {"mean": tuple(data_config["mean"]), "std": tuple(data_config["std"]), **val_data_config(config)}
+    tf = create_transform(input_size=_size(config, data_config), is_training=False, **crop)
     return T.Compose([ToRGB(), *tf.transforms])
