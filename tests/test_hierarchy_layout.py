@@ -1,4 +1,5 @@
-"""The layout of hcast.hierarchy and hcast.metric_learning: public names, old module paths."""
+"""The layout of hcast.hierarchy and hcast.metric_learning: public names, old module paths.
+(Every public module's ``__all__`` and docstrings: tests/test_public_api.py.)"""
 import importlib
 import inspect
 import subprocess
@@ -20,23 +21,6 @@ OLD_PATHS = {
     "hcast.hierarchy.hier": ["hcast.metric_learning.hier"],
     "hcast.hierarchy.retrieval": ["hcast.metric_learning.retrieval"],
 }
-
-PUBLIC_MODULES = [
-    "hcast.hierarchy",
-    "hcast.hierarchy.taxonomy",
-    "hcast.hierarchy.taxonomies",
-    "hcast.hierarchy.losses",
-    "hcast.hierarchy.losses.tree_path",
-    "hcast.hierarchy.losses.hierarchical_cross_entropy",
-    "hcast.hierarchy.losses.soft_labels",
-    "hcast.hierarchy.losses.level_weighted",
-    "hcast.hierarchy.metrics",
-    "hcast.hierarchy.decoding",
-    "hcast.hierarchy.mixup",
-    "hcast.metric_learning",
-    "hcast.metric_learning.hier",
-    "hcast.metric_learning.retrieval",
-]
 
 
 @pytest.mark.parametrize("old", sorted(OLD_PATHS))
@@ -76,14 +60,6 @@ def test_deprecation_warning_points_at_the_users_import_line(tmp_path):
     assert "import from hcast.metric_learning instead" in out.stderr
 
 
-def test_package_imports_raise_no_deprecation_warning():
-    code = "import hcast, hcast.hierarchy, hcast.metric_learning, hcast.hierarchy.losses"
-    out = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-
-
 def test_names_users_had_stay_exported_by_hcast_hierarchy():
     from hcast.metric_learning import HIERLoss, RecallAtK, ToPoincare, poincare_distance_matrix, recall_at_k, to_poincare
     from hcast.hierarchy.losses import HCASTLoss, hxe_edge_weights, level_targets_to_probs, ramp_weight
@@ -93,18 +69,6 @@ def test_names_users_had_stay_exported_by_hcast_hierarchy():
                 hxe_edge_weights, level_targets_to_probs, ramp_weight, path_log_probs):
         assert getattr(hcast.hierarchy, obj.__name__) is obj
         assert obj.__name__ in hcast.hierarchy.__all__
-
-
-@pytest.mark.parametrize("module", PUBLIC_MODULES)
-def test_every_public_name_imports_and_has_a_docstring(module):
-    mod = importlib.import_module(module)
-    assert mod.__doc__ and mod.__doc__.strip()
-    assert mod.__all__, f"{module} has an empty __all__"
-    assert len(set(mod.__all__)) == len(mod.__all__), f"{module}.__all__ repeats a name"
-    for name in mod.__all__:
-        obj = getattr(mod, name)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
 
 
 def test_metric_learning_needs_no_taxonomy():

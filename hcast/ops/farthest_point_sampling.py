@@ -72,13 +72,16 @@ def _rescale_huge(points: torch.Tensor) -> torch.Tensor:
     if points.dtype != torch.float64:
         return points  # float32's largest value squared is ~1e77: no overflow
     channels = points.shape[2]
-    # (2 M)^2 * C stays below 2**1020 for M below this bound.
-    bound = 2.0 ** ((1020 - 2 - max(channels - 1, 1).bit_length()) // 2)
+    # (2 M)^2 * C stays below 2**1020 for M below 2**bound_exponent.
+    bound_exponent = (1020 - 2 - max(channels - 1, 1).bit_length()) // 2
     peak = points.detach().abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    log2_peak = torch.log2(peak)
     # 2**-(floor(log2 peak) + 1): a power of two (exp2 of a whole number is exact), so the
-    # scaling is exact; log2 / exp2 rather than frexp, which ONNX has no op for.
-    exponent = torch.floor(torch.log2(peak)) + 1.0
-    scale = torch.where(peak > bound, torch.exp2(-exponent), torch.ones_like(peak))
+    # scaling is exact; log2 / exp2 rather than frexp, which ONNX has no op for. The bound is
+    # compared as an exponent: 2**505 as a constant would overflow the float32 scalars the
+    # ONNX exporter writes (and the rescaling would silently never happen in ONNX Runtime).
+    exponent = torch.floor(log2_peak) + 1.0
+    scale = torch.where(log2_peak > bound_exponent, torch.exp2(-exponent), torch.ones_like(peak))
     return points * scale
 
 
