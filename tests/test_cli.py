@@ -121,6 +121,23 @@ def test_evaluate_prints_a_table_and_writes_json(trained, tmp_path, capsys):
 
 
 @needs_fmnist
+def test_evaluate_with_a_token_budget_does_not_depend_on_the_batch_size(trained, tmp_path, capsys):
+    """--max-tokens: the fixed-budget mode, whose numbers are the same at any batch size."""
+    out, _ = trained
+    results = []
+    for batch in ("3", "30"):
+        assert main(["evaluate", str(out), "fashion-mnist", "--num-samples", "30", "--workers", "0", "--no-progress",
+                     "--max-tokens", "64", "--batch-size", batch, "--json", str(tmp_path / f"b{batch}.json")]) == 0
+        results.append(json.loads((tmp_path / f"b{batch}.json").read_text()))
+    for key in ("plain", "consistent"):
+        assert results[0][key]["level_accuracy"] == results[1][key]["level_accuracy"]
+        assert results[0][key]["fpa"] == results[1][key]["fpa"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "fashion-mnist", "--num-samples", "30", "--max-tokens", "-1"]) == 2
+    assert "--max-tokens: expected 0" in capsys.readouterr().err
+
+
+@needs_fmnist
 def test_predict_prints_the_path_and_draws_the_segments(trained, tmp_path, capsys):
     out, _ = trained
     test = FashionMNIST(split="test", indices=[0, 1])
