@@ -38,6 +38,7 @@ fi
 # `hcast finetune --recipe fashion-mnist --print-config` shows every value; extra arguments override them.
 THREADS=${THREADS:-$(nproc)}
 TIME_BUDGET=${TIME_BUDGET:-9}
+if [ "$TIME_BUDGET" = 0 ]; then TIME_BUDGET=none; fi   # TIME_BUDGET=0: no time limit
 mkdir -p "$OUT"
 echo "== 1. fine-tune hcast_tiny on Fashion-MNIST"
 T0=$(date +%s)
