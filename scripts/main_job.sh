@@ -40,7 +40,7 @@ THREADS=${THREADS:-$(nproc)}
 TIME_BUDGET=${TIME_BUDGET:-9}
 if [ "$TIME_BUDGET" = 0 ]; then TIME_BUDGET=none; fi   # TIME_BUDGET=0: no time limit
 mkdir -p "$OUT"
-echo "== 1. fine-tune hcast_tiny on Fashion-MNIST"
+echo "== 1. fine-tune on Fashion-MNIST (hcast_tiny unless --model says otherwise)"
 T0=$(date +%s)
 hcast finetune --recipe fashion-mnist --data fashion-mnist --output "$OUT/model" \
     --threads "$THREADS" --workers "$THREADS" --time-budget "$TIME_BUDGET" --no-progress "$@"
