@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 __all__ = ["main", "build_parser", "load_model", "load_model_for_inference", "load_taxonomy", "UsageError"]
 
@@ -168,20 +167,29 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
     return model.to(device).eval(), taxonomy, config
 
 
-def _superpixel_settings(model: Any, args: argparse.Namespace) -> Tuple[str, int]:
-    """(method, num_segments) from the arguments, else the model's config, checked against the
-    input size before any image is read (:func:`hcast.data.resolve_superpixel_settings`).
+def _superpixel_transform(model: Any, args: argparse.Namespace) -> Any:
+    """The :class:`hcast.ops.SuperpixelTransform` of ``model``'s images (un-normalised with its
+    data config), or ``None`` for a patch model (Hier-ViT) that reads no superpixels. Method
+    and count come from the arguments, else the model's config, checked against the input
+    size before any image is read (:func:`hcast.data.resolve_superpixel_settings`).
 
     Raises:
         UsageError: a count the method or the model's feature grid cannot take (SEEDS would
             crash or hang in OpenCV; a crafted config's 100,000 tokens would exhaust memory).
     """
     from hcast.data import resolve_superpixel_settings
+    from hcast.ops import SuperpixelTransform
+    from hcast.train import uses_superpixels
 
+    if not uses_superpixels(model):
+        return None
     flag = "--num-segments" if getattr(args, "num_segments", None) else "superpixels"
     with user_input(flag):
-        return resolve_superpixel_settings(model, getattr(args, "superpixel_method", None),
-                                           getattr(args, "num_segments", None), getattr(args, "input_size", None))
+        method, num_segments = resolve_superpixel_settings(
+            model, getattr(args, "superpixel_method", None), getattr(args, "num_segments", None),
+            getattr(args, "input_size", None))
+    data_cfg = _data_config(model)
+    return SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
 
 
 def _data_config(model: Any) -> Dict[str, Any]:
@@ -559,7 +567,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from hcast import train as engine
     from hcast.data import WithSuperpixels, benchmark_dataset_name, create_dataset, create_eval_transform
-    from hcast.ops import SuperpixelTransform
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -574,12 +581,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         taxonomy = load_taxonomy(data=args.data)
     if taxonomy is None and benchmark is None:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
-    data_cfg = _data_config(model)
     tf = create_eval_transform(model)
-    if engine.uses_superpixels(model):  # a patch model (Hier-ViT) reads the images alone
-        method, num_segments = _superpixel_settings(model, args)
-        tf = WithSuperpixels(tf, SuperpixelTransform(num_segments=num_segments, method=method,
-                                                     mean=data_cfg["mean"], std=data_cfg["std"]))
+    sp = _superpixel_transform(model, args)
+    if sp is not None:  # a patch model (Hier-ViT) reads the images alone
+        tf = WithSuperpixels(tf, sp)
     with user_input(f"data {args.data!r}"):
         dataset = create_dataset(args.data, args.data_root, split=args.split, transform=tf, taxonomy=taxonomy,
                                  num_samples=args.num_samples)
@@ -668,13 +673,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _load_images(paths: Sequence[str], model: Any, method: Optional[str], num_segments: Optional[int]):
-    """(images, segments or None for a patch model (method None), data_cfg, paths read)."""
+def _load_images(paths: Sequence[str], model: Any, sp: Any):
+    """(images, their superpixels by ``sp`` or None without it (a patch model), data_cfg, paths read)."""
     import torch
     from PIL import Image
 
     from hcast.data import create_eval_transform
-    from hcast.ops import SuperpixelTransform
 
     data_cfg = _data_config(model)
     tf = create_eval_transform(model)
@@ -693,10 +697,7 @@ def _load_images(paths: Sequence[str], model: Any, method: Optional[str], num_se
     if not images:
         return None, None, data_cfg, read
     batch = torch.stack(images)
-    if method is None:
-        return batch, None, data_cfg, read
-    sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
-    segments = torch.stack([sp(im) for im in images])
+    segments = None if sp is None else torch.stack([sp(im) for im in images])
     return batch, segments, data_cfg, read
 
 
@@ -714,8 +715,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.segment and not hasattr(model, "forward_segments"):
         raise UsageError(f"--segment: {args.model!r} ({type(model).__name__}) does not segment images; "
                          "use a CAST or H-CAST model.")
-    method, num_segments = _superpixel_settings(model, args) if engine.uses_superpixels(model) else (None, None)
-    images, segments, data_cfg, read = _load_images(args.images, model, method, num_segments)
+    images, segments, data_cfg, read = _load_images(args.images, model, _superpixel_transform(model, args))
     if images is None:
         raise UsageError(f"none of the {len(args.images)} IMAGE arguments could be read (see above).")
     import torch

@@ -233,12 +233,12 @@ def finetune(
     val_tf = create_val_transform(config, data_cfg)
     if config.superpixels == "cache":  # SuperpixelCache flips the training images with their superpixels
         train_tf = create_val_transform(config.replace(eval_mean=None, eval_std=None), data_cfg)
-    val_stats = val_data_config(config)  # the evaluation's normalisation, when it differs from training's
+    val_cfg = {**data_cfg, **val_data_config(config)}  # as create_val_transform: its own mean/std if set
     superpixel_fn = None
     if with_superpixels and config.superpixels in ("loader", "cache"):
         sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"], std=data_cfg["std"])
-        val_sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=val_stats.get(
-            "mean", data_cfg["mean"]), std=val_stats.get("std", data_cfg["std"]))
+        val_sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=val_cfg["mean"],
+                                     std=val_cfg["std"])
         train_tf, val_tf = WithSuperpixels(train_tf, sp), WithSuperpixels(val_tf, val_sp)
     elif with_superpixels:
 
