@@ -905,10 +905,10 @@ class CAST(FromPretrainedMixin, nn.Module):
             stage_tokens.append(cls_x)
             if i in take_indices:
                 y = self.norm(cls_x) if norm else cls_x
-                feature = y[:, self.num_prefix_tokens:]
+                feature = y[:, 1:]  # each stage runs on one class token, then its region tokens
                 if output_fmt == "NCHW":
                     feature = paint_tokens(feature, grid_ids, logits, paint)
-                intermediates.append((feature, y[:, :self.num_prefix_tokens]) if return_prefix_tokens else feature)
+                intermediates.append((feature, y[:, :1]) if return_prefix_tokens else feature)
             if i < run_to:
                 cls_token, x, logit, _ = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask, i == 0 and attn_mask is not None,
                                                     self.validate_args)

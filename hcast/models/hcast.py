@@ -7,22 +7,23 @@ Classification", ICLR 2025; original code github.com/ngocquanai/HiOT @ b1a222b
 Fine-grained levels read the class token of earlier stages (finer segments), coarse
 levels later ones: the coarsest level reads the normalised class token after the last
 stage, each finer level the (un-normalised) class token one stage earlier. With 2 levels
-that is stages 3 and 4, with 3 levels stages 2, 3 and 4, as in the original. The model
-returns a tuple of logits, finest first.
+that is stages 3 and 4, with 3 levels stages 2, 3 and 4, as in the original.
+``forward`` returns the finest level's logits (timm's contract);
+:meth:`HCAST.forward_levels` the per-level tuple, finest first, as the original.
 
 Original head names: ``head`` (finest), ``family_head`` (next), ``manufacturer_head``
 (coarsest of 3); here ``heads.0``, ``heads.1``, ``heads.2``.
 """
 from __future__ import annotations
 
-import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.layers import global_pool_nlc
+from timm.models import generate_default_cfgs, register_model
 
-from hcast.hierarchy import benchmark_taxonomy
+from hcast.hierarchy import Taxonomy, benchmark_taxonomy
 from hcast.models.cast import (CAST, _cfg, _check_global_pool, _check_num_classes, _create_cast, _variant_kwargs,
                                convert_backbone, init_linear)
 from hcast.weights.original import has_level_heads, rename_level_heads, strip_prefixes, unwrap_state_dict
@@ -30,19 +31,14 @@ from hcast.weights.original import has_level_heads, rename_level_heads, strip_pr
 __all__ = ["HCAST", "checkpoint_filter_fn"]
 
 
-def check_output_level(output_level: Optional[int], num_levels: int) -> Optional[int]:
-    """``output_level`` as given, after checking it is None or a level index in
-    ``[0, num_levels)`` (0-based, finest first).
-
-    Raises:
-        ValueError: another value.
-    """
-    if output_level is None:
-        return None
-    if isinstance(output_level, bool) or not isinstance(output_level, int) or not 0 <= output_level < num_levels:
-        raise ValueError(f"output_level must be a 0-based level index in [0, {num_levels}) (finest first) or None, "
-                         f"got {output_level!r}.")
-    return output_level
+def _as_taxonomy(taxonomy: Any) -> Any:
+    """A benchmark name (a released tag's, :func:`hcast.hierarchy.benchmark_taxonomy`) or a
+    ``Taxonomy.to_dict()`` (a model folder's config.json) as a Taxonomy; others unchanged."""
+    if isinstance(taxonomy, str):
+        return benchmark_taxonomy(taxonomy)
+    if isinstance(taxonomy, Mapping):
+        return Taxonomy.from_dict(taxonomy)
+    return taxonomy
 
 
 def _level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any) -> Tuple[int, ...]:
@@ -56,8 +52,6 @@ def _level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any) -> Tup
             raise ValueError(f"level_classes={tuple(level_classes)} disagrees with taxonomy.num_classes={counts}; "
                              f"pass only one of them.")
         return counts
-    if level_classes is None:
-        raise ValueError("H-CAST needs level_classes=(n_fine, ..., n_coarse) or taxonomy=Taxonomy(...).")
     if isinstance(level_classes, int) or not all(isinstance(c, int) and c >= 0 for c in level_classes):
         raise ValueError(f"level_classes must be a sequence of class counts >= 0, finest first, got {level_classes!r}.")
     return tuple(level_classes)
@@ -66,45 +60,48 @@ def _level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any) -> Tup
 class HCAST(CAST):
     """H-CAST: per-level heads on the class tokens of CAST's stages.
 
+    Under timm's model contract ``forward`` returns one tensor, the finest level's
+    (B, n_0) logits, as timm's distilled DeiT (``deit.py``: one tensor unless
+    ``set_distilled_training(True)``) and LeViT's distilled variant do; the per-level
+    logits, finest first (what the original code returns), come from
+    :meth:`forward_levels`, or from ``forward`` itself after
+    :meth:`set_level_outputs` (for DDP, ``torch.compile`` and export, which call
+    ``forward``). (VOLO's separate ``forward_train`` is the same idea.)
+
     Args:
         level_classes: classes per taxonomy level, finest first; 2 to 4 levels (H-CAST
             uses 2 or 3). A count of 0 gives an Identity head (features).
-        taxonomy: alternatively an :class:`hcast.hierarchy.Taxonomy` (anything with a
-            ``num_classes`` tuple, finest first); kept as ``model.taxonomy``.
-        num_classes: as timm users expect: ``0`` removes every head (``forward`` returns
-            the per-level features); without ``level_classes``/``taxonomy`` an int gives a
-            one-level model (the last stage's class token, as CAST) that returns a
-            (B, num_classes) tensor; otherwise it must equal the finest level's count.
-            (``timm.create_model`` passes the tag's ``level_classes`` unless
-            ``num_classes`` is another count than its finest level's.)
-        output_level: a 0-based level index (finest first): ``forward`` /
-            ``forward_head`` return that level's (B, n_l) logits as one tensor and
-            ``forward_features`` that level's stage tokens (B, 1 + N, C), so tools that
-            expect one tensor (timm's ``train.py``, ``validate.py``, ...) work. ``None``
-            (default): per-level tuples.
-        **kwargs: :class:`CAST` arguments. ``global_pool`` is applied to each level's
-            stage tokens (``'map'`` is not available for H-CAST).
+        taxonomy: alternatively an :class:`hcast.hierarchy.Taxonomy` (or its
+            ``to_dict()``, or a benchmark name for
+            :func:`hcast.hierarchy.benchmark_taxonomy`); kept as ``model.taxonomy``.
+        num_classes: with ``level_classes``/``taxonomy`` the finest level's count (or 0:
+            every head removed, per-level features come out); alone, an int > 0 builds a
+            one-level model (its head reads the last stage's class token, as CAST), so
+            that every parameter takes part in ``forward``.
+        **kwargs: :class:`CAST` arguments. ``global_pool`` pools each level's stage
+            tokens (``'map'`` is not available for H-CAST).
 
-    Inputs are those of :class:`CAST`. ``forward`` returns a tuple of (B, n_l) logits,
-    finest first (a tensor with ``output_level``).
+    Inputs are those of :class:`CAST`.
 
     Raises:
-        ValueError: without ``level_classes``/``taxonomy``/``num_classes``, with fewer
-            than 2 or more than 4 levels, when they disagree, or with an
-            ``output_level`` that is no level index.
+        ValueError: without ``level_classes``/``taxonomy``/``num_classes``, with more
+            than 4 levels, or when they disagree.
     """
 
     def __init__(self, level_classes: Optional[Sequence[int]] = None, taxonomy: Any = None,
-                 num_classes: Optional[int] = None, output_level: Optional[int] = None, **kwargs: Any) -> None:
+                 num_classes: Optional[int] = None, **kwargs: Any) -> None:
         if num_classes is not None:
             _check_num_classes(num_classes)
-        if level_classes is None and taxonomy is None and num_classes:
+        taxonomy = _as_taxonomy(taxonomy)
+        if level_classes is None and taxonomy is None:
+            if not num_classes:
+                raise ValueError("H-CAST needs level_classes=(n_fine, ..., n_coarse), taxonomy=Taxonomy(...) or "
+                                 "num_classes=N (a one-level model).")
             level_classes = (int(num_classes),)  # a one-level model, read like CAST
-            output_level = 0 if output_level is None else output_level
         else:
             level_classes = _level_classes(level_classes, taxonomy)
-            if not 2 <= len(level_classes) <= 4:
-                raise ValueError(f"H-CAST needs 2 to 4 taxonomy levels (one head per stage), got "
+            if not 1 <= len(level_classes) <= 4:
+                raise ValueError(f"H-CAST needs 1 to 4 taxonomy levels (one head per stage), got "
                                  f"level_classes={level_classes}.")
             if num_classes == 0:
                 level_classes = (0,) * len(level_classes)  # no heads: per-level features
@@ -116,131 +113,138 @@ class HCAST(CAST):
                              "shared by every level); use 'token', 'avg', 'avgmax', 'max' or ''.")
         super().__init__(num_classes=0, **kwargs)
         self.taxonomy = taxonomy
-        self.level_classes = level_classes
-        self.num_classes = level_classes[0]
-        self.output_level = check_output_level(output_level, len(level_classes))
+        self.level_outputs = False
         # Level l (finest first) reads stage level_stages[l] (0-based); the coarsest the last stage.
-        self.level_stages = tuple(range(len(self.stages) - len(level_classes), len(self.stages)))
         del self.head
-        self.heads = self._make_heads(level_classes)
+        self._set_heads(level_classes)
 
-    def _make_heads(self, level_classes: Sequence[int]) -> nn.ModuleList:
+    def _set_heads(self, level_classes: Sequence[int]) -> None:
         heads = nn.ModuleList(nn.Linear(self.embed_dim, n) if n > 0 else nn.Identity() for n in level_classes)
         heads.apply(init_linear)
-        return heads
+        self.heads = heads
+        self.level_classes = tuple(level_classes)
+        self.num_classes = self.level_classes[0]
+        self.level_stages = tuple(range(len(self.stages) - len(level_classes), len(self.stages)))
+        self.num_prefix_tokens = len(level_classes)  # forward_features: one token per level, then segments
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_classes)
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.ModuleList:
-        return self.heads
+    def get_classifier(self) -> nn.Module:
+        """The finest level's head (``model.heads`` holds every level's)."""
+        return self.heads[0]
+
+    @torch.jit.ignore
+    def set_level_outputs(self, enable: bool = True) -> None:
+        """Make ``forward`` return the per-level logits tuple, finest first (as
+        :meth:`forward_levels`), or, with ``enable=False``, the finest level's tensor
+        (the default). For code that can only call ``forward``: DDP, ``torch.compile``,
+        export. timm's ``set_distilled_training`` is the precedent."""
+        self.level_outputs = bool(enable)
 
     def reset_classifier(self, num_classes: Union[int, Sequence[int]], global_pool: Optional[str] = None) -> None:
-        """New heads: ``num_classes`` is a per-level sequence of counts (finest first), or
-        one int for every level (0 removes all heads: features come out). ``global_pool``
-        as for :class:`CAST`, except ``'map'``."""
+        """New heads. ``num_classes``: a per-level sequence of counts (finest first) replaces
+        every head; ``0`` removes every head (features come out, as timm's
+        ``reset_classifier(0)``); another int replaces the finest level's head (the one
+        :meth:`get_classifier` returns). ``global_pool`` as for :class:`CAST`, except ``'map'``.
+
+        Raises:
+            ValueError: a sequence of the wrong length, or ``global_pool='map'``.
+        """
         if global_pool is not None:
             if _check_global_pool(global_pool) == "map":
                 raise ValueError("global_pool='map' is not available for H-CAST; use 'token', 'avg', 'avgmax', "
                                  "'max' or ''.")
             self.global_pool = global_pool
-        counts = (num_classes,) * len(self.level_classes) if isinstance(num_classes, int) else tuple(num_classes)
-        if len(counts) != len(self.level_classes):
-            raise ValueError(f"num_classes must give {len(self.level_classes)} level counts, got {counts}.")
-        self.level_classes = counts
-        self.num_classes = counts[0]
-        self.heads = self._make_heads(counts)
+        if isinstance(num_classes, int) and num_classes > 0:  # the finest head only
+            _check_num_classes(num_classes)
+            head = nn.Linear(self.embed_dim, num_classes)
+            init_linear(head)
+            self.heads[0] = head
+            self.level_classes = (num_classes,) + self.level_classes[1:]
+            self.num_classes = num_classes
+        else:
+            counts = (0,) * self.num_levels if num_classes == 0 else tuple(num_classes)
+            if len(counts) != self.num_levels:
+                raise ValueError(f"num_classes must give {self.num_levels} level counts, got {counts}.")
+            self._set_heads(counts)
+        if self.level_classes != tuple(getattr(self.taxonomy, "num_classes", ())):
+            self.taxonomy = None
 
-    def _level_tokens(self, stage_tokens: Sequence[torch.Tensor], level: int) -> torch.Tensor:
-        """(B, 1 + N, C) tokens of the stage level ``level`` reads; the last stage's
-        through the final norm, earlier ones as they are (as the original)."""
+    def _level_feature(self, stage_tokens: Sequence[torch.Tensor], level: int) -> torch.Tensor:
+        """Level ``level``'s (B, C) feature: its stage's tokens pooled as ``global_pool``
+        says (the class token for ``'token'``), the last stage's through the final norm,
+        earlier ones as they are (as the original)."""
         stage = self.level_stages[level]
         tokens = stage_tokens[stage]
-        return self.norm(tokens) if stage == len(self.stages) - 1 else tokens
+        tokens = self.norm(tokens) if stage == len(self.stages) - 1 else tokens
+        pool_type = self.global_pool or "token"
+        return global_pool_nlc(tokens, pool_type=pool_type, num_prefix_tokens=1)
 
-    def _features(self, stage_tokens: Sequence[torch.Tensor]) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        if self.output_level is not None:
-            return self._level_tokens(stage_tokens, self.output_level)
-        return tuple(self.pool(self._level_tokens(stage_tokens, level)) for level in range(len(self.level_classes)))
+    def _features(self, stage_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        levels = [self._level_feature(stage_tokens, level)[:, None] for level in range(self.num_levels)]
+        return torch.cat(levels + [self.norm(stage_tokens[-1])[:, 1:]], dim=1)
 
-    def forward_features(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
-                         ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """Per-level features (B, C), finest first: the class tokens the heads read
-        (pooled as ``global_pool`` says). With ``output_level``: that level's stage
-        tokens (B, 1 + N, C), pooled by :meth:`forward_head`."""
+    def forward_features(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L + K_3, C) tokens: the L level features, finest first (each level's stage
+        class token, or its pooled tokens for ``global_pool`` other than ``'token'``; the
+        prefix tokens, ``num_prefix_tokens = L``), then the last stage's normalised
+        segment tokens."""
         return self._features(self.forward_stages(images, segments)["stage_tokens"])
 
-    def forward_head(self, features: Union[torch.Tensor, Sequence[torch.Tensor]], pre_logits: bool = False
-                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """Per-level features -> per-level logits (B, n_l), finest first; with
-        ``output_level`` stage tokens -> that level's (B, n_l) logits."""
-        if self.output_level is not None:
-            x = self.head_drop(self.pool(features))
-            return x if pre_logits else self.heads[self.output_level](x)
-        features = [self.head_drop(f) for f in features]
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """:meth:`forward_features` tokens -> the finest level's (B, n_0) logits, or its
+        (B, C) feature with ``pre_logits``. (``global_pool=''``: every token through the
+        finest head, (B, L + K_3, n_0).)"""
+        x = self.head_drop(x if self.global_pool == "" else x[:, 0])
+        return x if pre_logits else self.heads[0](x)
+
+    def forward_head_levels(self, x: torch.Tensor, pre_logits: bool = False) -> Tuple[torch.Tensor, ...]:
+        """:meth:`forward_features` tokens -> tuple of per-level (B, n_l) logits, finest
+        first (per-level (B, C) features with ``pre_logits``)."""
+        features = [self.head_drop(x[:, level]) for level in range(self.num_levels)]
         if pre_logits:
             return tuple(features)
         return tuple(head(f) for head, f in zip(self.heads, features))
 
+    def forward_levels(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
+                       ) -> Tuple[torch.Tensor, ...]:
+        """(B, 3, H, W) images [+ (B, H, W) superpixels] -> tuple of (B, n_l) logits, one
+        per taxonomy level, finest first (the original code's output)."""
+        return self.forward_head_levels(self.forward_features(images, segments))
+
     def forward(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """(B, 3, H, W) images [+ (B, H, W) superpixels] -> tuple of (B, n_l) logits
-        (one (B, n_l) tensor with ``output_level``)."""
+        """(B, 3, H, W) images [+ (B, H, W) superpixels] -> the finest level's (B, n_0)
+        logits; the per-level tuple after :meth:`set_level_outputs`."""
+        if self.level_outputs:
+            return self.forward_levels(images, segments)
         return self.forward_head(self.forward_features(images, segments))
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: HCAST) -> Dict[str, torch.Tensor]:
     """Convert an H-CAST or CAST checkpoint to :class:`HCAST` keys.
 
-    H-CAST's ``head`` / ``family_head`` / ``manufacturer_head`` become ``heads.0/1/2``.
-    A plain CAST checkpoint (e.g. ``cast_small.deit_in1k``) initialises the backbone
-    only: its ``head`` is dropped and the model's freshly initialised level heads are
-    kept, so H-CAST fine-tuning starts as in the paper. Backbone keys as in
-    :func:`hcast.models.cast.checkpoint_filter_fn`.
+    H-CAST's ``head`` / ``family_head`` / ``manufacturer_head`` become ``heads.0/1/2``; a
+    one-level model's head is ``heads.0``. A plain CAST checkpoint's ``head`` (e.g.
+    ``cast_small.deit_in1k``) is dropped: it belongs to no level. Whether each head fits
+    is decided by the builder (:func:`hcast.weights.heads.head_policy`), not here.
+    Backbone keys as in :func:`hcast.models.cast.checkpoint_filter_fn`.
     """
-    # Rename the heads before the backbone conversion, which drops H-CAST's extra heads.
     raw = strip_prefixes(unwrap_state_dict(state_dict))
     is_hcast = has_level_heads(raw)
+    # Rename the heads before the backbone conversion, which drops H-CAST's extra heads.
     out = convert_backbone(rename_level_heads(raw), model)
-    # Heads the checkpoint has no (matching) weights for keep the model's initialisation.
-    own_heads = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}
-    mismatched = [k for k, v in out.items() if k.startswith("heads.") and is_hcast
-                  and (k not in own_heads or v.shape != own_heads[k].shape)]
-    if mismatched:
-        warnings.warn(f"checkpoint heads {mismatched} do not fit level_classes={model.level_classes}; those heads "
-                      f"keep their fresh initialisation. Pass the checkpoint's level_classes to load them.",
-                      UserWarning, stacklevel=2)
-    out = {k: v for k, v in out.items()
-           if not k.startswith("heads.") or (is_hcast and k not in mismatched)}
-    for key, value in own_heads.items():
-        out.setdefault(key, value)
+    if not is_hcast:
+        out = {k: v for k, v in out.items() if not k.startswith(("head.", "heads."))}
     return out
 
 
 def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAST:
-    # A tag knows its level class counts: use them unless given. A user's num_classes
-    # (0: features; another count than the finest level's, without level_classes: a
-    # one-level model) wins over the count timm's builder would take from the cfg.
-    user_num_classes = kwargs.get("num_classes")
-    cfg = kwargs.get("pretrained_cfg")
-    if isinstance(cfg, str) or cfg is None:
-        cfg = get_pretrained_cfg(f"{variant}.{cfg}" if cfg else variant)
-    level_classes = cfg.get("level_classes") if isinstance(cfg, dict) else getattr(cfg, "level_classes", None)
-    if not level_classes:  # a backbone tag (deit_in1k): the name's default tag's level classes
-        level_classes = getattr(get_pretrained_cfg(variant), "level_classes", None)
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    level_classes = overlay.get("level_classes", level_classes)
-    taxonomy = overlay.get("taxonomy", cfg.get("taxonomy") if isinstance(cfg, dict) else getattr(cfg, "taxonomy", None))
-    if (kwargs.get("taxonomy") is None and isinstance(taxonomy, str)
-            and user_num_classes in (None, level_classes[0] if level_classes else None)):
-        # a released tag's taxonomy, in the checkpoint's label order (hcast.hierarchy.benchmark_taxonomy)
-        taxonomy = benchmark_taxonomy(taxonomy)
-        if kwargs.get("level_classes") is None or tuple(kwargs["level_classes"]) == taxonomy.num_classes:
-            kwargs["taxonomy"] = taxonomy
-    if kwargs.get("level_classes") is None and kwargs.get("taxonomy") is None:
-        if level_classes and user_num_classes in (None, 0, level_classes[0]):
-            kwargs["level_classes"] = tuple(level_classes)
-            kwargs.setdefault("num_classes", level_classes[0])
-    else:
-        kwargs.setdefault("num_classes", None)  # not the tag's count: the given levels decide
+    # Class counts, taxonomy and the release metadata are decided once, in the builder
+    # (hcast.weights.heads.plan_heads), for every weights source.
     return _create_cast(variant, pretrained, model_cls=HCAST, filter_fn=checkpoint_filter_fn, **kwargs)
 
 

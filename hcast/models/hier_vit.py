@@ -9,9 +9,9 @@ through the ViT's final LayerNorm (``norm``, shared by all levels, as in the aut
 
 Heads are ``heads`` (``nn.ModuleList``, finest level first), as in
 :class:`hcast.models.hcast.HCAST`; the authors' ``head`` / ``family_head`` /
-``manufacturer_head`` are ``heads.0`` / ``heads.1`` / ``heads.2``. ``forward_features``
-returns the per-level class-token features, ``forward_head`` the per-level logits, as
-for H-CAST.
+``manufacturer_head`` are ``heads.0`` / ``heads.1`` / ``heads.2``. As for H-CAST,
+``forward`` returns the finest level's logits (timm's contract) and ``forward_levels`` the
+per-level tuple, finest first (``set_level_outputs(True)`` makes ``forward`` return it).
 
 ``hier_vit_small`` starts from timm's ``deit_small_patch16_224.fb_in1k`` weights with
 ``pretrained=True`` (backbone and, when the finest level has 1000 classes, the head;
@@ -19,7 +19,6 @@ other heads initialised as in the original code).
 """
 from __future__ import annotations
 
-import logging
 import numbers
 import operator
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -36,11 +35,8 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
 from hcast.models.factory import FromPretrainedMixin
-from hcast.models.hcast import check_output_level
 from hcast.weights.builder import build_model_with_hcast_cfg
 from hcast.weights.original import rename_level_heads, strip_prefixes
-
-_logger = logging.getLogger(__name__)
 
 __all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn", "hier_vit_tiny", "hier_vit_small"]
 
@@ -101,20 +97,16 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
             ``level_classes``; kept as ``model.taxonomy``.
         level_blocks: 0-based block index each level reads, finest first, non-decreasing
             (default :func:`default_level_blocks`: ``(5, 8, 11)`` for 3 levels of 12 blocks).
-        num_classes: the finest level's class count (set by timm's builder; must agree
-            with ``level_classes``); ``0`` removes every head (features). Without
-            ``level_classes`` an int gives a one-level model that returns a
-            (B, num_classes) tensor, as any timm classifier.
-        output_level: a 0-based level index: ``forward`` / ``forward_head`` return that
-            level's (B, C_l) logits as one tensor, ``forward_features`` the normalised
-            tokens (B, 1 + N, C) after its block (for timm's scripts). ``None``: tuples.
+        num_classes: the finest level's class count (must agree with
+            ``level_classes``); ``0`` removes every head (features). Without
+            ``level_classes`` an int gives a one-level model on the last block.
         **kwargs: :class:`~timm.models.vision_transformer.VisionTransformer` arguments
             (``embed_dim``, ``depth``, ``num_heads``, ``img_size``, ...). Class-token
             pooling only (``global_pool='token'``).
 
     Shapes:
-        input (B, 3, H, W) float images, ImageNet-normalised;
-        output tuple of ``len(level_classes)`` logits (B, C_l) float, finest first.
+        input (B, 3, H, W) float images, ImageNet-normalised; ``forward`` output: the
+        finest level's (B, C_0) logits (the per-level tuple after ``set_level_outputs``).
     """
 
     def __init__(
@@ -123,15 +115,12 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
             taxonomy: Any = None,
             level_blocks: Optional[Sequence[int]] = None,
             num_classes: Optional[int] = None,
-            output_level: Optional[int] = None,
             **kwargs: Any,
     ) -> None:
         if isinstance(taxonomy, Mapping):
             from hcast.hierarchy import Taxonomy
 
             taxonomy = Taxonomy.from_dict(taxonomy)
-        if level_classes is None and taxonomy is None and output_level is None:
-            output_level = 0  # a one-level model from num_classes: a plain classifier
         level_classes = _resolve_level_classes(level_classes, taxonomy, num_classes)
         if kwargs.get("global_pool", "token") != "token" or not kwargs.get("class_token", True):
             raise ValueError(f"global_pool: Hier-ViT reads the class token (global_pool='token', class_token=True), "
@@ -150,7 +139,7 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
                              f"[0, {depth - 1}], finest level first, got {level_blocks}.")
         self.taxonomy = taxonomy
         self.level_blocks = level_blocks
-        self.output_level = check_output_level(output_level, len(level_classes))
+        self.level_outputs = False
         del self.head  # replaced by one head per level
         self._set_heads(level_classes)
 
@@ -172,12 +161,20 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
         return len(self.level_classes)
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.ModuleList:
-        return self.heads
+    def get_classifier(self) -> nn.Module:
+        """The finest level's head (``model.heads`` holds every level's)."""
+        return self.heads[0]
+
+    @torch.jit.ignore
+    def set_level_outputs(self, enable: bool = True) -> None:
+        """Make ``forward`` return the per-level logits tuple, finest first (as
+        :meth:`forward_levels`), or the finest level's tensor (``enable=False``, the
+        default); timm's ``set_distilled_training`` is the precedent."""
+        self.level_outputs = bool(enable)
 
     def reset_classifier(self, num_classes: Union[int, Sequence[int]], global_pool: Optional[str] = None) -> None:
-        """New heads: ``num_classes`` is a per-level sequence of counts (finest first), or
-        one int for every level (0 removes all heads: features come out), as for H-CAST.
+        """New heads, as for H-CAST: a per-level sequence of counts replaces every head;
+        ``0`` removes every head (features); another int replaces the finest level's head.
 
         Raises:
             ValueError: a sequence of the wrong length, or ``global_pool`` other than
@@ -186,42 +183,46 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
         # '' with 0 classes is timm's prune_intermediate_layers() dropping the heads (features_only)
         if global_pool not in (None, "token") and not (global_pool == "" and num_classes == 0):
             raise ValueError(f"global_pool: Hier-ViT reads the class token ('token'), got {global_pool!r}.")
-        counts = (num_classes,) * self.num_levels if isinstance(num_classes, int) else tuple(num_classes)
+        if isinstance(num_classes, int) and num_classes > 0:
+            counts = (num_classes,) + self.level_classes[1:]
+        else:
+            counts = (0,) * self.num_levels if num_classes == 0 else tuple(num_classes)
         counts = _resolve_level_classes(counts, None, None)
         if len(counts) != self.num_levels:
             raise ValueError(f"num_classes: expected {self.num_levels} class counts (one per level, finest "
                              f"first), got {counts}.")
+        old = self.heads
         self._set_heads(counts)
+        if isinstance(num_classes, int) and num_classes > 0:
+            for level in range(1, self.num_levels):
+                self.heads[level] = old[level]  # only the finest head is new
         if counts != tuple(getattr(self.taxonomy, "num_classes", ())):
             self.taxonomy = None
 
-    def _features(self, block_tokens: Mapping[int, torch.Tensor]) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    def _features(self, block_tokens: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """What :meth:`forward_features` returns, from the tokens after the level blocks."""
-        if self.output_level is not None:
-            return self.norm(block_tokens[self.level_blocks[self.output_level]])
         # LayerNorm is per token: normalising the class token alone equals
         # the original's norm(x)[:, 0] over all tokens.
-        return tuple(self.norm(block_tokens[b][:, 0]) for b in self.level_blocks)
+        levels = [self.norm(block_tokens[b][:, :1]) for b in self.level_blocks]
+        last = self.norm(block_tokens[self.level_blocks[-1]][:, self.num_prefix_tokens:])
+        return torch.cat(levels + [last], dim=1)
 
-    def forward_features(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """Per-level features, finest first: tuple of (B, embed_dim) normalised class tokens.
-
-        Level l reads the class token after block ``level_blocks[l]`` through the final
-        LayerNorm. Blocks after the last level's block are not run. With
-        ``output_level``: the normalised tokens (B, 1 + N, C) after that level's block.
-        """
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L + N, C) tokens: the L levels' normalised class tokens, finest first (level l
+        reads the class token after block ``level_blocks[l]`` through the final LayerNorm),
+        then the N normalised patch tokens after the last level's block. Blocks after the
+        last level's block are not run."""
         x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)
         x = self.norm_pre(x)
-        wanted = self.level_blocks if self.output_level is None else (self.level_blocks[self.output_level],)
         block_tokens = {}
-        for index, block in enumerate(self.blocks[:wanted[-1] + 1]):
+        for index, block in enumerate(self.blocks[:self.level_blocks[-1] + 1]):
             if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-            if index in wanted:
+            if index in self.level_blocks:
                 block_tokens[index] = x
         return self._features(block_tokens)
 
@@ -229,8 +230,8 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False, **kwargs: Any) -> Any:
         """timm's ViT ``forward_intermediates`` (block outputs as (B, C, H/16, W/16) maps or
-        (B, N, C) tokens), with ``final`` equal to :meth:`forward_features` (per-level
-        features, or the ``output_level`` tokens) and computed in the same pass."""
+        (B, N, C) tokens), with ``final`` equal to :meth:`forward_features`, computed in the
+        same pass."""
         if intermediates_only:
             return super().forward_intermediates(
                 x, indices=indices, return_prefix_tokens=return_prefix_tokens, norm=norm, stop_early=stop_early,
@@ -252,26 +253,29 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
             intermediates.append((tokens, prefix) if return_prefix_tokens else tokens)
         return self._features(block_tokens), intermediates
 
-    def forward_head(self, x: Union[torch.Tensor, Sequence[torch.Tensor]], pre_logits: bool = False
-                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """Per-level features (from :meth:`forward_features`) -> tuple of (B, C_l) logits,
-        finest first; with ``pre_logits`` the features after ``head_drop``. With
-        ``output_level``: tokens -> that level's (B, C_l) logits."""
-        if self.output_level is not None:
-            x = self.head_drop(self.fc_norm(x[:, 0]))
-            return x if pre_logits else self.heads[self.output_level](x)
-        if isinstance(x, torch.Tensor) or len(x) != self.num_levels:
-            got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"{len(x)} items"
-            raise ValueError(f"x: expected {self.num_levels} (B, {self.embed_dim}) per-level features from "
-                             f"forward_features(), got {got}.")
-        feats = [self.head_drop(self.fc_norm(f)) for f in x]
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """:meth:`forward_features` tokens -> the finest level's (B, C_0) logits; with
+        ``pre_logits`` its (B, embed_dim) feature after ``head_drop``."""
+        x = self.head_drop(self.fc_norm(x[:, 0]))
+        return x if pre_logits else self.heads[0](x)
+
+    def forward_head_levels(self, x: torch.Tensor, pre_logits: bool = False) -> Tuple[torch.Tensor, ...]:
+        """:meth:`forward_features` tokens -> tuple of per-level (B, C_l) logits, finest
+        first (per-level features with ``pre_logits``)."""
+        feats = [self.head_drop(self.fc_norm(x[:, level])) for level in range(self.num_levels)]
         if pre_logits:
             return tuple(feats)
         return tuple(head(f) for head, f in zip(self.heads, feats))
 
+    def forward_levels(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(B, 3, H, W) images -> tuple of (B, C_l) logits, finest first (the original's output)."""
+        return self.forward_head_levels(self.forward_features(x))
+
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """(B, 3, H, W) images -> tuple of (B, C_l) logits, finest first (one tensor with
-        ``output_level``)."""
+        """(B, 3, H, W) images -> the finest level's (B, C_0) logits (the per-level tuple
+        after :meth:`set_level_outputs`)."""
+        if self.level_outputs:
+            return self.forward_levels(x)
         return self.forward_head(self.forward_features(x))
 
 
@@ -281,39 +285,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: HierVisionT
     Reads timm's and DeiT's ViT weights (through timm's ViT filter, which resizes the
     position embedding to the model's grid) and the H-CAST authors' Hier-ViT
     checkpoints (``head`` / ``family_head`` / ``manufacturer_head`` -> ``heads.0/1/2``),
-    DDP's ``module.`` prefix removed. Heads the checkpoint lacks, or has with other class
-    counts (e.g. DeiT's 1000-class head for a 100-class fine level), keep the model's
-    initialisation.
+    DDP's ``module.`` prefix removed. Whether each head fits is the builder's decision
+    (:func:`hcast.weights.heads.head_policy`).
 
     Returns:
-        dict[str, Tensor] with this model's key names, including every head.
+        dict[str, Tensor] with this model's key names.
     """
-    out = _vit_checkpoint_filter_fn(rename_level_heads(strip_prefixes(state_dict, ddp_only=True)), model)
-    own = {f"heads.{k}": v for k, v in model.heads.state_dict().items()}
-    for key in [k for k in out if k.startswith("heads.")]:
-        if key not in own:
-            del out[key]  # the checkpoint has more levels than the model
-        elif out[key].shape != own[key].shape:
-            _logger.info(f"Checkpoint {key} has shape {tuple(out[key].shape)}, the model "
-                         f"{tuple(own[key].shape)} (other class counts): keeping the model's initialisation.")
-            del out[key]
-    for key, value in own.items():
-        out.setdefault(key, value)
-    return out
+    return _vit_checkpoint_filter_fn(rename_level_heads(strip_prefixes(state_dict, ddp_only=True)), model)
 
 
 def _create_hier_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> HierVisionTransformer:
-    taxonomy = kwargs.get("taxonomy")
-    level_classes = kwargs.get("level_classes")
-    if isinstance(taxonomy, Mapping):
-        from hcast.hierarchy import Taxonomy
-
-        kwargs["taxonomy"] = taxonomy = Taxonomy.from_dict(taxonomy)
-    if taxonomy is not None and level_classes is None:
-        level_classes = getattr(taxonomy, "num_classes", None)
-    if isinstance(level_classes, Sequence) and len(level_classes) > 0 and "num_classes" not in kwargs:
-        # timm's builder would otherwise pass the pretrained cfg's 1000 classes
-        kwargs["num_classes"] = level_classes[0]
+    # class counts and taxonomy: hcast.weights.heads.plan_heads, in the builder
     out_indices = kwargs.pop("out_indices", 3)
     model = build_model_with_hcast_cfg(
         HierVisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,

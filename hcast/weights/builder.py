@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from timm.models import PretrainedCfg, build_model_with_cfg, load_pretrained
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
 from timm.models._hub import hf_split
 
 from hcast.weights.gdrive import download_gdrive_checkpoint
+from hcast.weights.heads import head_policy, plan_heads, weights_source
 from hcast.weights.original import unwrap_state_dict
 from hcast.weights.safe_load import checkpoint_safe_globals, load_checkpoint_file
 
@@ -253,61 +254,6 @@ def _check_pretrained_cfg(cfg: PretrainedCfg, where: str) -> None:
             _check_value(name, value, where)
 
 
-# --------------------------------------------------------------------------------------
-# Strict loading of model folders
-# --------------------------------------------------------------------------------------
-
-def _classifier_prefixes(cfg: PretrainedCfg) -> Tuple[str, ...]:
-    names = cfg.classifier if isinstance(cfg.classifier, (list, tuple)) else [cfg.classifier or "head"]
-    return tuple(dict.fromkeys(["head.", "heads."] + [f"{n}." for n in names if n]))
-
-
-def _strict_filter(filter_fn: Callable, weights: Path, cfg: PretrainedCfg, fresh_heads: bool) -> Callable:
-    """Wrap a filter so that a model folder loads every weight of the model from the file.
-
-    Classifier weights whose shape differs from the model's (or that the filter had to
-    leave at the model's initialisation) are an error naming the files, unless
-    ``fresh_heads``: then they keep the model's fresh initialisation, for fine-tuning.
-    """
-    def fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, Any]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = dict(filter_fn(state_dict, model))
-        own = model.state_dict()
-        heads = _classifier_prefixes(cfg)
-        problems, fresh = [], []
-        for key, value in own.items():
-            got, raw = out.get(key), state_dict.get(key)
-            substituted = got is not None and value.numel() and got.data_ptr() == value.data_ptr()
-            if got is None:
-                what = "missing from the file"
-            elif tuple(got.shape) == tuple(value.shape) and not substituted:
-                continue  # loaded (the filter may have adapted it, e.g. a resized position embedding)
-            elif isinstance(raw, torch.Tensor) and tuple(raw.shape) != tuple(value.shape):
-                what = f"shape {tuple(raw.shape)} in the file, {tuple(value.shape)} in the model"
-            elif substituted:
-                what = "not usable from the file (the filter kept the model's initialisation)"
-            else:
-                what = f"shape {tuple(got.shape)} in the file, {tuple(value.shape)} in the model"
-            (fresh if fresh_heads and key.startswith(heads) else problems).append(f"{key}: {what}")
-            if fresh_heads and key.startswith(heads):
-                out[key] = value
-        problems += [f"{key}: in the file, not in the model" for key in out if key not in own]
-        if problems:
-            counts = {k: getattr(model, k) for k in ("num_classes", "level_classes") if hasattr(model, k)}
-            raise ValueError(
-                f"{str(weights)!r} does not fit the model {_config_name(cfg)} describes ({counts}): "
-                f"{'; '.join(problems[:8])}{' ...' if len(problems) > 8 else ''}. A model folder or hub repo loads "
-                f"every weight. Make config.json's model_args (num_classes / level_classes) match the weights, or, "
-                f"to fine-tune on other classes, pass fresh_heads=True for new classifier heads.")
-        if fresh:
-            _logger.info(f"fresh_heads=True: new classifier weights for {fresh}")
-        for w in caught if not fresh_heads else []:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return out
-    return fn
-
-
 def resolve_checkpoint_file(pretrained_cfg: PretrainedCfg, cache_dir: Optional[PathLike] = None) -> Optional[Path]:
     """Local path of a *pickle* checkpoint hcast loads itself, or ``None``.
 
@@ -315,9 +261,8 @@ def resolve_checkpoint_file(pretrained_cfg: PretrainedCfg, cache_dir: Optional[P
     with ``gdrive_id`` before the hub. Model folders (``local-dir:``) and hub repos in
     timm's format (``hf-hub:``) give their weights file (``model.safetensors``, else
     ``pytorch_model.bin``), so that a bad file is reported by name and a corrupt cache
-    entry is detected; so do registry tags hosted in such repos. Returns ``None`` where
-    timm's own loading is safe and right: in-memory state dicts, safetensors files,
-    URLs. Hub pickles (``hf_hub_filename`` ending in ``.pth``) are downloaded with
+    entry is detected; so do registry tags hosted in such repos. Returns ``None`` for
+    in-memory state dicts and URLs. Hub pickles (``hf_hub_filename`` ending in ``.pth``) are downloaded with
     ``hf_hub_download`` (its cache, offline mode and errors) and returned.
     """
     cfg = pretrained_cfg
@@ -328,7 +273,7 @@ def resolve_checkpoint_file(pretrained_cfg: PretrainedCfg, cache_dir: Optional[P
     if cfg.source == "hf-hub":
         return _hub_repo_weights(cfg, cache_dir)
     if cfg.file:
-        return None if str(cfg.file).endswith(".safetensors") else Path(cfg.file)
+        return Path(cfg.file)
     gdrive_id = getattr(cfg, "gdrive_id", None)
     if gdrive_id:
         return download_gdrive_checkpoint(gdrive_id, getattr(cfg, "gdrive_filename", None) or "checkpoint.pth")
@@ -340,6 +285,22 @@ def resolve_checkpoint_file(pretrained_cfg: PretrainedCfg, cache_dir: Optional[P
     if cfg.hf_hub_id:  # a tag in a hub repo of timm's format: checked against its hash, named on errors
         return _hub_repo_weights(cfg, cache_dir)
     return None
+
+
+def _load_weights(cfg: PretrainedCfg, cache_dir: Optional[PathLike]) -> Tuple[Dict[str, Any], str]:
+    """The weights a pretrained cfg points to (unwrapped), and their source for messages."""
+    if cfg.state_dict is not None:
+        return dict(unwrap_state_dict(cfg.state_dict)), weights_source(cfg)
+    path = resolve_checkpoint_file(cfg, cache_dir=cache_dir)
+    if path is not None:
+        return dict(unwrap_state_dict(load_checkpoint_file(path))), repr(str(path))
+    if cfg.url:
+        with checkpoint_safe_globals():
+            state_dict = torch.hub.load_state_dict_from_url(cfg.url, map_location="cpu", weights_only=True)
+        return dict(unwrap_state_dict(state_dict)), cfg.url
+    raise ValueError(f"{weights_source(cfg)}: pretrained=True, but its pretrained cfg names no weights (no file, "
+                     f"hub id, Google Drive id or URL); pass pretrained_cfg_overlay=dict(file=PATH) or "
+                     f"pretrained=False.")
 
 
 def build_model_with_hcast_cfg(
@@ -354,74 +315,73 @@ def build_model_with_hcast_cfg(
         fresh_heads: bool = False,
         **kwargs: Any,
 ) -> nn.Module:
-    """Drop-in for :func:`timm.models.build_model_with_cfg` that loads original checkpoints safely.
+    """Drop-in for :func:`timm.models.build_model_with_cfg`: safe loading and one rule for heads.
 
-    Same arguments and result as timm's builder, which does the work; in addition:
+    Same arguments and result as timm's builder, which builds the model and adapts the
+    input convolution; in addition:
 
     * pretrained cfg dicts may carry keys timm does not know (kept, see
       :func:`as_pretrained_cfg`), e.g. read back from a hub ``config.json``;
-    * pickle sources (``file=...pth``, hub ``hf_hub_filename`` ``.pth``, ``gdrive_id``)
-      are loaded by :func:`hcast.weights.load_checkpoint_file` (``weights_only=True``
-      plus :data:`hcast.weights.SAFE_CHECKPOINT_GLOBALS`), the weights taken by
-      :func:`hcast.weights.original.unwrap_state_dict` (``model``, never
-      ``model_ema``), and handed to timm's ``load_pretrained`` with the model's filter,
-      so classifier and input-conv adaptation stay timm's;
-    * the filter always receives a flat state dict;
-    * whatever timm still unpickles itself (``pytorch_model.bin`` in ``hf-hub:`` repos,
-      URLs) runs inside :func:`hcast.weights.checkpoint_safe_globals`;
+    * every weights source (a file, ``.pth`` or ``.safetensors``; a model folder; a hub
+      repo or hub pickle; a ``gdrive_id``; an in-memory ``state_dict``) is read here, pickles
+      by :func:`hcast.weights.load_checkpoint_file` (``weights_only=True`` plus
+      :data:`hcast.weights.SAFE_CHECKPOINT_GLOBALS`), the weights taken by
+      :func:`hcast.weights.original.unwrap_state_dict` (``model``, never ``model_ema``);
+    * class counts, levels, taxonomy and release metadata are decided by
+      :func:`hcast.weights.heads.plan_heads` *before* the model is built (the weights'
+      head counts win over a default tag; a file does not inherit a tag's taxonomy,
+      superpixel count or normalisation), and every classifier weight is settled by
+      :func:`hcast.weights.heads.head_policy` (a head that does not fit is an error unless
+      new heads were asked for: other class counts in the call, or ``fresh_heads=True``);
+      timm's silent classifier dropping is never reached;
+    * every other weight loads strictly (``pretrained_strict=False`` turns that off, as
+      it does timm's), and a misfit is a ``ValueError`` naming the source;
     * a model folder (``local-dir:``) or hub repo (``hf-hub:``) is data: the model
       arguments its ``config.json`` gives are checked before anything is allocated
-      (:func:`check_model_args`), and its weights load strictly: every weight of the
-      model must come from the file with the same shape, else a ``ValueError`` names
-      the files. ``fresh_heads=True`` (for fine-tuning on other classes) gives
-      classifier heads that do not fit a fresh initialisation instead;
-      ``pretrained_strict=False`` turns the check off, as it does timm's.
+      (:func:`check_model_args`).
 
     ``model.pretrained_cfg`` keeps the source as given (``file``, ``hf_hub_id``,
     ``gdrive_id``); the loaded tensors are not stored in it.
 
     Raises:
-        ValueError: a folder's or hub repo's model arguments or weights do not fit (see
-            above); a weights file that is empty, truncated or not a checkpoint.
+        ValueError: a folder's or hub repo's model arguments do not fit; weights that do
+            not fit the model (see above); a weights file that is empty, truncated or not
+            a checkpoint.
         hcast.weights.UnsafeCheckpointError: a pickle needs unsafe globals.
     """
+    explicit_tag = pretrained_cfg is not None
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=as_pretrained_cfg(pretrained_cfg), pretrained_cfg_overlay=pretrained_cfg_overlay)
-    from_folder = cfg.source in ("hf-hub", "local-dir")
-    if from_folder:  # the model arguments come from a file: check them before allocating anything
-        check_model_args(model_cls, variant, kwargs.get("pretrained_model_args") or {}, kwargs, _config_name(cfg))
+    folder_args = kwargs.get("pretrained_model_args") or {}
+    if cfg.source in ("hf-hub", "local-dir"):  # the model arguments come from a file: check before allocating
+        check_model_args(model_cls, variant, folder_args, kwargs, _config_name(cfg))
         _check_pretrained_cfg(cfg, _config_name(cfg))
-    filter_fn = _unwrapping_filter(pretrained_filter_fn)
-    ckpt_file = resolve_checkpoint_file(cfg, cache_dir=cache_dir) if pretrained else None
-    if from_folder and ckpt_file is not None and pretrained_strict:
-        filter_fn = _strict_filter(filter_fn, ckpt_file, cfg, fresh_heads)
+    state_dict, source = _load_weights(cfg, cache_dir) if pretrained else (None, None)
+    plan = plan_heads(model_cls, cfg, kwargs, state_dict, explicit_tag=explicit_tag, fresh_heads=fresh_heads,
+                      folder_args=folder_args)
+    if source is not None:
+        plan.source = source
+    cfg, kwargs = plan.cfg, plan.kwargs
+    filter_fn = head_policy(_unwrapping_filter(pretrained_filter_fn), plan)
     common = dict(pretrained_filter_fn=filter_fn, pretrained_strict=pretrained_strict, cache_dir=cache_dir)
-    if ckpt_file is None:
-        with checkpoint_safe_globals():
-            return build_model_with_cfg(model_cls, variant, pretrained, pretrained_cfg=cfg, **common, **kwargs)
-
-    state_dict = unwrap_state_dict(load_checkpoint_file(ckpt_file))
-    if kwargs.get("features_only", False):
-        # the feature wrapper renames modules, so weights must load inside timm's builder
-        model = build_model_with_cfg(
-            model_cls, variant, True, pretrained_cfg=dataclasses.replace(cfg, state_dict=state_dict, source=None),
-            **common, **kwargs)
-        model.pretrained_cfg.pop("state_dict", None)
-        model.pretrained_cfg["source"] = cfg.source
-        return model
-    model = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=cfg, **common, **kwargs)
-    num_classes = getattr(model, "num_classes", kwargs.get("num_classes", 1000))
-    if from_folder and pretrained_strict:
-        # the strict filter has settled every head (loaded, or fresh where asked and it does not
-        # fit): timm must not drop the heads that fit because the finest count changed
-        num_classes = model.pretrained_cfg.get("num_classes", num_classes)
-    load_pretrained(
-        model,
-        pretrained_cfg=dict(model.pretrained_cfg, state_dict=state_dict, source=None),
-        num_classes=num_classes,
-        in_chans=kwargs.get("in_chans", 3),
-        filter_fn=filter_fn,
-        strict=pretrained_strict,
-    )
-    _logger.info(f"Loaded pretrained weights for {variant} from {str(ckpt_file)!r}")
+    # timm's load_pretrained drops the classifier when counts differ from the cfg's: with no
+    # classifier names it never does; head_policy has settled every head.
+    load_cfg = dataclasses.replace(cfg, state_dict=state_dict, source=None, classifier=None)
+    try:
+        if state_dict is not None and kwargs.get("features_only", False):
+            # the feature wrapper renames modules, so weights must load inside timm's builder
+            model = build_model_with_cfg(model_cls, variant, True, pretrained_cfg=load_cfg, **common, **kwargs)
+            model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(cfg.to_dict())
+        else:
+            model = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=cfg, **common, **kwargs)
+            if state_dict is not None:
+                load_pretrained(model, pretrained_cfg=dataclasses.asdict(load_cfg), num_classes=model.num_classes,
+                                in_chans=kwargs.get("in_chans", 3), filter_fn=filter_fn, strict=pretrained_strict)
+    except RuntimeError as error:
+        if state_dict is None or "state_dict" not in str(error):
+            raise
+        raise ValueError(f"{plan.source}: the weights do not fit {variant} ({error}). Check that the file holds "
+                         f"this architecture (model_name=), its image size and class counts.") from None
+    if state_dict is not None:
+        _logger.info(f"Loaded pretrained weights for {variant} from {plan.source}")
     return model
