@@ -64,42 +64,21 @@ def user_input(what: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- model loading
 
 
-def _model_name(source: str) -> str:
-    """``source`` as a name ``timm.create_model`` accepts: a folder becomes ``local-dir:FOLDER``.
+def _resolve_model(source: str, kwargs: Optional[Dict[str, Any]] = None) -> Tuple[str, Dict[str, Any]]:
+    """``(name, kwargs)`` for ``timm.create_model`` from what the user named: a registry name
+    or tag, an ``hf-hub:`` / Hub id, a model folder or a checkpoint file, resolved by
+    :func:`hcast.models.factory.resolve_source` (the one place a model source is resolved).
 
     Raises:
-        UsageError: for a folder without ``config.json``, a checkpoint file, or a string that is
-            neither a folder, a hub id nor a registered model name.
+        UsageError: a folder without ``config.json``, a path that does not exist, a file
+            whose architecture cannot be guessed, or a string that is none of the above.
     """
-    from timm.models import is_model, split_model_name_tag
+    from hcast.models.factory import resolve_source
 
-    import hcast  # noqa: F401  (registers the models)
-
-    if source.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-        return source
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UsageError(
-                f"model: the folder {source!r} has no config.json; pass a folder written by `hcast finetune` "
-                "or `hcast convert`, a timm model name, or an hf-hub: id."
-            )
-        return "local-dir:" + str(path.resolve())
-    if path.is_file():
-        raise UsageError(
-            f"model: {source!r} is a file, not a model folder; turn an original checkpoint into a folder with "
-            f"`hcast convert {source} OUTPUT_FOLDER` (or fine-tune from it with --initial-checkpoint)."
-        )
-    if not is_model(split_model_name_tag(source)[0]):
-        looks_like_path = os.sep in source or source.startswith((".", "~"))
-        hint = (" If it is a Hugging Face Hub repo, pass hf-hub:" + source + "."
-                if source.count("/") == 1 and not source.startswith(("/", ".", "~")) else "")
-        raise UsageError(
-            f"model: {source!r} matches no {'folder' if looks_like_path else 'registered model name'}: it is "
-            "neither an existing folder, a hub id (hf-hub:ORG/NAME) nor a model name registered with timm "
-            f"(e.g. hcast_small.living17; list them with timm.list_models('*cast*')).{hint}"
-        )
-    return source
+    try:
+        return resolve_source(os.path.expanduser(source), None, dict(kwargs or {}))
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise UsageError(f"model: {error}") from None
 
 
 def _read_config(name: str) -> Dict[str, Any]:
@@ -143,7 +122,8 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
     """Build ``source`` with timm and find its taxonomy.
 
     Args:
-        source: a timm name, an ``hf-hub:`` id, or a folder with ``config.json``.
+        source: a timm name, an ``hf-hub:`` id, a folder with ``config.json``, or a
+            checkpoint file (the original repositories' format or hcast's).
         device: where to put the model (it is returned in eval mode).
         taxonomy_path: a taxonomy JSON file overriding the one the model's config stores.
         kwargs: more ``timm.create_model`` arguments (e.g. ``pretrained=True``).
@@ -155,12 +135,12 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
 
     import hcast  # noqa: F401  (registers the models)
 
-    name = _model_name(source)
+    name, kwargs = _resolve_model(source, kwargs)
     config = _read_config(name)
     taxonomy = load_taxonomy(taxonomy_path, config)
     if kwargs.get("pretrained") is None:
-        # a folder or hub repo is its weights; a registry name starts from scratch unless asked
-        kwargs["pretrained"] = name.startswith(("local-dir:", "hf-hub:", "hf_hub:"))
+        # a folder, hub repo or file is its weights; a registry name starts from scratch unless asked
+        kwargs["pretrained"] = name.startswith(("local-dir:", "hf-hub:", "hf_hub:")) or "pretrained_cfg_overlay" in kwargs
     model = timm.create_model(name, **kwargs)
     if taxonomy is None:
         taxonomy = getattr(model, "taxonomy", None)
@@ -199,11 +179,10 @@ def _data_config(model: Any) -> Dict[str, Any]:
 
 
 def _is_registry_name(source: str) -> bool:
-    from timm.models import is_model
-
-    import hcast  # noqa: F401  (registers the models)
-
-    return not source.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not Path(source).exists() and is_model(source)
+    schemes = ("hf-hub:", "hf_hub:", "local-dir:")
+    if source.startswith(schemes) or Path(source).expanduser().exists():
+        return False
+    return not _resolve_model(source)[0].startswith(schemes)
 
 
 def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[str], pretrained: bool):
@@ -420,11 +399,11 @@ def _build_model_for_finetune(source: str, pretrained: bool, args: argparse.Name
 
     import hcast  # noqa: F401
 
-    name = _model_name(source)
-    # fine-tuning on this taxonomy: heads that do not fit the weights start fresh (a folder or
-    # hub repo otherwise loads strictly, as evaluation and prediction need)
-    kwargs: Dict[str, Any] = dict(pretrained=pretrained or bool(args.initial_checkpoint),
-                                  level_classes=tuple(taxonomy.num_classes), fresh_heads=True)
+    name, kwargs = _resolve_model(source)
+    # fine-tuning on this taxonomy: heads that do not fit the weights start fresh, and a
+    # warning names them (hcast.weights.heads)
+    kwargs.update(pretrained=pretrained or bool(args.initial_checkpoint) or "pretrained_cfg_overlay" in kwargs,
+                  level_classes=tuple(taxonomy.num_classes))
     if args.initial_checkpoint:
         kwargs["pretrained_cfg_overlay"] = dict(file=str(args.initial_checkpoint))
     if config.drop_path:
@@ -771,7 +750,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from hcast.weights import convert_checkpoint
+    from hcast.models import convert_checkpoint
 
     taxonomy = load_taxonomy(args.taxonomy) if args.taxonomy else None
     with user_input(f"checkpoint {args.checkpoint!r}"):

@@ -41,7 +41,8 @@ def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None)
             (196 for the released weights; SEEDS gives at most that many).
 
     Returns:
-        a deep copy; ``model`` itself is unchanged.
+        a deep copy; ``model`` itself is unchanged. An H-CAST copy returns its per-level
+        logits tuple from ``forward`` (``set_level_outputs(True)``), as the exported program does.
 
     Raises:
         TypeError: ``model`` is not a CAST model.
@@ -60,6 +61,8 @@ def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None)
     model = copy.deepcopy(model).eval()
     model.max_tokens = max_tokens
     model.validate_args = False
+    if hasattr(model, "set_level_outputs"):  # H-CAST: every level is an output (logits_0, ...)
+        model.set_level_outputs(True)
     return model
 
 

@@ -10,7 +10,7 @@ from hcast.models import cast  # registers cast_* with timm
 from hcast.models import hcast  # registers hcast_* with timm
 from hcast.models import hier_vit  # registers hier_vit_* with timm
 from hcast.models.cast import CAST
-from hcast.models.factory import from_pretrained
+from hcast.models.factory import convert_checkpoint, from_pretrained
 from hcast.models.hcast import HCAST
 from hcast.models.hier_vit import HierVisionTransformer
 # kept here for users who import them from hcast.models (their home is hcast.weights)
@@ -22,6 +22,7 @@ __all__ = [
     "HierVisionTransformer",
     "UnsafeCheckpointError",
     "cast",
+    "convert_checkpoint",
     "download_gdrive_checkpoint",
     "from_pretrained",
     "hcast",

@@ -26,42 +26,39 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import timm
 from torch import nn
 
-__all__ = ["FromPretrainedMixin", "from_pretrained"]
+__all__ = ["FromPretrainedMixin", "convert_checkpoint", "from_pretrained", "resolve_source"]
 
 _SCHEMES = ("hf-hub:", "hf_hub:", "local-dir:")
 
 
 def _checkpoint_file_kwargs(path: Path, model_name: Optional[str], kwargs: dict) -> tuple:
-    """(architecture, create_model kwargs) for an original-format or hcast checkpoint file."""
-    from hcast.weights.original import guess_model_name, head_counts, strip_prefixes, unwrap_state_dict
-    from hcast.weights.safe_load import load_checkpoint_file
+    """(architecture, create_model kwargs) for an original-format or hcast checkpoint file.
 
-    state_dict = strip_prefixes(unwrap_state_dict(load_checkpoint_file(path)))
+    The architecture is ``model_name`` or guessed from the weights; class counts, levels
+    and settings are the builder's one rule (:func:`hcast.weights.heads.plan_heads`: the
+    file's heads, not a default tag's)."""
     if model_name is None:
-        model_name = guess_model_name(state_dict)
-    counts = head_counts(state_dict)
-    if kwargs.get("level_classes") is None and kwargs.get("taxonomy") is None and "num_classes" not in kwargs:
-        if len(counts) > 1:
-            kwargs["level_classes"] = counts
-        else:
-            kwargs["num_classes"] = counts[0] if counts else 0
-    levels = kwargs.get("level_classes") or getattr(kwargs.get("taxonomy"), "num_classes", None)
-    num_classes = kwargs.get("num_classes", levels[0] if levels else None)
-    # num_classes in the cfg too, or timm's builder would drop a head of another size than the tag's
-    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, file=str(path))
-    if num_classes is not None:
-        overlay.setdefault("num_classes", num_classes)
-    kwargs["pretrained_cfg_overlay"] = overlay
+        from hcast.weights.original import guess_model_name, strip_prefixes, unwrap_state_dict
+        from hcast.weights.safe_load import load_checkpoint_file
+
+        model_name = guess_model_name(strip_prefixes(unwrap_state_dict(load_checkpoint_file(path))))
+    kwargs["pretrained_cfg_overlay"] = dict(kwargs.pop("pretrained_cfg_overlay", None) or {}, file=str(path))
     return model_name, kwargs
 
 
-def _resolve(name_or_id: Union[str, os.PathLike], model_name: Optional[str], kwargs: dict) -> tuple:
-    """(name timm.create_model takes, its kwargs)."""
+def resolve_source(name_or_id: Union[str, os.PathLike], model_name: Optional[str], kwargs: dict) -> tuple:
+    """(name ``timm.create_model`` takes, its kwargs) for a registry name or tag, a Hub id,
+    a folder or a checkpoint file: the one place a model source is resolved
+    (:func:`from_pretrained`, :func:`convert_checkpoint` and the ``hcast`` command use it).
+
+    Raises:
+        ValueError, FileNotFoundError, TypeError: as :func:`from_pretrained`.
+    """
     if isinstance(name_or_id, os.PathLike) or (isinstance(name_or_id, str) and Path(name_or_id).exists()):
         path = Path(name_or_id)
         if path.is_dir():
@@ -105,9 +102,9 @@ def from_pretrained(name_or_id: Union[str, os.PathLike], *, model_name: Optional
         expected_class: raise unless the model is an instance of it (the model classes'
             ``from_pretrained`` classmethods pass themselves).
         **kwargs: more ``timm.create_model`` arguments (``level_classes``,
-            ``num_classes``, ``output_level``, ``features_only``, ...). For a file
-            without ``level_classes`` / ``num_classes``, the checkpoint's head sizes
-            decide.
+            ``num_classes``, ``features_only``, ...). For a file without
+            ``level_classes`` / ``num_classes``, the checkpoint's head sizes decide
+            (:mod:`hcast.weights.heads`).
 
     Returns:
         the model (``nn.Module``), in train mode as timm returns it.
@@ -120,7 +117,7 @@ def from_pretrained(name_or_id: Union[str, os.PathLike], *, model_name: Optional
         hcast.models.UnsafeCheckpointError: a pickle that needs code to unpickle.
     """
     kwargs.setdefault("pretrained", True)
-    name, kwargs = _resolve(name_or_id, model_name, dict(kwargs))
+    name, kwargs = resolve_source(name_or_id, model_name, dict(kwargs))
     if model_name is not None and not name.startswith(_SCHEMES) and not Path(str(name_or_id)).is_file():
         raise ValueError(f"model_name is only for checkpoint files; {name_or_id!r} names its architecture itself.")
     model = timm.create_model(name, **kwargs)
@@ -128,6 +125,68 @@ def from_pretrained(name_or_id: Union[str, os.PathLike], *, model_name: Optional
         raise TypeError(f"{name_or_id!r} is a {type(model).__name__}, not a {expected_class.__name__}; use "
                         f"hcast.from_pretrained({str(name_or_id)!r}) or {type(model).__name__}.from_pretrained.")
     return model
+
+
+def convert_checkpoint(
+        src: Union[str, os.PathLike],
+        out_dir: Union[str, os.PathLike],
+        model_name: Optional[str] = None,
+        level_classes: Optional[Sequence[int]] = None,
+        taxonomy: Any = None,
+        *,
+        overwrite: bool = False,
+        **model_kwargs: Any,
+) -> Path:
+    """Turn a checkpoint file into a timm hub folder (config.json + model.safetensors).
+
+    What ``hcast convert`` runs: the model is built with :func:`from_pretrained` (so the
+    model's ``checkpoint_filter_fn`` maps the keys and the builder's one head rule applies,
+    here without new heads: every classifier of the file must load) and written with
+    :func:`hcast.weights.save_for_hf`. The folder loads with
+    ``timm.create_model("local-dir:FOLDER", pretrained=True)`` and, once uploaded,
+    ``"hf-hub:ORG/NAME"``.
+
+    Args:
+        src: checkpoint file: the original repositories' ``.pth`` (loaded with
+            ``weights_only=True``, :func:`hcast.weights.load_checkpoint_file`) or hcast's
+            ``.safetensors``.
+        out_dir: folder to create, written to a temporary folder next to it and renamed
+            into place when complete (:func:`hcast.weights.atomic_write`).
+        model_name: hcast model name, optionally with the pretrained tag the file is
+            (``"hcast_small.living17"`` keeps that tag's taxonomy and settings); default
+            :func:`hcast.weights.original.guess_model_name`.
+        level_classes: class count per level, finest first; default the checkpoint's heads.
+        taxonomy: :class:`hcast.hierarchy.Taxonomy` (or its dict, or a JSON file) stored in
+            ``config.json["taxonomy"]``; its finest names become timm's ``label_names``.
+        overwrite: replace an existing non-empty ``out_dir`` (atomically).
+        **model_kwargs: more ``timm.create_model`` arguments (e.g. ``img_size``).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
+        ValueError: class counts (argument, taxonomy) that do not fit the checkpoint's heads,
+            or an architecture that cannot be guessed.
+        hcast.weights.UnsafeCheckpointError: the pickle needs unsafe globals.
+    """
+    from hcast.weights.folder import _as_taxonomy, atomic_write, save_for_hf
+
+    src, out_dir = Path(src), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"out_dir: {str(out_dir)!r} exists and is not empty; pass overwrite=True to replace it.")
+    if not src.is_file():
+        raise FileNotFoundError(f"src: {str(src)!r} is not a checkpoint file.")
+    taxonomy = _as_taxonomy(taxonomy)
+    kwargs = dict(model_kwargs)
+    if level_classes is not None:
+        kwargs["level_classes"] = tuple(int(c) for c in level_classes)
+    if taxonomy is not None:
+        kwargs["taxonomy"] = taxonomy
+    model = from_pretrained(src, model_name=model_name, fresh_heads=False, **kwargs)
+    with atomic_write(out_dir, folder=True, overwrite=overwrite) as tmp:
+        save_for_hf(model, tmp, taxonomy=getattr(model, "taxonomy", None))
+    return out_dir
 
 
 class FromPretrainedMixin:

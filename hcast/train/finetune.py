@@ -281,6 +281,9 @@ def finetune(
     model.to(ctx.device)
     net: nn.Module = model
     if ctx.distributed:
+        # DDP only calls forward: the per-level logits must come from it (set back at the end)
+        if hasattr(model, "set_level_outputs"):
+            model.set_level_outputs(True)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
                                                   else None)
     steps_per_epoch = min(len(train_loader), config.max_steps or len(train_loader))
@@ -401,6 +404,8 @@ def finetune(
                     f"{budget.planned_updates} planned updates ({budget.seconds_per_update or 0:.2f} s each); "
                     "the cosine schedule was shortened to match")
             break
+    if hasattr(model, "set_level_outputs"):
+        model.set_level_outputs(False)
     if out is not None:
         say(f"trained in {time.perf_counter() - train_start:.0f}s; best validation FPA {100 * best_fpa:.2f} at epoch "
             f"{best_epoch}; model folder: {out} (timm.create_model('local-dir:{out}', pretrained=True))")

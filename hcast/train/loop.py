@@ -58,7 +58,12 @@ def _unpack_batch(batch: Any, device: torch.device, superpixel_fn: Optional[Supe
 
 
 def _forward(model: nn.Module, images: torch.Tensor, segments: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    out = model(images, segments) if segments is not None else model(images)
+    """Per-level logits, finest first: H-CAST / Hier-ViT through ``forward_levels``
+    (a DDP wrapper only calls ``forward``: hcast.train turns on ``set_level_outputs``
+    before wrapping), any other classifier as one level."""
+    args = (images,) if segments is None else (images, segments)
+    forward_levels = getattr(model, "forward_levels", None)
+    out = forward_levels(*args) if forward_levels is not None else model(*args)
     if isinstance(out, torch.Tensor):  # a flat classifier: one level
         return [out]
     return list(out)

@@ -13,16 +13,19 @@ lives here, one job per module:
   hub's files.
 * :mod:`~hcast.weights.builder`: :func:`build_model_with_hcast_cfg` (timm's builder with
   safe loading) and the one dict-to-pretrained-cfg converter.
-* :mod:`~hcast.weights.folder`: model folders in timm's hub format (:func:`save_for_hf`,
-  :func:`convert_checkpoint`), training checkpoints, and :func:`atomic_write`, which
-  every file hcast writes goes through.
+* :mod:`~hcast.weights.heads`: the one rule for heads, levels, taxonomy and release
+  metadata, whatever the weights' source (:func:`~hcast.weights.heads.plan_heads`,
+  :func:`~hcast.weights.heads.head_policy`).
+* :mod:`~hcast.weights.folder`: model folders in timm's hub format (:func:`save_for_hf`),
+  training checkpoints, and :func:`atomic_write`, which every file hcast writes goes
+  through.
 
-Imports go one way: :mod:`hcast.models` imports from here, never the reverse (only
-:func:`convert_checkpoint` imports :mod:`hcast.models`, when called, to build the model).
+Imports go one way: :mod:`hcast.models` imports from here, never the reverse (converting
+a checkpoint into a folder builds a model: :func:`hcast.models.convert_checkpoint`).
 """
 from hcast.weights.builder import as_pretrained_cfg, build_model_with_hcast_cfg, resolve_checkpoint_file
 from hcast.weights.folder import (
-    atomic_write, convert_checkpoint, load_checkpoint, read_model_config, remove_stale_temporaries, save_checkpoint, save_for_hf,
+    atomic_write, load_checkpoint, read_model_config, remove_stale_temporaries, save_checkpoint, save_for_hf,
     write_json,
 )
 from hcast.weights.gdrive import (
@@ -60,7 +63,6 @@ __all__ = [
     "resolve_checkpoint_file",
     # folder
     "atomic_write",
-    "convert_checkpoint",
     "load_checkpoint",
     "read_model_config",
     "remove_stale_temporaries",

@@ -312,7 +312,7 @@ def build_model_with_hcast_cfg(
         pretrained_filter_fn: Optional[Callable] = None,
         pretrained_strict: bool = True,
         cache_dir: Optional[PathLike] = None,
-        fresh_heads: bool = False,
+        fresh_heads: Optional[bool] = None,
         **kwargs: Any,
 ) -> nn.Module:
     """Drop-in for :func:`timm.models.build_model_with_cfg`: safe loading and one rule for heads.
@@ -332,7 +332,8 @@ def build_model_with_hcast_cfg(
       head counts win over a default tag; a file does not inherit a tag's taxonomy,
       superpixel count or normalisation), and every classifier weight is settled by
       :func:`hcast.weights.heads.head_policy` (a head that does not fit is an error unless
-      new heads were asked for: other class counts in the call, or ``fresh_heads=True``);
+      new heads were asked for: other class counts in the call, or ``fresh_heads=True``;
+      ``fresh_heads=False`` never makes new heads);
       timm's silent classifier dropping is never reached;
     * every other weight loads strictly (``pretrained_strict=False`` turns that off, as
       it does timm's), and a misfit is a ``ValueError`` naming the source;

@@ -6,8 +6,6 @@
 * :func:`save_for_hf`: a model folder in timm's hub format (``config.json`` +
   ``model.safetensors``) that ``timm.create_model("local-dir:FOLDER", pretrained=True)``
   and, once uploaded, ``"hf-hub:ORG/NAME"`` load, with a hierarchical model's taxonomy.
-* :func:`convert_checkpoint`: an original-format checkpoint (see
-  :mod:`hcast.weights.original`) turned into such a folder (``hcast convert``).
 * :func:`save_checkpoint` / :func:`load_checkpoint`: training checkpoints for
   ``--resume``; :func:`write_json`: metrics and predictions.
 """
@@ -30,8 +28,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from hcast.weights.original import guess_model_name, head_counts, LEVEL_HEADS, strip_prefixes, unwrap_state_dict
 from hcast.weights.safe_load import load_checkpoint_file
+
 
 _logger = logging.getLogger(__name__)
 
@@ -415,106 +413,3 @@ def _as_taxonomy(taxonomy: Any):
     raise TypeError(f"taxonomy: expected a Taxonomy, its to_dict() or a JSON file path, got {type(taxonomy).__name__}.")
 
 
-def _check_heads_loaded(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Every classifier of the checkpoint ended up in the model (the filters keep a head's
-    initialisation when shapes differ: here that would silently lose weights)."""
-    own = model.state_dict()
-    for index, name in enumerate(LEVEL_HEADS):
-        src = state_dict.get(f"{name}.weight", state_dict.get(f"heads.{index}.weight"))
-        if src is None:
-            break
-        dst_key = next((k for k in (f"heads.{index}.weight", f"{name}.weight") if k in own), None)
-        if dst_key is None:
-            continue
-        if own[dst_key].shape != src.shape:
-            raise ValueError(
-                f"level_classes: the checkpoint's {name} has {src.shape[0]} classes but the model's level {index} has "
-                f"{own[dst_key].shape[0]}; pass level_classes (or a taxonomy) matching the checkpoint.")
-        if not torch.equal(own[dst_key], src.to(own[dst_key].dtype)):
-            raise RuntimeError(f"the checkpoint's {name} was not loaded into {dst_key}; please report this.")
-
-
-def convert_checkpoint(
-        src: PathLike,
-        out_dir: PathLike,
-        model_name: Optional[str] = None,
-        level_classes: Optional[Sequence[int]] = None,
-        taxonomy: Any = None,
-        *,
-        overwrite: bool = False,
-        **model_kwargs: Any,
-) -> Path:
-    """Turn an original-format checkpoint into a timm hub folder (config.json + model.safetensors).
-
-    What ``hcast convert`` runs. The checkpoint is read safely
-    (:func:`hcast.weights.load_checkpoint_file`), the model built with it through
-    ``timm.create_model(..., pretrained_cfg_overlay=dict(file=...))`` (so exactly the
-    model's ``checkpoint_filter_fn`` does the key mapping), and the folder written with
-    :func:`save_for_hf`. It loads with ``timm.create_model("local-dir:FOLDER",
-    pretrained=True)`` and, once uploaded, ``timm.create_model("hf-hub:ORG/NAME",
-    pretrained=True)``.
-
-    Args:
-        src: checkpoint file: the original repositories' ``.pth`` (``model`` or
-            ``state_dict`` inside; loaded with ``weights_only=True``, see
-            :func:`hcast.weights.load_checkpoint_file`) or hcast's ``.safetensors``.
-        out_dir: folder to create. Written to a temporary folder next to it and renamed
-            into place when complete (:func:`atomic_write`): never half-written.
-        model_name: hcast model name, optionally with a pretrained tag whose cfg to keep
-            (``"hcast_small"``, ``"hcast_small.living17"``, ``"cast_small"``,
-            ``"hier_vit_small"``); default :func:`hcast.weights.original.guess_model_name`.
-        level_classes: class count per level, finest first; default from the checkpoint's
-            heads (``head``, ``family_head``, ``manufacturer_head``) or the taxonomy.
-        taxonomy: :class:`hcast.hierarchy.Taxonomy` (or its dict, or a JSON file) stored in
-            ``config.json["taxonomy"]``; its finest names become timm's ``label_names``.
-        overwrite: replace an existing non-empty ``out_dir`` (atomically).
-        **model_kwargs: more ``timm.create_model`` arguments (e.g. ``img_size``).
-
-    Returns:
-        ``out_dir`` as a Path.
-
-    Raises:
-        FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
-        ValueError: level counts disagree (argument, taxonomy, checkpoint), or the
-            architecture cannot be guessed.
-        hcast.weights.UnsafeCheckpointError: the pickle needs unsafe globals.
-    """
-    import timm
-
-    # hcast.weights sits below hcast.models (models import the builder from here), so the
-    # registration of hcast's architectures with timm is imported when converting, not at import.
-    import hcast.models  # noqa: F401
-
-    src, out_dir = Path(src), Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"out_dir: {str(out_dir)!r} exists and is not empty; pass overwrite=True to replace it.")
-    taxonomy = _as_taxonomy(taxonomy)
-    state_dict = strip_prefixes(unwrap_state_dict(load_checkpoint_file(src)))
-    counts = head_counts(state_dict)
-    if taxonomy is not None:
-        if level_classes is not None and tuple(level_classes) != tuple(taxonomy.num_classes):
-            raise ValueError(f"level_classes: got {tuple(level_classes)}, but the taxonomy has "
-                             f"{tuple(taxonomy.num_classes)} classes per level; pass one of them.")
-        level_classes = tuple(taxonomy.num_classes)
-    if level_classes is None and len(counts) > 1:
-        level_classes = counts
-    if model_name is None:
-        model_name = guess_model_name(state_dict)
-    kwargs = dict(model_kwargs)
-    if level_classes is not None and len(level_classes) > 1:
-        kwargs["level_classes"] = tuple(int(c) for c in level_classes)
-        num_classes = kwargs["level_classes"][0]
-    else:
-        num_classes = int(level_classes[0]) if level_classes else (counts[0] if counts else 0)
-        kwargs.setdefault("num_classes", num_classes)
-    # num_classes in the cfg too, or timm's builder would drop a head of another size than the tag's
-    overlay = dict(file=str(src), num_classes=num_classes)
-    model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    _check_heads_loaded(model, state_dict)
-    if taxonomy is not None:
-        model.taxonomy = taxonomy
-
-    with atomic_write(out_dir, folder=True, overwrite=overwrite) as tmp:
-        save_for_hf(model, tmp, taxonomy=taxonomy)
-    _logger.info(f"Converted {str(src)!r} ({model_name}) to {str(out_dir)!r}")
-    return out_dir

@@ -24,7 +24,8 @@ cfg:
 classifier weight after the keys are mapped: a head whose shape fits loads; a head that does
 not fit (other shape, absent from the weights, or a weights' head the model has no place
 for) is **new** only when the caller asked for new heads (class counts that differ from the
-weights', ``fresh_heads=True``, or a backbone-only tag such as ``hcast_small.deit_in1k``),
+weights', ``fresh_heads=True``, or a backbone-only tag such as ``hcast_small.deit_in1k``;
+``fresh_heads=False`` refuses new heads even then, as ``hcast convert`` does),
 and a ``UserWarning`` names each new head with both shapes (no warning for backbone tags,
 whose heads are new by definition, for ``fresh_heads=True``, or for a model with no
 classifier). Any other misfit is a ``ValueError`` naming the weights' source, the head and
@@ -116,7 +117,7 @@ def weights_source(cfg: Any) -> str:
 
 
 def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[str, Any],
-               state_dict: Optional[Mapping[str, Any]], *, explicit_tag: bool, fresh_heads: bool = False,
+               state_dict: Optional[Mapping[str, Any]], *, explicit_tag: bool, fresh_heads: Optional[bool] = None,
                folder_args: Optional[Mapping[str, Any]] = None) -> HeadPlan:
     """Decide class counts, taxonomy and pretrained cfg for a model about to be built.
 
@@ -127,7 +128,9 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
         state_dict: the weights to be loaded (raw, any layout), or ``None`` without weights.
         explicit_tag: the caller named the tag (``name.tag``, ``pretrained_cfg=``) or a
             folder gave the cfg; a file then *is* that tag.
-        fresh_heads: the caller asked for new heads wherever they do not fit.
+        fresh_heads: ``True``: new heads wherever they do not fit, without a warning;
+            ``False``: never new heads (``hcast convert``: every head must load);
+            ``None`` (default): new heads where the call's class counts differ.
         folder_args: a folder's saved model arguments (``pretrained_model_args``): equal
             values in ``kwargs`` are the folder's, not the caller's.
 
@@ -196,7 +199,10 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
         tag_counts = tuple(getattr(cfg, "level_classes", None) or ())
         if tag_counts and tuple(kwargs.get("level_classes") or ()) == tag_counts and kwargs["num_classes"]:
             kwargs["taxonomy"] = tag_taxonomy
-    new_heads = bool(fresh_heads or backbone_tag or any(k in given for k in _COUNT_ARGS))
+    if fresh_heads is None:
+        new_heads = backbone_tag or any(k in given for k in _COUNT_ARGS)
+    else:
+        new_heads = fresh_heads
     warn_new = not (fresh_heads or backbone_tag)
     return HeadPlan(cfg=cfg, kwargs=kwargs, new_heads=new_heads, warn_new=warn_new, source=source)
 
