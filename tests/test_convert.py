@@ -1,4 +1,4 @@
-"""hcast.weights.convert_checkpoint: original checkpoints -> timm hub folders."""
+"""hcast.models.convert_checkpoint: original checkpoints -> timm hub folders."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import torch
 
 import hcast  # noqa: F401  (registers the models with timm)
 import hcast.weights.folder
-from hcast.weights import convert_checkpoint, guess_model_name
+from hcast.models import convert_checkpoint
+from hcast.weights import guess_model_name
 from hcast.hierarchy import Taxonomy
 from hf_server import LocalHub, use_local_hub
 from test_hub import MODEL_TINY, assert_same_weights, deit_checkpoint, original_state_dict

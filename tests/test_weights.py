@@ -114,13 +114,3 @@ def test_one_cfg_converter_keeps_unknown_keys_and_restores_tuples():
     assert as_pretrained_cfg("deit_in1k") == "deit_in1k" and as_pretrained_cfg(None) is None
     with pytest.raises(TypeError, match="pretrained_cfg"):
         as_pretrained_cfg(3)
-
-
-def test_old_import_paths_keep_working():
-    for name in ("UnsafeCheckpointError", "download_gdrive_checkpoint", "load_checkpoint_file", "save_for_hf"):
-        assert getattr(hcast.models, name) is getattr(hcast.weights, name)
-    sys.modules.pop("hcast.convert", None)
-    with pytest.warns(DeprecationWarning, match="hcast.weights"):
-        convert = importlib.import_module("hcast.convert")
-    assert convert.convert_checkpoint is hcast.weights.convert_checkpoint
-    assert convert.guess_model_name is hcast.weights.guess_model_name

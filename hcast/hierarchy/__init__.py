@@ -15,12 +15,8 @@ Levels are ordered finest first everywhere. Where each concept lives:
 ``torchmetrics`` (extra ``train``) is needed only for the ``Metric`` classes; the
 functional metrics and everything else here work without it.
 
-The metric-learning names (``HIERLoss``, ``ToPoincare``, ``to_poincare``,
-``poincare_distance_matrix``, ``RecallAtK``, ``recall_at_k``) now live in
-:mod:`hcast.metric_learning`; they are re-exported here for code written against
-earlier releases. The old module paths ``hcast.hierarchy.datasets``,
-``.better_mistakes``, ``.hier`` and ``.retrieval`` still import, with a
-``DeprecationWarning``, until the next release.
+The metric-learning names (``HIERLoss``, Recall@K, Poincaré helpers) live in
+:mod:`hcast.metric_learning`.
 """
 from hcast.hierarchy.taxonomy import TAXONOMY_SCHEMA_VERSION, Taxonomy
 from hcast.hierarchy.taxonomies import (
@@ -56,8 +52,6 @@ from hcast.hierarchy.metrics import (
     mistake_severity,
     tree_inconsistency_error,
 )
-# Kept for earlier releases' users: metric learning moved to hcast.metric_learning.
-from hcast.metric_learning import HIERLoss, RecallAtK, ToPoincare, poincare_distance_matrix, recall_at_k, to_poincare
 
 __all__ = [
     "Taxonomy",
@@ -91,12 +85,6 @@ __all__ = [
     "FullPathAccuracy",
     "TreeInconsistencyError",
     "MistakeSeverity",
-    "HIERLoss",
-    "ToPoincare",
-    "poincare_distance_matrix",
-    "to_poincare",
-    "RecallAtK",
-    "recall_at_k",
 ]
 
 from hcast.hierarchy.benchmark_taxonomies import BENCHMARK_TAXONOMIES, benchmark_metadata, benchmark_taxonomy  # noqa: E402

@@ -13,20 +13,14 @@ from hcast.models.cast import CAST
 from hcast.models.factory import convert_checkpoint, from_pretrained
 from hcast.models.hcast import HCAST
 from hcast.models.hier_vit import HierVisionTransformer
-# kept here for users who import them from hcast.models (their home is hcast.weights)
-from hcast.weights import UnsafeCheckpointError, download_gdrive_checkpoint, load_checkpoint_file, save_for_hf
 
 __all__ = [
     "CAST",
     "HCAST",
     "HierVisionTransformer",
-    "UnsafeCheckpointError",
     "cast",
     "convert_checkpoint",
-    "download_gdrive_checkpoint",
     "from_pretrained",
     "hcast",
     "hier_vit",
-    "load_checkpoint_file",
-    "save_for_hf",
 ]

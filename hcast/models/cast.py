@@ -144,6 +144,7 @@ class ConvStem(nn.Module):
             raise ValueError(f"embed_dim must be divisible by 8 for ConvStem, got {embed_dim}.")
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.img_size = img_size
+        self.in_chans = in_chans
         self.patch_size = (patch_size, patch_size)
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
@@ -695,17 +696,38 @@ class CAST(FromPretrainedMixin, nn.Module):
             return superpixels(images, num_segments=num_segments, method=method, mean=mean, std=std)
 
     def _check_inputs(self, images: torch.Tensor, segments: Optional[torch.Tensor]) -> None:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {got}.")
+        """Shape and dtype checks (always), value checks with ``validate_args``: finite
+        images, superpixel ids in ``[0, H * W)`` (an image cannot hold more segments than
+        pixels: a stray id would build that many tokens), or ``[0, max_tokens)``.
+
+        Raises:
+            TypeError: ``images`` not a float tensor, or of another dtype than the model's
+                weights outside autocast; ``segments`` not an integer tensor.
+            ValueError: a wrong shape, channel count, size, or id.
+        """
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            got = f"dtype {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+            raise TypeError(f"images must be a float tensor (B, {self.patch_embed.in_chans}, H, W), normalised with "
+                            f"the model's mean/std, got {got}; convert uint8 images with timm's transforms "
+                            f"(timm.data.create_transform) or images.float().div(255) and normalise.")
+        if images.ndim != 4 or images.shape[1] != self.patch_embed.in_chans:
+            raise ValueError(f"images must have shape (B, {self.patch_embed.in_chans}, H, W), got "
+                             f"{tuple(images.shape)}; convert grayscale or RGBA images to "
+                             f"{self.patch_embed.in_chans} channels (e.g. PIL's image.convert('RGB')).")
+        weight_dtype = self.cls_token.dtype
+        if images.dtype != weight_dtype and not torch.is_autocast_enabled(images.device.type):
+            raise TypeError(f"images are {images.dtype} but the model's weights are {weight_dtype}; pass "
+                            f"images.to({weight_dtype}) (or run the model under torch.autocast).")
         if images.shape[-2] % 8 or images.shape[-1] % 8:
             raise ValueError(f"images height and width must be multiples of 8 (CAST's stem stride), "
                              f"got {tuple(images.shape[-2:])}; resize or pad the images.")
         if segments is not None:
-            if not isinstance(segments, torch.Tensor) or segments.ndim != 3 or segments.is_floating_point():
-                got = tuple(segments.shape) if isinstance(segments, torch.Tensor) else type(segments).__name__
-                raise ValueError(f"segments must be an integer tensor of shape (B, H, W) holding superpixel "
-                                 f"ids, got {got}.")
+            if not isinstance(segments, torch.Tensor) or segments.is_floating_point() or segments.is_complex():
+                got = f"dtype {segments.dtype}" if isinstance(segments, torch.Tensor) else type(segments).__name__
+                raise TypeError(f"segments must be an integer tensor (B, H, W) of superpixel ids, got {got}.")
+            if segments.ndim != 3:
+                raise ValueError(f"segments must have shape (B, H, W) holding superpixel ids, got "
+                                 f"{tuple(segments.shape)}.")
             if segments.shape[0] != images.shape[0]:
                 raise ValueError(f"segments must have the batch size of images ({images.shape[0]}), got "
                                  f"{segments.shape[0]}.")
@@ -719,6 +741,19 @@ class CAST(FromPretrainedMixin, nn.Module):
             check_finite("images", images)
             if segments is not None and self.max_tokens is not None:
                 self._check_budget(segments)
+            elif segments is not None and segments.numel():
+                self._check_ids(segments)
+
+    def _check_ids(self, segments: torch.Tensor) -> None:
+        """Ids in ``[0, H * W)`` (default mode; one pass and a host sync)."""
+        low, high = (int(v) for v in torch.aminmax(segments))
+        pixels = segments.shape[-2] * segments.shape[-1]
+        if low < 0 or high >= pixels:
+            raise ValueError(
+                f"segments must hold superpixel ids in [0, H * W) = [0, {pixels}) (one image of "
+                f"{tuple(segments.shape[-2:])} cannot hold more segments than pixels; the model builds one token "
+                f"per id up to the largest), got ids in [{low}, {high}]; relabel the ids to 0..S-1 "
+                f"(torch.unique(segments, return_inverse=True)).")
 
     def _check_budget(self, segments: torch.Tensor) -> None:
         """Ids in ``[0, max_tokens)`` (fixed-budget mode; one pass and a host sync)."""

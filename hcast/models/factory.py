@@ -64,7 +64,7 @@ def resolve_source(name_or_id: Union[str, os.PathLike], model_name: Optional[str
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"name_or_id: folder {str(path)!r} has no config.json; expected a folder "
-                                        f"written by hcast.models.save_for_hf (or `hcast convert` / `hcast push`).")
+                                        f"written by hcast.weights.save_for_hf (or `hcast convert` / `hcast push`).")
             return "local-dir:" + str(path.resolve()), kwargs
         if path.is_file():
             return _checkpoint_file_kwargs(path, model_name, kwargs)

@@ -388,6 +388,11 @@ def _grid_shape(h: int, w: int, num_segments: int) -> Tuple[int, int]:
     step = math.sqrt(h * w / num_segments)
     gy = min(h, max(1, round(h / step)))
     gx = min(w, max(1, round(w / step)))
+    while gy * gx > num_segments:  # rounding up both sides can exceed the request
+        if gy >= gx:
+            gy -= 1
+        else:
+            gx -= 1
     return gy, gx
 
 
@@ -491,9 +496,10 @@ def _connected_components(segments: torch.Tensor) -> torch.Tensor:
             return comp
 
 
-def _merge_small_components(comp: torch.Tensor, h: int, w: int, min_size: int,
+def _merge_small_components(comp: torch.Tensor, h: int, w: int, min_size: Union[int, torch.Tensor],
                             max_passes: int = 8) -> torch.Tensor:
-    """Merge components smaller than ``min_size`` pixels into a neighbouring component.
+    """Merge components smaller than ``min_size`` pixels (an int, or a (B, 1) tensor: one
+    size per image) into a neighbouring component.
 
     A small component joins its largest 4-neighbour when that neighbour is larger (ties
     broken by root index), so the merges form chains towards larger components and never
@@ -501,7 +507,7 @@ def _merge_small_components(comp: torch.Tensor, h: int, w: int, min_size: int,
     ``comp`` (B,H*W) holds root pixel indices; the result does too.
     """
     b, n = comp.shape
-    if min_size <= 1 or n == 1:
+    if n == 1 or (isinstance(min_size, int) and min_size <= 1):
         return comp
     offs = (torch.arange(b, device=comp.device) * n).view(b, 1)
     for _ in range(max_passes):
@@ -539,6 +545,37 @@ def _relabel_contiguous(comp: torch.Tensor) -> torch.Tensor:
     present = torch.zeros_like(comp, dtype=torch.bool).scatter_(1, comp, True)
     new_id = present.long().cumsum(1) - 1
     return new_id.gather(1, comp)
+
+
+def _limit_segments(labels: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Merge each image's smallest regions into their largest neighbours until it has at
+    most ``num_segments`` ids: connectivity enforcement can split a SLIC cluster into
+    several regions, and a model's token budget relies on the count asked for.
+
+    Args:
+        labels: (B,H,W) int64 ids, contiguous per image, each id one 4-connected region.
+        num_segments: the most ids an image may have (>= 1).
+    Returns:
+        (B,H,W) int64 ids, contiguous per image, at most ``num_segments`` per image.
+    """
+    b, h, w = labels.shape
+    for _ in range(64):
+        flat = labels.reshape(b, -1)
+        count = flat.amax(1) + 1
+        excess = count - num_segments
+        if not bool((excess > 0).any()):
+            return labels
+        n = int(count.max())
+        offs = (torch.arange(b, device=labels.device) * n).view(b, 1)
+        sizes = torch.bincount((flat + offs).view(-1), minlength=b * n).view(b, n).float()
+        sizes = torch.where(torch.arange(n, device=labels.device) < count[:, None], sizes, float("inf"))
+        ordered = sizes.sort(1).values
+        # merge every region at most as large as the excess-th smallest (more on ties: fewer ids)
+        pick = ordered.gather(1, (excess.clamp_min(1) - 1).view(b, 1))
+        min_size = torch.where(excess.view(b, 1) > 0, pick + 1, torch.zeros_like(pick)).long()
+        comp = _merge_small_components(_connected_components(labels), h, w, min_size)
+        labels = _relabel_contiguous(comp).view(b, h, w)
+    raise RuntimeError(f"could not reduce the superpixels to num_segments={num_segments}; please report this.")
 
 
 def enforce_connectivity(segments: torch.Tensor, min_size: int = 1) -> torch.Tensor:
@@ -590,7 +627,9 @@ def torch_slic(
         min_size_factor: minimum region size as a share of the mean superpixel size.
 
     Returns:
-        (B,H,W) int64 ids, contiguous per image, each id one 4-connected region.
+        (B,H,W) int64 ids, contiguous per image, each id one 4-connected region, at most
+        ``num_segments`` per image (connectivity enforcement can split a cluster: the
+        smallest regions then join their largest neighbours until the count fits).
 
     Raises:
         ValueError: ``images`` not (B,3,H,W) float; ``num_segments``, ``downsample``,
@@ -633,7 +672,7 @@ def torch_slic(
     valid[:h, :w] = True
     labels = _slic_assign(feat, valid, gy, gx, num_iterations)[:, :h, :w]
     min_size = int(min_size_factor * h * w / num_segments)
-    labels = enforce_connectivity(labels, min_size)
+    labels = _limit_segments(enforce_connectivity(labels, min_size), num_segments)
     if (h * downsample, w * downsample) == (H, W):
         r = downsample
         labels = labels.view(b, h, 1, w, 1).expand(b, h, r, w, r).reshape(b, H, W)
