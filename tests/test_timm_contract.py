@@ -16,7 +16,7 @@ from skimage.transform import resize
 
 import hcast
 from hf_server import LocalHub, use_local_hub
-from hcast.models import save_for_hf
+from hcast.weights import save_for_hf
 from hcast.models.cast import CAST, paint_tokens
 from hcast.models.hcast import HCAST
 from hcast.models.hier_vit import HierVisionTransformer

@@ -114,7 +114,7 @@ def from_pretrained(name_or_id: Union[str, os.PathLike], *, model_name: Optional
             a file cannot be guessed (pass ``model_name``).
         FileNotFoundError: a path that does not exist, or a folder without config.json.
         TypeError: the model is not an ``expected_class``.
-        hcast.models.UnsafeCheckpointError: a pickle that needs code to unpickle.
+        hcast.weights.UnsafeCheckpointError: a pickle that needs code to unpickle.
     """
     kwargs.setdefault("pretrained", True)
     name, kwargs = resolve_source(name_or_id, model_name, dict(kwargs))

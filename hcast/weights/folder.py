@@ -40,7 +40,6 @@ __all__ = [
     "load_checkpoint",
     "write_json",
     "save_for_hf",
-    "convert_checkpoint",
 ]
 
 PathLike = Union[str, os.PathLike]
