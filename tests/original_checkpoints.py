@@ -96,7 +96,7 @@ def make_source(name: str, **kwargs) -> torch.nn.Module:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+    return float((a - b).detach().abs().max() / b.detach().abs().max().clamp(min=1e-12))
 
 
 def reference_from(original: dict, **kwargs) -> ReferenceCAST:

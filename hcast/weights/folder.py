@@ -383,6 +383,8 @@ def save_for_hf(
         taxonomy = Taxonomy.from_dict(taxonomy)
     if "taxonomy" in recorded or "taxonomy" in model_args:
         model_args["taxonomy"] = None  # JSON null: create_model drops None arguments
+    if len(getattr(model, "level_classes", ())) > 1:  # the heads the weights hold, whatever built the model
+        model_args.setdefault("level_classes", list(model.level_classes))
     if taxonomy is not None:
         model_args.setdefault("level_classes", list(taxonomy.num_classes))
         model_config.setdefault("taxonomy", taxonomy.to_dict())

@@ -199,6 +199,13 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
         tag_counts = tuple(getattr(cfg, "level_classes", None) or ())
         if tag_counts and tuple(kwargs.get("level_classes") or ()) == tag_counts and kwargs["num_classes"]:
             kwargs["taxonomy"] = tag_taxonomy
+    # the cfg describes the model being built: its class counts and head names
+    if hierarchical and kwargs.get("level_classes"):
+        levels = kwargs["level_classes"]
+        cfg = dataclasses.replace(cfg, level_classes=levels, num_classes=kwargs["num_classes"],
+                                  classifier=tuple(f"heads.{i}" for i in range(len(levels))))
+    elif cfg.num_classes != kwargs["num_classes"]:
+        cfg = dataclasses.replace(cfg, num_classes=kwargs["num_classes"])
     if fresh_heads is None:
         new_heads = backbone_tag or any(k in given for k in _COUNT_ARGS)
     else:

@@ -290,15 +290,15 @@ def guess_model_name(state_dict: Mapping[str, torch.Tensor]) -> str:
     width = int(cls.shape[-1]) if cls is not None else None
     keys = list(state_dict)
     if any(re.match(r"(blocks\d+|pool\d+|stages)\.", k) for k in keys):
-        size = {384: "small", 768: "base"}.get(width)
+        size = {192: "tiny", 384: "small", 768: "base"}.get(width)
         first = {int(m.group(1)) for k in keys if (m := re.match(r"blocks1\.(\d+)\.", k))}
         if not first:
             first = {int(m.group(1)) for k in keys if (m := re.match(r"stages\.0\.blocks\.(\d+)\.", k))}
         deep = len(first) == 6
-        if size is not None and not (hierarchical and deep):
+        if size is not None and not ((hierarchical or size == "tiny") and deep):
             return f"{'hcast' if hierarchical else 'cast'}_{size}{'_deep' if deep else ''}"
-    elif hierarchical and width == 384 and "patch_embed.proj.weight" in state_dict:
-        return "hier_vit_small"
+    elif hierarchical and width in (192, 384) and "patch_embed.proj.weight" in state_dict:
+        return "hier_vit_tiny" if width == 192 else "hier_vit_small"
     raise ValueError(
         f"model_name: could not tell the architecture of this checkpoint (width {width}, "
         f"{'hierarchical' if hierarchical else 'flat'} heads); pass model_name, e.g. 'hcast_small' or 'cast_base'.")
