@@ -264,53 +264,56 @@ def test_hier_vit_intermediates_and_features_only():
     assert [tuple(o.shape) for o in features(x)] == [(2, 32, 2, 2)] * 2
 
 
-# -- num_classes and output_level -----------------------------------------------------------
+# -- one tensor from forward, every level from forward_levels ---------------------------------
 
 
-def test_hcast_num_classes_and_output_level(batch):
+def test_hcast_forward_levels_set_level_outputs_and_num_classes(batch):
     x, segments = batch
-    model = hcast_tiny()
+    model = hcast_tiny().eval()
     with torch.no_grad():
-        levels = model(x, segments)
+        levels = model.forward_levels(x, segments)
         assert [tuple(o.shape) for o in levels] == [(2, 10), (2, 5)]
-        for level in (0, 1):
-            one = hcast_tiny(output_level=level)
-            torch.testing.assert_close(one(x, segments), levels[level])
-            tokens = one.forward_features(x, segments)
-            assert tokens.shape[0] == 2 and tokens.shape[2] == 32
-            final, _ = one.forward_intermediates(x, segments)
-            torch.testing.assert_close(final, tokens)
-        features = hcast_tiny(num_classes=0)
+        torch.testing.assert_close(model(x, segments), levels[0])
+        tokens = model.forward_features(x, segments)
+        assert model.num_prefix_tokens == 2 and tokens.shape[:2] == (2, 2 + 2)  # 2 levels + K_3 = 2 segments
+        final, _ = model.forward_intermediates(x, segments)
+        torch.testing.assert_close(final, tokens)
+        assert model.forward_head(tokens, pre_logits=True).shape == (2, 32)
+        model.set_level_outputs(True)
+        for a, b in zip(model(x, segments), levels):
+            torch.testing.assert_close(a, b)
+        model.set_level_outputs(False)
+        features = hcast_tiny(num_classes=0).eval()
         assert features.num_classes == 0 and features.level_classes == (0, 0)
-        assert [tuple(f.shape) for f in features(x, segments)] == [(2, 32), (2, 32)]
-        single = hcast_tiny(num_classes=7)
+        assert features(x, segments).shape == (2, 32)
+        assert [tuple(f.shape) for f in features.forward_levels(x, segments)] == [(2, 32), (2, 32)]
+        with pytest.warns(UserWarning, match="levels"):
+            single = hcast_tiny(num_classes=7)
         assert single.level_classes == (7,) and single(x, segments).shape == (2, 7)
-    with pytest.raises(ValueError, match="output_level"):
-        hcast_tiny(output_level=2)
-    with pytest.raises(ValueError, match="output_level"):
-        hcast_tiny(output_level=-1)
+    model.reset_classifier(4)
+    assert model.level_classes == (4, 5) and model.get_classifier().out_features == 4
+    model.reset_classifier((3, 2))
+    assert [h.out_features for h in model.heads] == [3, 2]
     with pytest.raises(ValueError, match="disagrees"):
         hcast_tiny(level_classes=(6, 3), num_classes=5)
 
 
-def test_hier_vit_num_classes_output_level_and_level_blocks():
+def test_hier_vit_forward_levels_and_level_blocks():
     torch.manual_seed(0)
     model = timm.create_model("hier_vit_small", level_classes=(6, 3), **VIT_TINY).eval()
     x = torch.randn(2, 3, 32, 32)
     assert model.level_blocks == (2, 3)  # 0-based: the 3rd and 4th of 4 blocks
-    one = timm.create_model("hier_vit_small", level_classes=(6, 3), output_level=0, **VIT_TINY).eval()
-    one.load_state_dict(model.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(one(x), model(x)[0])
-        assert one.forward_features(x).shape == (2, 5, 32)
+        levels = model.forward_levels(x)
+        assert [tuple(o.shape) for o in levels] == [(2, 6), (2, 3)]
+        torch.testing.assert_close(model(x), levels[0])
+        assert model.forward_features(x).shape == (2, 2 + 4, 32)
         plain = timm.create_model("hier_vit_small", num_classes=5, **VIT_TINY).eval()
         assert plain(x).shape == (2, 5)  # one level from an int: a plain classifier
         features = timm.create_model("hier_vit_small", level_classes=(6, 3), num_classes=0, **VIT_TINY)
-        assert [tuple(f.shape) for f in features(x)] == [(2, 32), (2, 32)]
+        assert [tuple(f.shape) for f in features.forward_levels(x)] == [(2, 32), (2, 32)]
     with pytest.raises(ValueError, match=r"0-based block indices in \[0, 3\]"):
         timm.create_model("hier_vit_small", level_classes=(6, 3), level_blocks=(2, 4), **VIT_TINY)
-    with pytest.raises(ValueError, match="output_level"):
-        timm.create_model("hier_vit_small", level_classes=(6, 3), output_level=2, **VIT_TINY)
 
 
 # -- from_pretrained: one loading path ------------------------------------------------------

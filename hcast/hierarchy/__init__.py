@@ -40,18 +40,17 @@ from hcast.hierarchy.losses import (
 )
 from hcast.hierarchy.mixup import HierarchicalMixup
 from hcast.hierarchy.decoding import argmax_decode, consistent_decode, path_log_probs
-from hcast.hierarchy.metrics import (
-    FullPathAccuracy,
-    HierarchicalMetrics,
-    MistakeSeverity,
-    TreeInconsistencyError,
-    average_hierarchical_distance,
-    full_path_accuracy,
-    hierarchical_precision_recall_f1,
-    level_accuracy,
-    mistake_severity,
-    tree_inconsistency_error,
-)
+# The metrics import torchmetrics (and through it scipy and matplotlib): loaded when first
+# used, so that `import hcast` stays light.
+_LAZY_METRICS = ("FullPathAccuracy", "HierarchicalMetrics", "MistakeSeverity", "TreeInconsistencyError", "average_hierarchical_distance", "full_path_accuracy", "hierarchical_precision_recall_f1", "level_accuracy", "mistake_severity", "tree_inconsistency_error")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_METRICS:
+        from hcast.hierarchy import metrics
+
+        return getattr(metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Taxonomy",
