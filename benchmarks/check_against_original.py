@@ -1,7 +1,7 @@
 """Check hcast and the test oracle against the original authors' code, run from their repositories.
 
     python benchmarks/check_against_original.py --cast /tmp/orig/CAST --hiot /tmp/orig/HiOT \\
-        --timm /tmp/orig/timm0412 [--out DIR] [--images 3] [--seed 0]
+        --timm /tmp/orig/timm0412 [--out DIR] [--images 3] [--num-segments 196] [--seed 0]
 
 ``--cast``: a checkout (or ``git archive``) of github.com/twke18/CAST, with its
 ``cast_models/`` (``cast_deit.py``, ``cast.py``, ``graph_pool.py``, ``modules.py``,
@@ -46,11 +46,15 @@ Each file is then loaded (i) into ``tests/reference_cast.py``'s ``ReferenceCAST`
 ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))``, and
 the three are run in eval mode on scikit-image's astronaut, coffee and chelsea (224 x 224,
 ImageNet-normalised) with SEEDS superpixels (``hcast.ops.superpixels(x, 196,
-method="seeds")``). Printed per output (each taxonomy level for H-CAST; also the four
+method="seeds")``; at 196 every superpixel owns a cell of the 28 x 28 token grid, at
+``--num-segments 400`` a few do not, which exercises the original's padding tokens).
+hcast's extra arguments: ``num_classes=0, pos_embed="sincos"`` for the MoCo file (features,
+fixed embedding); H-CAST's per-level logits come from ``forward_levels``. Printed per output (each taxonomy level for H-CAST; also the four
 stages' assignment logits): the largest relative difference ``max|a - o| / max|o|`` with
 ``o`` the authors' output, and whether the four stages' farthest-point-sampling indices
-are identical. Exit status 1 if any difference exceeds ``--tolerance`` (default 1e-4) or a
-load is not exact.
+are identical. Exit status 1 if any difference exceeds ``--tolerance`` (default 1e-4), a
+strict load fails, hcast replaces a head or builds other level class counts, or an authors'
+output is non-finite or the same for every image (a comparison that could not fail).
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -224,6 +229,10 @@ class Report:
 
     def diff(self, model: str, output: str, authors: torch.Tensor, reference: Optional[torch.Tensor],
              hcast_out: Optional[torch.Tensor]) -> None:
+        if not torch.isfinite(authors).all() or (len(authors) > 1 and torch.equal(authors[0], authors[-1])):
+            self.note(model, output, "the authors' output is not finite or the same for every image: "
+                      "no comparison", ok=False)
+            return
         cells = []
         for got in (reference, hcast_out):
             if got is None:
@@ -258,11 +267,20 @@ class Report:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-def stage_outputs(intermediates: Dict[str, torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """The authors' (and the reference's) four assignment logits and FPS indices."""
-    logits = [intermediates[f"logit{i}"] for i in range(1, 5)]
-    inds = [intermediates.get(f"sampled_inds{i}") for i in range(1, 5)]
-    return logits, inds
+def run_with_stages(model: torch.nn.Module, fn: Callable[[], object]) -> Tuple[object, List[torch.Tensor], List[torch.Tensor]]:
+    """``fn()`` and what the model's ``pool1`` .. ``pool4`` returned (the authors' and the
+    reference's ``Pooling`` give ``(cls_token, logit, centroid, mask, sampled_inds)``):
+    the four assignment logits and FPS indices."""
+    captured: Dict[int, tuple] = {}
+    hooks = [getattr(model, f"pool{i}").register_forward_hook(
+        lambda module, inputs, output, i=i: captured.__setitem__(i, output)) for i in range(1, 5)]
+    try:
+        with torch.no_grad():
+            out = fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, [captured[i][1] for i in range(1, 5)], [captured[i][4] for i in range(1, 5)]
 
 
 def reference_from(state_dict: Dict[str, torch.Tensor], **kwargs) -> ReferenceCAST:
@@ -281,50 +299,55 @@ def hcast_from(name: str, path: Path, **kwargs) -> torch.nn.Module:
     return model.eval()
 
 
+def compare(report: Report, name: str, outputs: Sequence[str], authors: tuple, ref: torch.nn.Module,
+            ref_fn: Callable[[], object], model: torch.nn.Module, hcast_fn: Callable[[], object],
+            images: torch.Tensor, segments: torch.Tensor) -> None:
+    """Rows for one model: each output, each stage's assignment logits, the FPS indices.
+    ``authors`` is ``(outputs, stage logits, FPS indices)`` from :func:`run_with_stages`."""
+    a_out, a_logits, a_inds = authors
+    r_out, r_logits, r_inds = run_with_stages(ref, ref_fn)
+    with torch.no_grad():
+        h_out = hcast_fn()
+        stages = model.forward_stages(images, segments, num_pools=4)
+    as_tuple = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+    for label, a, r, h in zip(outputs, as_tuple(a_out), as_tuple(r_out), as_tuple(h_out)):
+        report.diff(name, label, a, r, h)
+    for i, (a, r, h) in enumerate(zip(a_logits, r_logits, stages["logits"])):
+        report.diff(name, f"stage {i + 1} assignment logits {tuple(a.shape)}", a, r, h)
+    report.same(name, "FPS indices, stages 1-4", a_inds, r_inds, stages["sampled"])
+
+
 def check_deit(mods, report: Report, out_dir: Path, images, segments, gen) -> None:
-    name = "CAST-S DeiT"
     authors = mods["cast_deit"].cast_small(num_classes=1000)
     randomise_(authors, gen)
     authors.eval()
     path = save(out_dir / "cast_small_deit.pth", {"model": authors.state_dict(), "epoch": 299, "args": None})
-    with torch.no_grad():
-        a_logits = authors(images, segments)
-        a_stage_logits, a_inds = stage_outputs(authors.forward_features(images, segments))
+    a = run_with_stages(authors, lambda: authors(images, segments))
     ref = reference_from(torch.load(path, map_location="cpu")["model"], num_classes=1000)
     model = hcast_from("cast_small", path)
-    with torch.no_grad():
-        r_logits, h_logits = ref(images, segments), model(images, segments)
-        r_stage_logits, _ = stage_outputs(ref.forward_features(images, segments))
-        stages = model.forward_stages(images, segments, num_pools=4)
-    report.diff(name, "logits (B, 1000)", a_logits, r_logits, h_logits)
-    _stage_rows(report, name, a_stage_logits, a_inds, r_stage_logits, stages)
+    compare(report, "CAST-S DeiT", ["logits (B, 1000)"], a, ref, lambda: ref(images, segments),
+            model, lambda: model(images, segments), images, segments)
 
 
 def check_moco(mods, report: Report, out_dir: Path, images, segments, gen) -> None:
-    name = "CAST-S MoCo v3"
     encoder = partial(mods["cast"].cast_small, stop_grad_conv1=True)
-    moco = mods["moco_builder"].MoCo_SupPix(encoder, 256, 4096, 0.2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid")  # the authors' sin-cos embedding
+        moco = mods["moco_builder"].MoCo_SupPix(encoder, 256, 4096, 0.2)
     randomise_(moco, gen, keep=lambda key: key.endswith("encoder.pos_embed"))  # fixed sin-cos
     ddp = torch.nn.Module()  # DistributedDataParallel's key layout: "module." + the model's keys
     ddp.module = moco
     path = save(out_dir / "cast_small_moco.pth.tar",
                 {"epoch": 100, "arch": "cast_small", "state_dict": ddp.state_dict(), "optimizer": {}})
     authors = moco.base_encoder.eval()
-    with torch.no_grad():
-        intermediates = authors.forward_features(images, segments)
-        a_feats = intermediates["out4"]
-        a_stage_logits, a_inds = stage_outputs(intermediates)
+    a = run_with_stages(authors, lambda: authors.forward_features(images, segments)["out4"])
     state = torch.load(path, map_location="cpu")["state_dict"]
     backbone = {k[len(MOCO_PREFIX):]: v for k, v in state.items()
                 if k.startswith(MOCO_PREFIX) and not k.startswith(MOCO_PREFIX + "head.")}
     ref = reference_from(backbone, num_classes=0, variant="moco")
     model = hcast_from("cast_small", path, num_classes=0, pos_embed="sincos")
-    with torch.no_grad():
-        r_feats, h_feats = ref(images, segments), model(images, segments)
-        r_stage_logits, _ = stage_outputs(ref.forward_features(images, segments))
-        stages = model.forward_stages(images, segments, num_pools=4)
-    report.diff(name, "features (B, 384)", a_feats, r_feats, h_feats)
-    _stage_rows(report, name, a_stage_logits, a_inds, r_stage_logits, stages)
+    compare(report, "CAST-S MoCo v3", ["features out4 (B, 384)"], a, ref, lambda: ref(images, segments),
+            model, lambda: model(images, segments), images, segments)
 
 
 def check_hcast(mods, report: Report, out_dir: Path, images, segments, gen, name: str, levels: Sequence[int]) -> None:
@@ -333,30 +356,16 @@ def check_hcast(mods, report: Report, out_dir: Path, images, segments, gen, name
     authors.eval()
     tag = "x".join(map(str, levels))
     path = save(out_dir / f"hcast_small_{tag}.pth", {"model": authors.state_dict(), "epoch": 99, "args": None})
-    with torch.no_grad():
-        a_levels = authors(images, segments)
-        a_stage_logits, a_inds = stage_outputs(authors.forward_features(images, segments))
+    a = run_with_stages(authors, lambda: authors(images, segments))
     ref = reference_from(torch.load(path, map_location="cpu")["model"], level_classes=levels)
     model = hcast_from("hcast_small", path)
     if tuple(model.level_classes) != tuple(levels):
         report.note(name, "level classes", f"hcast built {tuple(model.level_classes)} from the file, not {levels}", ok=False)
     forward_levels = getattr(model, "forward_levels", model)
-    with torch.no_grad():
-        r_levels, h_levels = ref(images, segments), forward_levels(images, segments)
-        r_stage_logits, _ = stage_outputs(ref.forward_features(images, segments))
-        stages = model.forward_stages(images, segments, num_pools=4)
     heads = ("head", "family_head", "manufacturer_head")
-    for level, (a, r, h) in enumerate(zip(a_levels, r_levels, h_levels)):
-        report.diff(name, f"level {level} {heads[level]} (B, {levels[level]})", a, r, h)
-    _stage_rows(report, name, a_stage_logits, a_inds, r_stage_logits, stages)
-
-
-def _stage_rows(report: Report, name: str, a_logits, a_inds, r_logits, stages) -> None:
-    for i, (a, r, h) in enumerate(zip(a_logits, r_logits, stages["logits"])):
-        report.diff(name, f"stage {i + 1} assignment logits {tuple(a.shape)}", a, r, h)
-    # The reference does not return its FPS indices; its loop is compared call by call in
-    # the DGL stand-in instead.
-    report.same(name, "FPS indices, 4 stages", a_inds, None, stages["sampled"])
+    labels = [f"level {i} {heads[i]} (B, {n})" for i, n in enumerate(levels)]
+    compare(report, name, labels, a, ref, lambda: ref(images, segments),
+            model, lambda: forward_levels(images, segments), images, segments)
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,6 +389,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--timm", required=True, help="folder holding timm 0.4.12 (pip install --target)")
     parser.add_argument("--out", default=None, help="folder for the checkpoints (default: a temporary folder)")
     parser.add_argument("--images", type=int, default=3, choices=(1, 2, 3), help="how many sample photos")
+    parser.add_argument("--num-segments", type=int, default=196,
+                        help="SEEDS superpixels requested per image (400 gives a few that own no grid cell)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest relative difference accepted")
     parser.add_argument("--skip-moco", action="store_true", help="skip the MoCo v3 checkpoint")
@@ -394,10 +405,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dgl = DGLStandIn()
     mods = load_authors_code(cast_dir, hiot_dir, timm_dir, dgl)
     images = photos(args.images)
-    segments = superpixels(images, 196, method="seeds")
+    segments = superpixels(images, args.num_segments, method="seeds")
+    cells = F.interpolate(segments[:, None].float(), (28, 28), mode="nearest")[:, 0].long()  # the authors' resize
     print(f"hcast {Path(hcast.__file__).parent}, timm {timm.__version__} (hcast), torch {torch.__version__}; "
           f"the authors' code: {cast_dir}, {hiot_dir} with timm from {timm_dir}")
-    print(f"{args.images} photos 224x224, SEEDS superpixels: {[int(s.max()) + 1 for s in segments]} ids per image")
+    num_ids = int(segments.max()) + 1  # the token count, shared over the batch as in the original
+    padding = [num_ids - len(torch.unique(c)) for c in cells]
+    print(f"{args.images} photos 224x224, SEEDS superpixels ({args.num_segments} requested): {num_ids} tokens, "
+          f"of which {padding} per image own no cell of the 28x28 grid (padding tokens)")
     report = Report(args.tolerance)
     gen = torch.Generator().manual_seed(args.seed)
     with contextlib.ExitStack() as stack:
