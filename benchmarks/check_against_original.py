@@ -46,10 +46,12 @@ Each file is then loaded (i) into ``tests/reference_cast.py``'s ``ReferenceCAST`
 ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))``, and
 the three are run in eval mode on scikit-image's astronaut, coffee and chelsea (224 x 224,
 ImageNet-normalised) with SEEDS superpixels (``hcast.ops.superpixels(x, 196,
-method="seeds")``; at 196 every superpixel owns a cell of the 28 x 28 token grid, at
+method="seeds")``; on these photos every superpixel owns a cell of the 28 x 28 token grid at 196; at
 ``--num-segments 400`` a few do not, which exercises the original's padding tokens).
 hcast's extra arguments: ``num_classes=0, pos_embed="sincos"`` for the MoCo file (features,
-fixed embedding); H-CAST's per-level logits come from ``forward_levels``. Printed per output (each taxonomy level for H-CAST; also the four
+fixed embedding); H-CAST's per-level logits come from ``forward_levels``.
+
+Printed per output (each taxonomy level for H-CAST; also the four
 stages' assignment logits): the largest relative difference ``max|a - o| / max|o|`` with
 ``o`` the authors' output, and whether the four stages' farthest-point-sampling indices
 are identical. Exit status 1 if any difference exceeds ``--tolerance`` (default 1e-4), a
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import tempfile
 import types
@@ -145,10 +148,6 @@ def authors_timm(timm_dir: Path, dgl: DGLStandIn) -> Iterator[None]:
     try:
         with _imports_from([timm_dir], ["timm"]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # timm 0.4's torch.jit.script and moved-module warnings
-            import timm as old_timm
-            if not old_timm.__version__.startswith("0.4."):
-                raise SystemExit(f"--timm: {timm_dir} holds timm {old_timm.__version__}, expected 0.4.12 "
-                                 f"(the version the authors' repositories pin)")
             yield
     finally:
         _pop_modules("dgl")
@@ -156,7 +155,8 @@ def authors_timm(timm_dir: Path, dgl: DGLStandIn) -> Iterator[None]:
         sys.modules.update(installed)
 
 
-def load_authors_code(cast_dir: Path, hiot_dir: Path, timm_dir: Path, dgl: DGLStandIn) -> Dict[str, types.ModuleType]:
+def load_authors_code(cast_dir: Path, hiot_dir: Path, timm_dir: Path, dgl: DGLStandIn, moco: bool = True
+                      ) -> Dict[str, types.ModuleType]:
     """The authors' modules: ``cast_deit`` and ``cast`` (CAST), ``moco_builder`` (CAST's
     moco-v3 ``suppix_utils.builder``), ``cast_deit_hier`` (HiOT @ b1a222b)."""
     import importlib
@@ -166,8 +166,9 @@ def load_authors_code(cast_dir: Path, hiot_dir: Path, timm_dir: Path, dgl: DGLSt
         with _imports_from([cast_dir], ["cast_models"]):
             mods["cast_deit"] = importlib.import_module("cast_models.cast_deit")
             mods["cast"] = importlib.import_module("cast_models.cast")
-        with _imports_from([cast_dir / "moco-v3"], ["suppix_utils"]):
-            mods["moco_builder"] = importlib.import_module("suppix_utils.builder")
+        if moco:
+            with _imports_from([cast_dir / "moco-v3"], ["suppix_utils"]):
+                mods["moco_builder"] = importlib.import_module("suppix_utils.builder")
         with _imports_from([hiot_dir], ["cast_models"]):
             mods["cast_deit_hier"] = importlib.import_module("cast_models.cast_deit_hier")
     return mods
@@ -240,11 +241,12 @@ class Report:
                 continue
             d = rel_diff(got, authors)
             self.failed |= not d <= self.tolerance
-            cells.append(f"{d:.1e}" if got.shape == authors.shape else f"shape {tuple(got.shape)} != {tuple(authors.shape)}")
+            cells.append(f"{d:.1e}" if got.shape == authors.shape
+                         else f"shape {tuple(got.shape)} != {tuple(authors.shape)}")
         self.rows.append((model, output, *cells))
 
-    def same(self, model: str, output: str, authors: Sequence[torch.Tensor], reference: Optional[Sequence[torch.Tensor]],
-             hcast_out: Optional[Sequence[torch.Tensor]]) -> None:
+    def same(self, model: str, output: str, authors: Sequence[torch.Tensor],
+             reference: Optional[Sequence[torch.Tensor]], hcast_out: Optional[Sequence[torch.Tensor]]) -> None:
         cells = []
         for got in (reference, hcast_out):
             if got is None:
@@ -267,7 +269,8 @@ class Report:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-def run_with_stages(model: torch.nn.Module, fn: Callable[[], object]) -> Tuple[object, List[torch.Tensor], List[torch.Tensor]]:
+def run_with_stages(model: torch.nn.Module, fn: Callable[[], object]
+                    ) -> Tuple[object, List[torch.Tensor], List[torch.Tensor]]:
     """``fn()`` and what the model's ``pool1`` .. ``pool4`` returned (the authors' and the
     reference's ``Pooling`` give ``(cls_token, logit, centroid, mask, sampled_inds)``):
     the four assignment logits and FPS indices."""
@@ -360,7 +363,8 @@ def check_hcast(mods, report: Report, out_dir: Path, images, segments, gen, name
     ref = reference_from(torch.load(path, map_location="cpu")["model"], level_classes=levels)
     model = hcast_from("hcast_small", path)
     if tuple(model.level_classes) != tuple(levels):
-        report.note(name, "level classes", f"hcast built {tuple(model.level_classes)} from the file, not {levels}", ok=False)
+        report.note(name, "level classes", f"hcast built {tuple(model.level_classes)} from the file, not {levels}",
+                    ok=False)
     forward_levels = getattr(model, "forward_levels", model)
     heads = ("head", "family_head", "manufacturer_head")
     labels = [f"level {i} {heads[i]} (B, {n})" for i, n in enumerate(levels)]
@@ -396,14 +400,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--skip-moco", action="store_true", help="skip the MoCo v3 checkpoint")
     args = parser.parse_args(argv)
     cast_files = ["cast_models/cast_deit.py", "cast_models/cast.py", "cast_models/graph_pool.py",
-                  "cast_models/modules.py", "cast_models/utils.py", "moco-v3/suppix_utils/builder.py"]
+                  "cast_models/modules.py", "cast_models/utils.py"]
+    if not args.skip_moco:
+        cast_files.append("moco-v3/suppix_utils/builder.py")
     cast_dir = _folder(parser, "--cast", args.cast, cast_files)
     hiot_dir = _folder(parser, "--hiot", args.hiot, ["cast_models/cast_deit_hier.py", "cast_models/graph_pool.py",
                                                      "cast_models/modules.py", "cast_models/utils.py"])
-    timm_dir = _folder(parser, "--timm", args.timm, ["timm/__init__.py", "timm/models/vision_transformer.py"])
+    timm_dir = _folder(parser, "--timm", args.timm, ["timm/__init__.py", "timm/version.py"])
+    version = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", (timm_dir / "timm/version.py").read_text())
+    if not version or not version.group(1).startswith("0.4."):
+        parser.error(f"--timm {args.timm}: holds timm {version.group(1) if version else '(unknown version)'}, "
+                     f"expected 0.4.12, the version the authors' repositories pin")
 
     dgl = DGLStandIn()
-    mods = load_authors_code(cast_dir, hiot_dir, timm_dir, dgl)
+    mods = load_authors_code(cast_dir, hiot_dir, timm_dir, dgl, moco=not args.skip_moco)
     images = photos(args.images)
     segments = superpixels(images, args.num_segments, method="seeds")
     cells = F.interpolate(segments[:, None].float(), (28, 28), mode="nearest")[:, 0].long()  # the authors' resize
@@ -423,10 +433,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_moco(mods, report, out_dir, images, segments, gen)
         for name, levels in H_CAST_LEVELS.items():
             check_hcast(mods, report, out_dir, images, segments, gen, name, levels)
-    report.note("all", "DGL stand-in calls", f"{dgl.equal_to_reference} of {dgl.calls} with hcast's FPS indices "
-                f"== the reference loop's", ok=dgl.equal_to_reference == dgl.calls)
+    report.failed |= dgl.equal_to_reference != dgl.calls
     print(f"\nlargest relative difference max|x - authors| / max|authors| (tolerance {args.tolerance:g})")
     report.print()
+    print(f"\nDGL stand-in: {dgl.calls} calls, in {dgl.equal_to_reference} of them hcast's FPS indices equal "
+          f"tests/reference_cast.py's loop")
     print("\nFAILED" if report.failed else "\nOK: the reference and hcast equal the authors' code")
     return 1 if report.failed else 0
 
