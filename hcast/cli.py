@@ -42,9 +42,12 @@ class UsageError(ValueError):
 
 
 @contextlib.contextmanager
-def user_input(what: str) -> Iterator[None]:
+def user_input(what: str, flags: Optional[Dict[str, str]] = None) -> Iterator[None]:
     """Treat ``ValueError`` / ``OSError`` raised while reading ``what`` (an argument, a file, a folder
     the user named) as a :class:`UsageError` naming ``what``.
+
+    ``flags`` maps the field a library message starts with (``"input_size: ..."``) to the flag
+    the user typed (``"--input-size"``), which then names the error instead of ``what``.
 
     Only the steps that read what the user passed run under it (loading the model, the taxonomy,
     the dataset, a checkpoint); errors from the training loop or the model's forward keep their
@@ -56,6 +59,9 @@ def user_input(what: str) -> Iterator[None]:
         raise
     except (ValueError, OSError) as e:
         message = str(e) or type(e).__name__
+        field_name = message.split(":", 1)[0]
+        if flags and field_name in flags:
+            raise UsageError(flags[field_name] + message[len(field_name):]) from e
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
             message = f"{e.filename}: {message}"
         raise UsageError(message if message.startswith(what) else f"{what}: {message}") from e
@@ -399,8 +405,14 @@ def resolve_finetune_config(args: argparse.Namespace) -> Tuple[Any, Dict[str, An
         given["clip_grad"] = None
     recipe = get_recipe(args.recipe) if args.recipe else None
     base = recipe.config.to_dict() if recipe else FinetuneConfig().to_dict()
-    with user_input("finetune"):
+    try:
         config = FinetuneConfig.from_dict({**base, **given})
+    except ValueError as e:  # "lr: expected ..." names the field: name the flag the user typed
+        message = str(e)
+        field_name = message.split(":", 1)[0]
+        if field_name in given:
+            raise UsageError("--" + field_name.replace("_", "-") + message[len(field_name):]) from None
+        raise UsageError(f"finetune: {message}") from None
     sources = {name: ("flag" if name in given else (recipe.sources.get(name, f"recipe {recipe.name}") if recipe
                                                     else "default")) for name in base}
     settings = {
@@ -499,7 +511,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             val_samples=settings["val_samples"], val_fraction=args.val_fraction, seed=config.seed,
             data_root=args.data_root,
         )
-    with user_input("--num-segments" if config.num_segments else "superpixels"):  # before any image is read
+    with user_input("--num-segments" if config.num_segments else "superpixels",
+                    {"input_size": "--input-size"}):  # before any image is read
         resolve_superpixel_settings(
             model, config.superpixel_method or ("torch_slic" if config.superpixels == "device" else None),
             config.num_segments, config.input_size)

@@ -10,12 +10,20 @@ direction). :class:`SuperpixelCache` does that.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["SuperpixelCache"]
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and bool(sys.stderr.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class SuperpixelCache(Dataset):
@@ -56,7 +64,7 @@ class SuperpixelCache(Dataset):
             raise ValueError("dataset: expected at least one image to cache, got an empty dataset.")
         self.hflip = float(hflip)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        if progress:
+        if progress and _stderr_is_terminal():  # as hcast.train's bars: none without a terminal (or a stderr)
             from tqdm.auto import tqdm
 
             loader = tqdm(loader, desc="superpixels", leave=False, dynamic_ncols=True)

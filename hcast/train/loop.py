@@ -64,9 +64,18 @@ def _forward(model: nn.Module, images: torch.Tensor, segments: Optional[torch.Te
     return list(out)
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):  # no isatty, a closed file, a bad descriptor
+        return False
+
+
 def _progress(iterable: Iterable, enabled: bool, total: Optional[int], desc: str):
-    # a bar only where someone watches: log files and CI get the per-epoch lines instead
-    if not enabled or not sys.stderr.isatty():
+    # a bar only where someone watches: log files and CI get the per-epoch lines instead; no bar
+    # either without a stderr (``2>&-``, or launchers that set sys.stderr to None)
+    stream = sys.stderr
+    if not enabled or stream is None or not _isatty(stream):
         return iterable
     from tqdm.auto import tqdm
 
@@ -193,7 +202,7 @@ def train_one_epoch(
         seen += images.shape[0]
         if should_stop is not None and should_stop(num_updates):
             break
-        if progress and steps % 5 == 0:
+        if progress and steps % 5 == 0 and hasattr(bar, "set_postfix"):  # a bar only on a terminal
             elapsed = time.perf_counter() - start
             bar.set_postfix(  # type: ignore[union-attr]
                 loss=f"{loss_sum.item() / steps:.3f}",
