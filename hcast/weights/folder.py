@@ -23,9 +23,10 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -127,15 +128,18 @@ def remove_stale_temporaries(path: PathLike) -> List[Path]:
 
 
 @contextlib.contextmanager
-def _temporary(path: Path, folder: bool = False) -> Iterator[Path]:
-    """A new hidden temporary file (or folder) next to ``path``, deleted on exit unless moved."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+def _temporary(path: Path, folder: bool = False, where: Optional[Path] = None) -> Iterator[Path]:
+    """A new hidden temporary file (or folder) next to ``path`` (or in ``where``), deleted on
+    exit unless moved."""
+    if where is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+    directory = where if where is not None else path.parent
     prefix, suffix = f".{path.name}.{_HOST}.{os.getpid()}.", ".tmp"
     if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory))
     else:
-        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
         os.close(fd)
         tmp = Path(tmp_name)
     try:
@@ -167,6 +171,51 @@ def _free_bytes(folder: Path) -> Optional[int]:
         return None
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def _write_target(path: Path, folder: bool) -> Tuple[Path, Optional[str]]:
+    """Where a write of ``path`` goes: ``(target, None)`` to replace ``target`` atomically, or
+    ``(path, kind)`` to write straight through a special file of that ``kind``.
+
+    Symlinks are followed (``os.path.realpath``): the rename replaces the file they point to and
+    the link stays a link. A FIFO, a device node or a socket (``/dev/null``, ``/dev/stdout``, a
+    pipe) is written through, never replaced by a regular file.
+
+    Raises:
+        IsADirectoryError: a file write to an existing folder.
+        NotADirectoryError: a folder write to a special file.
+    """
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except FileNotFoundError:
+        return Path(os.path.realpath(path)), None  # a new file (a dangling link: the file it names)
+    except OSError:
+        return path, None  # e.g. a parent that is a file: the write reports it
+    if stat.S_ISDIR(mode) and not folder:
+        raise IsADirectoryError(errno.EISDIR, f"{str(path)!r} is a folder; pass the path of a file to write "
+                                f"(e.g. {str(path / 'NAME')!r}).")
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), None)
+    if kind is None:
+        return Path(os.path.realpath(path)), None
+    if folder:
+        raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} is a {kind}, not a folder; pass the path of a "
+                                 "folder to write.")
+    return path, kind
+
+
+def _write_through(tmp: Path, path: Path, kind: str) -> None:
+    """Copy the finished temporary ``tmp`` into the special file ``path`` (opened for writing:
+    a FIFO waits for its reader)."""
+    try:
+        with open(tmp, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except OSError as e:
+        raise type(e)(e.errno, f"writing {str(path)!r} (a {kind}, written straight through) failed: "
+                               f"{e.strerror or e}.") from e
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True,
                  description: str = "file") -> Iterator[Path]:
@@ -177,6 +226,12 @@ def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True
     disk (``fsync``), given the permissions a new file would have, and renamed over
     ``path`` with ``os.replace`` (atomic on POSIX and Windows). If the block raises, the
     temporary is deleted and ``path`` is left as it was.
+
+    Special targets: a symlink is followed, so the file it points to is replaced and the link
+    stays; a FIFO, a device node or a socket (``/dev/null``, ``/dev/stdout``, a named pipe)
+    is never replaced: the complete temporary (made in the system's temporary folder) is
+    copied into it when the block finishes, which cannot be atomic. An existing folder
+    as a file's ``path`` is refused before the block runs.
 
     Args:
         path: the file (or folder) to write.
@@ -194,8 +249,15 @@ def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True
             message says so and that the previous version of ``path`` is intact.
         FileExistsError: ``folder=True``, ``overwrite=False`` and ``path`` is a non-empty
             folder or a file when the block finishes.
+        IsADirectoryError: ``path`` is a folder (file writes), before the block runs.
+        NotADirectoryError: ``folder=True`` and ``path`` is a special file.
     """
-    path = Path(path)
+    path, special = _write_target(Path(path), folder)
+    if special is not None:
+        with _temporary(path, where=Path(tempfile.gettempdir())) as tmp:
+            yield tmp
+            _write_through(tmp, path, special)
+        return
     existed = path.exists()
     with _temporary(path, folder) as tmp:
         try:
