@@ -58,13 +58,24 @@ def user_input(what: str, flags: Optional[Dict[str, str]] = None) -> Iterator[No
     except UsageError:
         raise
     except (ValueError, OSError) as e:
-        message = str(e) or type(e).__name__
+        # an OSError's own words without its "[Errno N]" prefix
+        message = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
         field_name = message.split(":", 1)[0]
         if flags and field_name in flags:
             raise UsageError(flags[field_name] + message[len(field_name):]) from e
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
             message = f"{e.filename}: {message}"
         raise UsageError(message if message.startswith(what) else f"{what}: {message}") from e
+
+
+def _check_output(path: Optional[str], flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output the write at the end would fail on (a folder given
+    for a file, a file for a folder, a path under a file): :func:`hcast.weights.folder.check_output_path`."""
+    from hcast.weights.folder import check_output_path
+
+    if path:
+        with user_input(flag):
+            check_output_path(path, folder=folder)
 
 
 # ----------------------------------------------------------------------------- model loading
@@ -861,8 +872,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hcast.export import export_model
+    from hcast.export import export_model, prepare_for_export
 
+    _check_output(args.output, "--output")  # before the model is loaded and exported
     with user_input(f"model {args.model!r}"):
         model, _, _, weights = load_model_for_inference(args.model, "cpu", None, not args.no_pretrained)
     from hcast.models import CAST
@@ -870,9 +882,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not isinstance(model, CAST):
         raise UsageError(f"{args.model!r} is a {type(model).__name__}; export takes CAST / H-CAST "
                          "models (a Hier-ViT exports as any timm ViT, with torch.export or torch.onnx directly).")
-    with user_input("--max-tokens / --img-size"):
-        path = export_model(model, args.output, args.format, max_tokens=args.max_tokens,
-                            img_size=tuple(args.img_size) if args.img_size else None)
+    img_size = tuple(args.img_size) if args.img_size else None
+    with user_input("export", {"max_tokens": "--max-tokens", "img_size": "--img-size"}):
+        prepare_for_export(model, args.max_tokens, img_size)  # the budget and size, checked before exporting
+    try:
+        path = export_model(model, args.output, args.format, max_tokens=args.max_tokens, img_size=img_size)
+    except OSError as e:  # writing the file (a full disk, a read-only folder): name the file
+        message = e.strerror or str(e)
+        raise UsageError(f"--output: {message}" if str(args.output) in message
+                         else f"--output {args.output!r}: {message}") from e
     print(weights)
     print(f"exported {args.model} as {args.format} to {path}")
     return 0

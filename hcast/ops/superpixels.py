@@ -31,6 +31,7 @@ __all__ = [
     "torch_slic",
     "enforce_connectivity",
     "max_superpixels",
+    "max_token_budget",
     "explained_variation",
     "SuperpixelTransform",
 ]
@@ -196,6 +197,20 @@ def max_superpixels(height: int, width: int, method: str = "seeds", downsample: 
         return max(1, height // int(downsample)) * max(1, width // int(downsample))
     low, high = _seeds_range(height, width)
     return high if low <= high else 0
+
+
+def max_token_budget(height: int, width: int) -> int:
+    """The largest superpixel token budget (``max_tokens``) hcast accepts for ``height`` x
+    ``width`` inputs: one token per pixel, ``height * width``.
+
+    Superpixel ids are pixel labels, so an image holds at most one id per pixel, and a
+    fixed budget above that only pads every image with empty tokens (a budget of 10**7
+    asks for gigabytes before the first image). The CLI (``--max-tokens``), the export and
+    model folders' ``config.json`` are checked against it.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"height, width: expected a positive image size, got {height}x{width}.")
+    return int(height) * int(width)
 
 
 def _check_seeds_fit(num_segments: int, height: int, width: int) -> None:

@@ -38,6 +38,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "atomic_write",
+    "check_output_path",
     "remove_stale_temporaries",
     "save_checkpoint",
     "load_checkpoint",
@@ -203,6 +204,32 @@ def _write_target(path: Path, folder: bool) -> Tuple[Path, Optional[str]]:
         raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} is a {kind}, not a folder; pass the path of a "
                                  "folder to write.")
     return path, kind
+
+
+def check_output_path(path: PathLike, folder: bool = False) -> Path:
+    """Check, before any work, that :func:`atomic_write` can write ``path`` (a file, or a
+    folder with ``folder=True``): what the write would fail on at its end, reported first.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        IsADirectoryError: a file path that is an existing folder.
+        NotADirectoryError: a folder path that is an existing file or special file, or a path
+            under a file (``notes.txt/out.json``).
+    """
+    path = Path(path)
+    target, _ = _write_target(path, folder)
+    if folder and target.exists() and not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} is a file, not a folder; pass a new or existing "
+                                 "folder (the file is left alone).")
+    for parent in Path(os.path.realpath(path)).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} lies under {str(parent)!r}, which is a "
+                                         "file, not a folder; pass a path in a folder.")
+            break
+    return path
 
 
 def _write_through(tmp: Path, path: Path, kind: str) -> None:
