@@ -500,6 +500,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for flag, value in (("--data", args.data), ("--output", args.output)):
         if not value:
             raise UsageError(f"{flag} is required (unless --print-config); see `hcast finetune --help`.")
+    _check_output(args.output, "--output", folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
@@ -522,18 +523,29 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             val_samples=settings["val_samples"], val_fraction=args.val_fraction, seed=config.seed,
             data_root=args.data_root,
         )
+    if len(train_set) < config.batch_size * ctx.world_size:  # finetune() would find no full batch
+        raise UsageError(f"--batch-size: the {len(train_set)} training images give no full batch of {config.batch_size} "
+                         f"per process on {ctx.world_size} process(es); lower --batch-size to {len(train_set)} or "
+                         "less, or train on more images.")
     with user_input("--num-segments" if config.num_segments else "superpixels",
                     {"input_size": "--input-size"}):  # before any image is read
         resolve_superpixel_settings(
             model, config.superpixel_method or ("torch_slic" if config.superpixels == "device" else None),
             config.num_segments, config.input_size)
     try:
-        with user_input(f"--resume {str(resume)!r}" if resume else "finetune"):
-            if resume is not None:  # a broken checkpoint is the user's file: name it
+        with user_input(f"--resume {str(resume)!r}" if resume else "finetune", {"resume": "--resume"}):
+            if resume is not None:  # a broken checkpoint, or one of another taxonomy, is the user's file: name it
+                from hcast.train.finetune import check_resume
                 from hcast.weights import load_checkpoint
 
-                load_checkpoint(resume, map_location="cpu")
-        finetune(model, train_set, val_set, taxonomy, config, output=out, resume=resume)
+                check_resume(load_checkpoint(resume, map_location="cpu"), resume, model, taxonomy)
+        try:
+            finetune(model, train_set, val_set, taxonomy, config, output=out, resume=resume)
+        except ValueError as e:  # the data / checkpoint checks finetune() runs before training
+            if not str(e).startswith(("train_set:", "resume:")):
+                raise
+            raise UsageError(str(e).replace("train_set:", "--data:", 1).replace("batch_size", "--batch-size")
+                             .replace("resume:", "--resume:", 1)) from None
     finally:
         destroy_distributed()
     return 0
@@ -592,14 +604,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hcast import train as engine
     from hcast.data import WithSuperpixels, benchmark_dataset_name, create_dataset, create_eval_transform
 
+    _check_output(args.json_out, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = engine.init_distributed(args.device)
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(ctx.device), args.taxonomy,
                                                                not args.no_pretrained)
-    if args.max_tokens is not None:
-        _set_token_budget(model, args.max_tokens, args.model)
     benchmark = benchmark_dataset_name(args.data)
     if taxonomy is None and benchmark is None:
         taxonomy = load_taxonomy(data=args.data)
@@ -607,6 +618,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     tf = create_eval_transform(model)
     sp = _superpixel_transform(model, args)
+    if args.max_tokens is not None:
+        _set_token_budget(model, args.max_tokens, args.model, sp.num_segments if sp is not None else None)
     if sp is not None:  # a patch model (Hier-ViT) reads the images alone
         tf = WithSuperpixels(tf, sp)
     with user_input(f"data {args.data!r}"):
@@ -618,9 +631,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
                         sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size))
     start = time.perf_counter()
-    metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
-                              amp_dtype=_inference_dtype(args, ctx.device),
-                              progress=ctx.is_main and not args.no_progress)
+    try:
+        metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
+                                  amp_dtype=_inference_dtype(args, ctx.device),
+                                  progress=ctx.is_main and not args.no_progress)
+    except ValueError as e:
+        # SLIC may return a few more superpixels than asked for: ids above --max-tokens are the flag's
+        if not args.max_tokens or "max_tokens" not in str(e):
+            raise
+        raise UsageError(f"--max-tokens {args.max_tokens}: {e}") from None
     metrics.update(model=args.model, data=str(args.data), split=args.split, seconds=time.perf_counter() - start,
                    weights=weights)
     if ctx.is_main:
@@ -634,13 +653,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_token_budget(model: Any, max_tokens: int, name: str) -> None:
-    """``--max-tokens``: the fixed-budget mode (N >= 1) or the original mode (0)."""
+def _set_token_budget(model: Any, max_tokens: int, name: str, num_segments: Optional[int] = None) -> None:
+    """``--max-tokens``: the fixed-budget mode (N >= 1) or the original mode (0).
+
+    Raises:
+        UsageError: a model without superpixel tokens; N < 0; N above one token per input pixel
+            (:func:`hcast.ops.superpixels.max_token_budget`: refused before anything is
+            allocated); N below the ``num_segments`` superpixels each image gets (the ids
+            would not fit).
+    """
+    from hcast.ops.superpixels import max_token_budget
+
     if not hasattr(model, "max_tokens"):
         raise UsageError(f"--max-tokens: {name!r} ({type(model).__name__}) has no superpixel tokens; "
                          "the flag is for CAST and H-CAST models.")
     if max_tokens < 0:
         raise UsageError(f"--max-tokens: expected 0 (the original mode) or a token budget >= 1, got {max_tokens}.")
+    height, width = _data_config(model)["input_size"][-2:]
+    ceiling = max_token_budget(height, width)
+    if max_tokens > ceiling:
+        raise UsageError(f"--max-tokens: expected at most {ceiling} (one token per pixel of the model's {height}x{width} "
+                         f"inputs; a larger budget only pads), got {max_tokens}; pass the images' superpixel count "
+                         f"({num_segments or 'the model num_segments'}) or a little more, or 0 for the original mode.")
+    if max_tokens and num_segments and max_tokens < num_segments:
+        raise UsageError(f"--max-tokens: {max_tokens} is below the {num_segments} superpixels each image gets (the "
+                         f"budget must be above the largest superpixel id); pass --max-tokens {num_segments} or more, "
+                         "or 0 for the original mode.")
     model.max_tokens = max_tokens or None
 
 
@@ -729,6 +767,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hcast import train as engine
     from hcast.train import predict_paths
 
+    _check_output(args.json_out, "--json")
+    _check_output(args.segment, "--segment")
     device = engine.resolve_device(args.device)
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(device), args.taxonomy,
