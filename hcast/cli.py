@@ -156,17 +156,40 @@ def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] =
     return None
 
 
-def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = None, **kwargs: Any):
+def _taxonomies_disagree(stored: Any, given: Any) -> Optional[str]:
+    """How ``given`` contradicts ``stored`` (other sizes, parents, or class names where both
+    name them), or ``None`` when it agrees (it may add names or level names)."""
+    if tuple(stored.num_classes) != tuple(given.num_classes):
+        return f"classes per level {tuple(stored.num_classes)} stored, {tuple(given.num_classes)} given"
+    if stored.parents != given.parents:
+        return "the same sizes, but other parents"
+    for level, (a, b) in enumerate(zip(stored.names, given.names)):
+        if a is not None and b is not None and tuple(a) != tuple(b):
+            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+            return f"the same sizes, but class {i} of level {level} is {a[i]!r} in the model and {b[i]!r} in the file"
+    return None
+
+
+def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = None,
+               replace_taxonomy: bool = False, **kwargs: Any):
     """Build ``source`` with timm and find its taxonomy.
 
     Args:
         source: a timm name, an ``hf-hub:`` id, or a folder with ``config.json``.
         device: where to put the model (it is returned in eval mode).
-        taxonomy_path: a taxonomy JSON file overriding the one the model's config stores.
+        taxonomy_path: a taxonomy JSON file; it must agree with the taxonomy the model stores
+            (its config's, or its tag's): same classes per level, parents and class names.
+        replace_taxonomy: let ``taxonomy_path`` replace a stored taxonomy it disagrees with
+            (``--replace-taxonomy``): its names then label the model's outputs.
         kwargs: more ``timm.create_model`` arguments (e.g. ``pretrained=True``).
 
     Returns:
         ``(model, taxonomy or None, config dict)``.
+
+    Raises:
+        UsageError: a taxonomy file that disagrees with the stored one (a reordered file would
+            relabel every prediction) unless ``replace_taxonomy``; one whose classes per level
+            differ from the model's heads, always.
     """
     import timm
 
@@ -179,8 +202,24 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
         # a folder or hub repo is its weights; a registry name starts from scratch unless asked
         kwargs["pretrained"] = name.startswith(("local-dir:", "hf-hub:", "hf_hub:"))
     model = timm.create_model(name, **kwargs)
+    stored = getattr(model, "taxonomy", None)
+    if config.get("taxonomy"):
+        from hcast.hierarchy import Taxonomy
+
+        with user_input(f"model {source!r}"):
+            stored = Taxonomy.from_dict(config["taxonomy"])
+    if taxonomy_path and taxonomy is not None:
+        heads = getattr(model, "level_classes", None)
+        if heads is not None and tuple(heads) != tuple(taxonomy.num_classes):
+            raise UsageError(f"--taxonomy {taxonomy_path!r}: it has {tuple(taxonomy.num_classes)} classes per level but "
+                             f"the model's heads have {tuple(heads)}; pass the taxonomy the model was trained on.")
+        difference = _taxonomies_disagree(stored, taxonomy) if stored is not None else None
+        if difference and not replace_taxonomy:
+            raise UsageError(f"--taxonomy {taxonomy_path!r} disagrees with the taxonomy the model stores ({difference}); "
+                             "its names would relabel the model's outputs. Drop --taxonomy to use the model's, or pass "
+                             "--replace-taxonomy if the file is meant to replace it.")
     if taxonomy is None:
-        taxonomy = getattr(model, "taxonomy", None)
+        taxonomy = stored
     return model.to(device).eval(), taxonomy, config
 
 
@@ -223,7 +262,8 @@ def _is_registry_name(source: str) -> bool:
     return not source.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not Path(source).exists() and is_model(source)
 
 
-def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[str], pretrained: bool):
+def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[str], pretrained: bool,
+                             replace_taxonomy: bool = False):
     """:func:`load_model` for ``evaluate`` / ``predict``: a registry name loads its tag's weights.
 
     A registry name (``hcast_small.living17``, ``cast_small``) is built with
@@ -240,17 +280,20 @@ def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[s
     import hcast  # noqa: F401  (registers the models)
 
     if not _is_registry_name(source):
-        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path)
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path,
+                                             replace_taxonomy=replace_taxonomy)
         return model, taxonomy, config, f"weights: {source}"
     if not pretrained:
-        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path, pretrained=False)
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path,
+                                             replace_taxonomy=replace_taxonomy, pretrained=False)
         return model, taxonomy, config, "weights: RANDOM (--no-pretrained): the scores below are not a trained model's"
     cfg = get_pretrained_cfg(source)
     if cfg is None or not cfg.has_weights:
         raise UsageError(f"{source!r} has no released weights; pass a tagged name (e.g. "
                          "hcast_small.living17), a folder or an hf-hub: id, or --no-pretrained for random weights.")
     try:
-        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path, pretrained=True)
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path,
+                                             replace_taxonomy=replace_taxonomy, pretrained=True)
     except (OSError, ImportError) as e:  # offline without a cached copy, failed download, gdown missing
         raise UsageError(f"cannot load the weights of {source!r}: {e}\n"
                          "Download them once with network access (they are cached), or pass --no-pretrained to "
@@ -574,7 +617,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                         "'fashion-mnist' or an image folder (its test/ or val/ sub-folder if present)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
                    help="benchmarks: val and test both give the split the H-CAST authors report on")
-    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's, the benchmark's, or Fashion-MNIST's)")
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's, the benchmark's, or "
+                   "Fashion-MNIST's); it must agree with the taxonomy the model stores unless --replace-taxonomy")
+    p.add_argument("--replace-taxonomy", action="store_true",
+                   help="let --taxonomy replace the model's stored taxonomy although they disagree")
     p.add_argument("--data-root", default=None,
                    help="a benchmark's folder in its native layout; Fashion-MNIST: a folder with the IDX files")
     p.add_argument("--no-pretrained", action="store_true",
@@ -610,7 +656,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ctx = engine.init_distributed(args.device)
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(ctx.device), args.taxonomy,
-                                                               not args.no_pretrained)
+                                                               not args.no_pretrained, args.replace_taxonomy)
     benchmark = benchmark_dataset_name(args.data)
     if taxonomy is None and benchmark is None:
         taxonomy = load_taxonomy(data=args.data)
@@ -724,7 +770,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's)")
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's); it must agree with the "
+                   "taxonomy the model stores unless --replace-taxonomy")
+    p.add_argument("--replace-taxonomy", action="store_true",
+                   help="let --taxonomy replace the model's stored taxonomy although they disagree (its names label "
+                        "the outputs)")
     p.add_argument("--no-pretrained", action="store_true",
                    help="a registry MODEL with random weights instead of its released ones (the output says so)")
     p.add_argument("--top-k", type=int, default=1, help="also list the k best paths")
@@ -772,7 +822,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = engine.resolve_device(args.device)
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(device), args.taxonomy,
-                                                               not args.no_pretrained)
+                                                               not args.no_pretrained, args.replace_taxonomy)
     if taxonomy is None:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     print(weights)
