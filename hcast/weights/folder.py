@@ -359,8 +359,9 @@ def read_model_config(source: PathLike) -> Dict[str, Any]:
     Raises:
         FileNotFoundError: no ``config.json`` there.
         ValueError: the file is empty, truncated, not UTF-8, not JSON, nested too deeply,
-            or not an object with the fields' expected types; the message names the file
-            and, for a hub cache entry, how to remove it.
+            or not an object with the fields' expected types, or its ``model_args.max_tokens``
+            is above one token per input pixel; the message names the file and, for a hub
+            cache entry, how to remove it.
     """
     from hcast.weights.safe_load import cache_hint
 
@@ -400,7 +401,35 @@ def read_model_config(source: PathLike) -> Dict[str, Any]:
         if config.get(key) is not None and not isinstance(config[key], kind):
             raise bad(f"'{key}' must be a JSON {'string' if kind is str else kind.__name__}, got "
                       f"{type(config[key]).__name__}")
+    problem = _token_budget_problem(config)
+    if problem:
+        raise bad(problem)
     return config
+
+
+def _token_budget_problem(config: Mapping[str, Any]) -> Optional[str]:
+    """What is wrong with a config's superpixel token budget (``model_args.max_tokens``), or
+    ``None``: it must be an int from 1 to one token per pixel of the model's input
+    (:func:`hcast.ops.superpixels.max_token_budget`), checked before anything is allocated."""
+    from hcast.ops.superpixels import max_token_budget  # a sibling package; imported where needed
+
+    budget = (config.get("model_args") or {}).get("max_tokens")
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        return f"model_args.max_tokens must be null or a token budget >= 1, got {budget!r}"
+    size = (config.get("model_args") or {}).get("img_size")
+    if size is None:
+        size = (config.get("pretrained_cfg") or {}).get("input_size", (3, 224, 224))
+    sides = [size, size] if isinstance(size, int) else list(size)[-2:] if isinstance(size, (list, tuple)) else []
+    if len(sides) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides):
+        return f"the input size {size!r} is not a positive image size"
+    ceiling = max_token_budget(*sides)
+    if budget > ceiling:
+        return (f"model_args.max_tokens={budget} is more than one token per pixel of its {sides[0]}x{sides[1]} inputs "
+                f"(at most {ceiling}); hcast refuses it before allocating anything. Set max_tokens to the superpixel "
+                f"count (pretrained_cfg.num_segments) or a little more, or null")
+    return None
 
 
 def write_json(data: Any, path: PathLike) -> Path:
