@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, Iterable, Optional, Union
 
@@ -71,6 +72,28 @@ def _parse_json(text: Union[str, bytes], what: str) -> Any:
             f"{what} nests JSON too deeply to be a taxonomy (a taxonomy file is at most a few levels deep); "
             f"it is not a file written by Taxonomy.save."
         ) from None
+
+
+# Bidirectional embeddings, overrides and isolates: they reorder how a name is displayed
+# ("Trojan Source"); zero-width joiners and marks that scripts need are allowed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _check_name(name: str, where: str) -> None:
+    """A class or level name must be printable text: not empty or blank, no control
+    characters (NUL, newlines, tabs, escapes: Unicode category Cc) and no bidirectional
+    overrides, which would make predictions, logs and saved files print something else.
+
+    Raises:
+        ValueError: naming the entry and the offending character.
+    """
+    if not name.strip():
+        raise ValueError(f"{where} is {name!r}: a class or level name must not be empty or blank; give it a name.")
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS:
+            raise ValueError(
+                f"{where} is {name!r}: it holds the control character U+{ord(ch):04X} "
+                f"({unicodedata.name(ch, 'control')}) at position {i}; names must be printable text. Remove it.")
 
 
 def _level_label(level: int, level_names: Optional[Sequence[str]]) -> str:
@@ -143,6 +166,8 @@ class Taxonomy:
             if isinstance(level_names, str):
                 raise TypeError("level_names must be a sequence of strings, one per level, not one string.")
             level_names = tuple(str(n) for n in level_names)
+            for l, n in enumerate(level_names):
+                _check_name(n, f"level_names[{l}]")
             if len(level_names) != num_levels:
                 raise ValueError(
                     f"level_names has {len(level_names)} entries but the taxonomy has {num_levels} levels "
@@ -257,6 +282,8 @@ class Taxonomy:
                     f"{level!r} ({type(level).__name__}); give one list of names per level, finest first."
                 )
             level = tuple(str(n) for n in level)
+            for c, n in enumerate(level):
+                _check_name(n, f"names[{l}][{c}] (class {c} at {_level_label(l, level_names)})")
             if len(level) != counts[l]:
                 raise ValueError(
                     f"names[{l}] has {len(level)} names but {_level_label(l, level_names)} has "
