@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -648,7 +649,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from hcast import train as engine
-    from hcast.data import WithSuperpixels, benchmark_dataset_name, create_dataset, create_eval_transform
+    from hcast.data import (SkipUnreadable, WithSuperpixels, benchmark_dataset_name, collate_readable, create_dataset,
+                            create_eval_transform)
 
     _check_output(args.json_out, "--json")
     if args.threads:
@@ -674,8 +676,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if benchmark is not None:
         # the benchmark's tree (checked equal to the model's) with its class names, which the model may lack
         taxonomy = getattr(dataset, "dataset", dataset).taxonomy
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                        sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size))
+    # an unreadable image is left out of the metrics with a warning naming it (hcast.data.images)
+    loader = DataLoader(SkipUnreadable(dataset), batch_size=args.batch_size, num_workers=args.workers,
+                        sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size), collate_fn=collate_readable)
     start = time.perf_counter()
     try:
         metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
@@ -692,6 +695,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{args.model} on {args.data} ({args.split}):")
         print(weights)
         print(engine.format_metrics_table(metrics), flush=True)
+        skipped = len(dataset) - metrics["num_samples"]
+        if skipped:
+            print(f"hcast evaluate: {skipped} of {len(dataset)} images could not be read (named above) and are left "
+                  "out of these numbers; replace or remove them.", file=sys.stderr)
         if args.json_out:
             engine.write_json(metrics, args.json_out)
             print(f"metrics written to {args.json_out}")
@@ -788,9 +795,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _load_images(paths: Sequence[str], model: Any, sp: Any):
     """(images, their superpixels by ``sp`` or None without it (a patch model), data_cfg, paths read)."""
     import torch
-    from PIL import Image
 
-    from hcast.data import create_eval_transform
+    from hcast.data import UnreadableImageError, create_eval_transform, load_image
 
     data_cfg = _data_config(model)
     tf = create_eval_transform(model)
@@ -799,10 +805,9 @@ def _load_images(paths: Sequence[str], model: Any, sp: Any):
         if not Path(path).is_file():
             print(f"hcast predict: skipped {path!r}: no such file.", file=sys.stderr)
             continue
-        try:
-            with Image.open(path) as im:
-                images.append(tf(im))
-        except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+        try:  # hcast's one image reader: 16-bit images scaled, an unreadable file named and skipped
+            images.append(tf(load_image(path)))
+        except UnreadableImageError as e:
             print(f"hcast predict: skipped {path!r}: not an image PIL can read ({e}).", file=sys.stderr)
             continue
         read.append(path)
@@ -1005,16 +1010,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WriteWatch:
+    """``sys.stdout`` while ``main`` runs: the stream itself, recording the ``OSError`` a write
+    or flush raised (``>/dev/full``, a closed pipe), so that ``main`` can tell it from others."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.error = stream, None
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``hcast`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the ``hcast`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    2 with one line on stderr for the user's mistakes (:class:`UsageError`); 1 with one line
+    when standard output cannot be written (``>/dev/full``: no traceback, and an exit
+    flush that cannot fail again; a closed pipe such as ``| head`` ends quietly).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    watch = _WriteWatch(sys.stdout) if sys.stdout is not None else None
+    if watch is not None:
+        sys.stdout = watch  # type: ignore[assignment]
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        if watch is not None:
+            watch.flush()  # a write error of buffered output is reported here, not at exit
+        return status
     except UsageError as e:
         # the user's mistake: one line; anything else is a bug and keeps its traceback (exit 1)
         print(f"hcast {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if watch is None or watch.error is not e:
+            raise
+        try:  # Python's recipe for a broken stdout: point it at devnull, so the flush at exit cannot fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, watch.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a file descriptor (captured in tests)
+            pass
+        if e.errno != errno.EPIPE and sys.stderr is not None:
+            print(f"hcast {args.command}: error: cannot write to standard output: {e.strerror or e}; "
+                  "redirect it to a file or device with space.", file=sys.stderr)
+        return 1
+    finally:
+        if watch is not None and sys.stdout is watch:
+            sys.stdout = watch.stream
 
 
 if __name__ == "__main__":

@@ -15,17 +15,21 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
+from hcast.data.images import to_rgb
+
 __all__ = ["create_eval_transform", "create_transform", "resolve_superpixel_settings", "WithSuperpixels", "ToRGB"]
 
 
 class ToRGB:
-    """Convert any PIL image (grayscale ``"L"``, ``"RGBA"``, palette ...) to ``"RGB"``.
+    """Convert any PIL image (grayscale ``"L"``, ``"RGBA"``, palette, 16-bit ...) to 8-bit ``"RGB"``
+    with :func:`hcast.data.images.to_rgb`.
 
-    Grayscale images become three equal channels, as models pretrained on RGB expect.
+    Grayscale images become three equal channels, as models pretrained on RGB expect; 16-bit
+    images are scaled to 8 bits, not clipped.
     """
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"

@@ -336,14 +336,20 @@ def superpixels(
 
 
 def _import_cv2():
+    install = 'pip install "hcast[seeds]" (or pip install opencv-contrib-python-headless)'
     try:
         import cv2
-        cv2.ximgproc.createSuperpixelSEEDS  # noqa: B018  (contrib module present?)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(
-            'method="seeds" needs OpenCV with the contrib modules: '
-            'pip install "hcast[seeds]" (or pip install opencv-contrib-python-headless).'
-        ) from err
+    except ModuleNotFoundError as err:
+        if err.name != "cv2":  # OpenCV is there but a module it imports is not: that is the error
+            raise ImportError(f'method="seeds": OpenCV (cv2) is installed but failed to import: {err}') from err
+        raise ImportError(f'method="seeds" needs OpenCV with the contrib modules: {install}.') from err
+    except ImportError as err:  # installed but broken: a missing system library (libGL ...), a bad build
+        raise ImportError(f'method="seeds": OpenCV (cv2) is installed but failed to import: {err}. Fix that '
+                          f'installation (e.g. the system library it names), or reinstall: {install}.') from err
+    if not hasattr(getattr(cv2, "ximgproc", None), "createSuperpixelSEEDS"):
+        raise ImportError(f'method="seeds" needs OpenCV with the contrib modules (cv2.ximgproc); OpenCV '
+                          f'{getattr(cv2, "__version__", "?")} is installed without them: pip uninstall '
+                          f'opencv-python opencv-python-headless, then {install}.')
     return cv2
 
 

@@ -268,7 +268,8 @@ def finetune(
     """
     from timm.data import resolve_data_config
 
-    from hcast.data import SuperpixelCache, WithSuperpixels, resolve_superpixel_settings
+    from hcast.data import (SkipUnreadable, SuperpixelCache, WithSuperpixels, collate_readable,
+                            resolve_superpixel_settings)
     from hcast.hierarchy.losses import HCASTLoss
     from hcast.ops import SuperpixelTransform, superpixels
 
@@ -304,8 +305,10 @@ def finetune(
         def superpixel_fn(images: torch.Tensor) -> torch.Tensor:
             return superpixels(images, num_segments=num_segments, method=method)
 
-    train_data: Dataset = TransformedDataset(train_set, train_tf)
-    val_data: Dataset = TransformedDataset(val_set, val_tf)
+    # an image file that cannot be read is left out of its batch with a warning naming it, in
+    # training and validation alike (hcast.data.images), as `hcast predict` skips it
+    train_data: Dataset = SkipUnreadable(TransformedDataset(train_set, train_tf))
+    val_data: Dataset = SkipUnreadable(TransformedDataset(val_set, val_tf))
     cache_seconds = 0.0
     if config.superpixels == "cache":
         t0 = time.perf_counter()
@@ -328,7 +331,7 @@ def finetune(
     val_sampler = ShardSampler(len(val_data), ctx.rank, ctx.world_size)
     workers = 0 if config.superpixels == "cache" else config.workers  # cached items are tensor slices
     # no persistent workers: each epoch's workers are seeded from that epoch's seed (exact resume)
-    loader_kw = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda",
+    loader_kw = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda", collate_fn=collate_readable,
                      worker_init_fn=_seed_worker if workers else None)
     train_loader = DataLoader(train_data, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
                               **loader_kw)

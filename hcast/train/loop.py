@@ -111,7 +111,9 @@ def train_one_epoch(
             (may be wrapped in ``DistributedDataParallel``).
         loader: yields ``((images (B,3,H,W) float, segments (B,H,W) int64), fine (B,) int64)``
             or ``(images, fine)`` (superpixels then come from ``superpixel_fn``, or the
-            model computes them).
+            model computes them); ``None`` batches (all images unreadable,
+            :func:`hcast.data.collate_readable`) are skipped, and with ``mixup`` a batch
+            left odd by an unreadable image loses its last image.
         criterion: e.g. :class:`hcast.hierarchy.losses.HCASTLoss`; called as
             ``criterion(logits, targets)`` with per-level lists.
         optimizer: e.g. AdamW.
@@ -158,7 +160,15 @@ def train_one_epoch(
     for batch in bar:
         if max_steps is not None and steps >= max_steps:
             break
+        if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
+            continue
         images, segments, fine = _unpack_batch(batch, device, None)
+        if mixup is not None and images.shape[0] % 2:
+            # an unreadable image left the batch one short; mixup pairs images with the mirrored batch
+            if images.shape[0] == 1:
+                continue
+            images, fine = images[:-1], fine[:-1]
+            segments = segments[:-1] if segments is not None else None
         targets: Sequence[torch.Tensor] = level_targets(fine, paths)
         if mixup is not None:
             if segments is not None:  # the same cut is pasted into the superpixel ids
