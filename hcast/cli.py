@@ -579,7 +579,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         with user_input(f"--resume {str(resume)!r}" if resume else "finetune", {"resume": "--resume"}):
             if resume is not None:  # a broken checkpoint, or one of another taxonomy, is the user's file: name it
-                from hcast.train.finetune import check_resume
+                from hcast.train import check_resume
                 from hcast.weights import load_checkpoint
 
                 check_resume(load_checkpoint(resume, map_location="cpu"), resume, model, taxonomy)
