@@ -670,10 +670,13 @@ class Taxonomy:
         return cls.from_dict(_parse_json(text, "text"))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write :meth:`to_json` (indented) to ``path``."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json(indent=2))
-            f.write("\n")
+        """Write :meth:`to_json` (indented) to ``path``, atomically
+        (:func:`hcast.weights.atomic_write`: never a torn file; symlinks followed, special
+        files written through)."""
+        from hcast.weights.folder import atomic_write  # a sibling package; imported where needed
+
+        with atomic_write(path, description="taxonomy file") as tmp:
+            tmp.write_text(self.to_json(indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Taxonomy":
