@@ -157,20 +157,6 @@ def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] =
     return None
 
 
-def _taxonomies_disagree(stored: Any, given: Any) -> Optional[str]:
-    """How ``given`` contradicts ``stored`` (other sizes, parents, or class names where both
-    name them), or ``None`` when it agrees (it may add names or level names)."""
-    if tuple(stored.num_classes) != tuple(given.num_classes):
-        return f"classes per level {tuple(stored.num_classes)} stored, {tuple(given.num_classes)} given"
-    if stored.parents != given.parents:
-        return "the same sizes, but other parents"
-    for level, (a, b) in enumerate(zip(stored.names, given.names)):
-        if a is not None and b is not None and tuple(a) != tuple(b):
-            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-            return f"the same sizes, but class {i} of level {level} is {a[i]!r} in the model and {b[i]!r} in the file"
-    return None
-
-
 def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = None,
                replace_taxonomy: bool = False, **kwargs: Any):
     """Build ``source`` with timm and find its taxonomy.
@@ -214,7 +200,7 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
         if heads is not None and tuple(heads) != tuple(taxonomy.num_classes):
             raise UsageError(f"--taxonomy {taxonomy_path!r}: it has {tuple(taxonomy.num_classes)} classes per level but "
                              f"the model's heads have {tuple(heads)}; pass the taxonomy the model was trained on.")
-        difference = _taxonomies_disagree(stored, taxonomy) if stored is not None else None
+        difference = stored.disagreement(taxonomy, "in the model", "in the file") if stored is not None else None
         if difference and not replace_taxonomy:
             raise UsageError(f"--taxonomy {taxonomy_path!r} disagrees with the taxonomy the model stores ({difference}); "
                              "its names would relabel the model's outputs. Drop --taxonomy to use the model's, or pass "

@@ -181,6 +181,17 @@ def test_names_scripts_need_are_kept():
     assert Taxonomy([[0, 0, 0]], names=[names, ["all"]]).names[0] == tuple(names)
 
 
+def test_disagreement_names_the_first_contradiction():
+    tax = Taxonomy.from_named_paths([("cat", "animal"), ("dog", "animal"), ("car", "object")])
+    swapped = Taxonomy.from_named_paths([("dog", "animal"), ("cat", "animal"), ("car", "object")])
+    assert tax.disagreement(swapped, "in the model", "in the file") == (
+        "the same sizes, but class 0 of level 0 is 'cat' in the model and 'dog' in the file")
+    assert tax.disagreement(Taxonomy([[0, 1, 1]])) == "the same sizes, but other parents here and there"
+    assert tax.disagreement(Taxonomy([[0, 0, 1, 1]])) == "classes per level (3, 2) here, (4, 2) there"
+    assert tax.disagreement(Taxonomy(tax.parents)) is None  # a taxonomy without names adds nothing that contradicts
+    assert tax.disagreement(tax) is None
+
+
 def test_homonyms_under_different_parents_are_kept():
     # iNaturalist's genus Pica exists among birds and plants: the paths tell them apart.
     tax = Taxonomy([[0, 1]], names=[["Pica", "Pica"], ["Aves", "Magnoliopsida"]])

@@ -906,6 +906,29 @@ class Taxonomy:
             raise ValueError(f"{len(hits)} classes are named {name!r} at {_level_label(level, self._level_names)}: {hits}.")
         return hits[0]
 
+    def disagreement(self, other: "Taxonomy", this: str = "here", that: str = "there") -> Optional[str]:
+        """How ``other`` contradicts this taxonomy, in words, or ``None`` when it agrees.
+
+        They disagree when their classes per level, their parents, or the class names of a
+        level both name differ (a reordered file relabels every class); names or level names
+        that only one of them has are no contradiction. Used wherever a taxonomy from a file
+        meets the one a model or checkpoint stores (``hcast predict --taxonomy``,
+        ``--resume``).
+
+        Args:
+            other: the taxonomy to compare.
+            this, that: how the message calls ``self`` and ``other`` (e.g. ``"in the model"``).
+        """
+        if self.num_classes != other.num_classes:
+            return f"classes per level {self.num_classes} {this}, {other.num_classes} {that}"
+        if self.parents != other.parents:
+            return f"the same sizes, but other parents {this} and {that}"
+        for level, (a, b) in enumerate(zip(self.names, other.names)):
+            if a is not None and b is not None and a != b:
+                i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+                return f"the same sizes, but class {i} of level {level} is {a[i]!r} {this} and {b[i]!r} {that}"
+        return None
+
     # ------------------------------------------------------------------ dunder
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Taxonomy):

@@ -164,19 +164,6 @@ def _check_levels(model: nn.Module, taxonomy: Taxonomy) -> None:
             "classes per level (finest first); build it with level_classes=taxonomy.num_classes, fresh_heads=True.")
 
 
-def _taxonomy_difference(stored: Taxonomy, taxonomy: Taxonomy) -> str:
-    """How ``taxonomy`` differs from ``stored``, in a few words (for error messages)."""
-    if stored.num_classes != taxonomy.num_classes:
-        return f"classes per level {tuple(stored.num_classes)} there, {tuple(taxonomy.num_classes)} here"
-    for level, (a, b) in enumerate(zip(stored.names, taxonomy.names)):
-        if a is not None and b is not None and a != b:
-            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-            return f"the same sizes, but class {i} of level {level} is {a[i]!r} there and {b[i]!r} here"
-    if stored.parents != taxonomy.parents:
-        return "the same sizes, but other parents"
-    return "other names"
-
-
 def check_resume(state: Dict[str, Any], path: Union[str, os.PathLike], model: nn.Module, taxonomy: Taxonomy) -> None:
     """Check that a training checkpoint fits the run resuming from it, before anything is loaded.
 
@@ -198,13 +185,12 @@ def check_resume(state: Dict[str, Any], path: Union[str, os.PathLike], model: nn
     stored = state.get("taxonomy")
     if stored is None and (path.parent / "taxonomy.json").is_file():
         stored = Taxonomy.load(path.parent / "taxonomy.json").to_dict()
-    if stored is not None:
-        stored_taxonomy = Taxonomy.from_dict(stored)
-        if stored_taxonomy != taxonomy:
-            raise ValueError(
-                f"resume: {str(path)!r} was trained on another taxonomy ({_taxonomy_difference(stored_taxonomy, taxonomy)}"
-                "); resuming would continue on other labels. Resume with the taxonomy it was trained on (--taxonomy), "
-                "or start a new run in another output folder.")
+    difference = Taxonomy.from_dict(stored).disagreement(taxonomy, "there", "here") if stored is not None else None
+    if difference:
+        raise ValueError(
+            f"resume: {str(path)!r} was trained on another taxonomy ({difference}); resuming would continue on "
+            "other labels. Resume with the taxonomy it was trained on (--taxonomy), or start a new run in another "
+            "output folder.")
     weights = state.get("model")
     if not isinstance(weights, dict):
         raise ValueError(f"resume: {str(path)!r} holds no model weights ('model'); pass a checkpoint written by "
