@@ -222,6 +222,10 @@ def test_token_budgets_beyond_the_ceiling_or_below_the_ids_are_refused(run, tmp_
     image = next((data / "val" / "boot").iterdir())
     usage_error(main(capsys, "predict", crafted, image, "--device", "cpu"), str(crafted / "config.json"),
                 "model_args.max_tokens=1048576 is more than one token per pixel of its 32x32 inputs")
+    config["model_args"]["max_tokens"] = 8  # below the 16 superpixels: every forward would fail
+    (crafted / "config.json").write_text(json.dumps(config))
+    usage_error(main(capsys, "predict", crafted, image, "--device", "cpu"), str(crafted / "config.json"),
+                "model_args.max_tokens=8 is below the pretrained_cfg.num_segments=16 superpixels")
 
 
 @pytest.mark.parametrize("flag, value, message", [

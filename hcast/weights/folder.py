@@ -409,7 +409,8 @@ def read_model_config(source: PathLike) -> Dict[str, Any]:
 
 def _token_budget_problem(config: Mapping[str, Any]) -> Optional[str]:
     """What is wrong with a config's superpixel token budget (``model_args.max_tokens``), or
-    ``None``: it must be an int from 1 to one token per pixel of the model's input
+    ``None``: it must be an int from the superpixel count its images get
+    (``pretrained_cfg.num_segments``) to one token per pixel of the model's input
     (:func:`hcast.ops.superpixels.max_token_budget`), checked before anything is allocated."""
     from hcast.ops.superpixels import max_token_budget  # a sibling package; imported where needed
 
@@ -429,6 +430,11 @@ def _token_budget_problem(config: Mapping[str, Any]) -> Optional[str]:
         return (f"model_args.max_tokens={budget} is more than one token per pixel of its {sides[0]}x{sides[1]} inputs "
                 f"(at most {ceiling}); hcast refuses it before allocating anything. Set max_tokens to the superpixel "
                 f"count (pretrained_cfg.num_segments) or a little more, or null")
+    segments = (config.get("pretrained_cfg") or {}).get("num_segments")
+    if isinstance(segments, int) and not isinstance(segments, bool) and budget < segments:
+        return (f"model_args.max_tokens={budget} is below the pretrained_cfg.num_segments={segments} superpixels its "
+                f"images get (the budget must be above the largest superpixel id); set max_tokens to {segments} or "
+                "more, or null")
     return None
 
 
