@@ -47,7 +47,8 @@ from hcast.train.outputs import (CHECKPOINT_NAME, CONFIG_NAME, CURVES_NAME, LOG_
 from hcast.train.transforms import create_train_transform, create_val_transform, val_data_config
 from hcast.weights.folder import load_checkpoint, save_checkpoint, write_json
 
-__all__ = ["finetune", "check_resume", "FinetuneResult", "TransformedDataset", "create_optimizer_and_scheduler", "uses_superpixels"]
+__all__ = ["finetune", "check_resume", "FinetuneResult", "TransformedDataset", "create_optimizer_and_scheduler",
+           "uses_superpixels"]
 
 
 @dataclass
