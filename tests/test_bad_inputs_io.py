@@ -193,3 +193,23 @@ def test_an_opencv_that_fails_to_import_is_reported_as_it_is(tmp_path, monkeypat
     (tmp_path / "cv2.py").write_text("__version__ = '4.0-no-contrib'\n")  # an OpenCV without ximgproc
     with pytest.raises(ImportError, match="without them"):
         superpixels(image, 16, method="seeds")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd/1"), reason="no /proc/self/fd")
+def test_a_link_to_stdout_gets_the_json_after_what_was_printed(tmp_path):
+    """`--json /dev/stdout` through a link in a temporary folder (to /proc/self/fd/1): the JSON
+    is written through to the pipe, after the lines printed before it, and the link stays."""
+    import subprocess
+    from pathlib import Path
+
+    link = tmp_path / "stdout.json"
+    link.symlink_to("/proc/self/fd/1")
+    script = ("import sys; from hcast.weights.folder import write_json; print('before'); "
+              "write_json({'x': 1}, sys.argv[1]); print('after')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script, str(link)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == 'before\n{\n  "x": 1\n}\nafter\n'
+    assert link.is_symlink()

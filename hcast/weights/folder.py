@@ -24,6 +24,7 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -235,6 +236,9 @@ def check_output_path(path: PathLike, folder: bool = False) -> Path:
 def _write_through(tmp: Path, path: Path, kind: str) -> None:
     """Copy the finished temporary ``tmp`` into the special file ``path`` (opened for writing:
     a FIFO waits for its reader)."""
+    for stream in (sys.stdout, sys.stderr):  # `--json /dev/stdout`: what was printed before comes first
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
     try:
         with open(tmp, "rb") as src, open(path, "wb") as dst:
             shutil.copyfileobj(src, dst)
