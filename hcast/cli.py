@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -42,9 +43,12 @@ class UsageError(ValueError):
 
 
 @contextlib.contextmanager
-def user_input(what: str) -> Iterator[None]:
+def user_input(what: str, flags: Optional[Dict[str, str]] = None) -> Iterator[None]:
     """Treat ``ValueError`` / ``OSError`` raised while reading ``what`` (an argument, a file, a folder
     the user named) as a :class:`UsageError` naming ``what``.
+
+    ``flags`` maps the field a library message starts with (``"input_size: ..."``) to the flag
+    the user typed (``"--input-size"``), which then names the error instead of ``what``.
 
     Only the steps that read what the user passed run under it (loading the model, the taxonomy,
     the dataset, a checkpoint); errors from the training loop or the model's forward keep their
@@ -55,10 +59,24 @@ def user_input(what: str) -> Iterator[None]:
     except UsageError:
         raise
     except (ValueError, OSError) as e:
-        message = str(e) or type(e).__name__
+        # an OSError's own words without its "[Errno N]" prefix
+        message = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+        field_name = message.split(":", 1)[0]
+        if flags and field_name in flags:
+            raise UsageError(flags[field_name] + message[len(field_name):]) from e
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
             message = f"{e.filename}: {message}"
         raise UsageError(message if message.startswith(what) else f"{what}: {message}") from e
+
+
+def _check_output(path: Optional[str], flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output the write at the end would fail on (a folder given
+    for a file, a file for a folder, a path under a file): :func:`hcast.weights.folder.check_output_path`."""
+    from hcast.weights.folder import check_output_path
+
+    if path:
+        with user_input(flag):
+            check_output_path(path, folder=folder)
 
 
 # ----------------------------------------------------------------------------- model loading
@@ -118,18 +136,27 @@ def load_taxonomy(path: Optional[str] = None, config: Optional[Dict[str, Any]] =
     return None
 
 
-def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = None, **kwargs: Any):
+def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = None,
+               replace_taxonomy: bool = False, **kwargs: Any):
     """Build ``source`` with timm and find its taxonomy.
 
     Args:
         source: a timm name, an ``hf-hub:`` id, a folder with ``config.json``, or a
             checkpoint file (the original repositories' format or hcast's).
         device: where to put the model (it is returned in eval mode).
-        taxonomy_path: a taxonomy JSON file overriding the one the model's config stores.
+        taxonomy_path: a taxonomy JSON file; it must agree with the taxonomy the model stores
+            (its config's, or its tag's): same classes per level, parents and class names.
+        replace_taxonomy: let ``taxonomy_path`` replace a stored taxonomy it disagrees with
+            (``--replace-taxonomy``): its names then label the model's outputs.
         kwargs: more ``timm.create_model`` arguments (e.g. ``pretrained=True``).
 
     Returns:
         ``(model, taxonomy or None, config dict)``.
+
+    Raises:
+        UsageError: a taxonomy file that disagrees with the stored one (a reordered file would
+            relabel every prediction) unless ``replace_taxonomy``; one whose classes per level
+            differ from the model's heads, always.
     """
     import timm
 
@@ -142,8 +169,24 @@ def load_model(source: str, device: str = "cpu", taxonomy_path: Optional[str] = 
         # a folder, hub repo or file is its weights; a registry name starts from scratch unless asked
         kwargs["pretrained"] = name.startswith(("local-dir:", "hf-hub:", "hf_hub:")) or "pretrained_cfg_overlay" in kwargs
     model = timm.create_model(name, **kwargs)
+    stored = getattr(model, "taxonomy", None)
+    if config.get("taxonomy"):
+        from hcast.hierarchy import Taxonomy
+
+        with user_input(f"model {source!r}"):
+            stored = Taxonomy.from_dict(config["taxonomy"])
+    if taxonomy_path and taxonomy is not None:
+        heads = getattr(model, "level_classes", None)
+        if heads is not None and tuple(heads) != tuple(taxonomy.num_classes):
+            raise UsageError(f"--taxonomy {taxonomy_path!r}: it has {tuple(taxonomy.num_classes)} classes per level but "
+                             f"the model's heads have {tuple(heads)}; pass the taxonomy the model was trained on.")
+        difference = stored.disagreement(taxonomy, "in the model", "in the file") if stored is not None else None
+        if difference and not replace_taxonomy:
+            raise UsageError(f"--taxonomy {taxonomy_path!r} disagrees with the taxonomy the model stores ({difference}); "
+                             "its names would relabel the model's outputs. Drop --taxonomy to use the model's, or pass "
+                             "--replace-taxonomy if the file is meant to replace it.")
     if taxonomy is None:
-        taxonomy = getattr(model, "taxonomy", None)
+        taxonomy = stored
     return model.to(device).eval(), taxonomy, config
 
 
@@ -185,7 +228,8 @@ def _is_registry_name(source: str) -> bool:
     return not _resolve_model(source)[0].startswith(schemes)
 
 
-def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[str], pretrained: bool):
+def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[str], pretrained: bool,
+                             replace_taxonomy: bool = False):
     """:func:`load_model` for ``evaluate`` / ``predict``: a registry name loads its tag's weights.
 
     A registry name (``hcast_small.living17``, ``cast_small``) is built with
@@ -202,17 +246,20 @@ def load_model_for_inference(source: str, device: str, taxonomy_path: Optional[s
     import hcast  # noqa: F401  (registers the models)
 
     if not _is_registry_name(source):
-        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path)
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path,
+                                             replace_taxonomy=replace_taxonomy)
         return model, taxonomy, config, f"weights: {source}"
     if not pretrained:
-        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path, pretrained=False)
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path,
+                                             replace_taxonomy=replace_taxonomy, pretrained=False)
         return model, taxonomy, config, "weights: RANDOM (--no-pretrained): the scores below are not a trained model's"
     cfg = get_pretrained_cfg(source)
     if cfg is None or not cfg.has_weights:
         raise UsageError(f"{source!r} has no released weights; pass a tagged name (e.g. "
                          "hcast_small.living17), a folder or an hf-hub: id, or --no-pretrained for random weights.")
     try:
-        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path, pretrained=True)
+        model, taxonomy, config = load_model(source, device=device, taxonomy_path=taxonomy_path,
+                                             replace_taxonomy=replace_taxonomy, pretrained=True)
     except (OSError, ImportError) as e:  # offline without a cached copy, failed download, gdown missing
         raise UsageError(f"cannot load the weights of {source!r}: {e}\n"
                          "Download them once with network access (they are cached), or pass --no-pretrained to "
@@ -378,8 +425,14 @@ def resolve_finetune_config(args: argparse.Namespace) -> Tuple[Any, Dict[str, An
         given["clip_grad"] = None
     recipe = get_recipe(args.recipe) if args.recipe else None
     base = recipe.config.to_dict() if recipe else FinetuneConfig().to_dict()
-    with user_input("finetune"):
+    try:
         config = FinetuneConfig.from_dict({**base, **given})
+    except ValueError as e:  # "lr: expected ..." names the field: name the flag the user typed
+        message = str(e)
+        field_name = message.split(":", 1)[0]
+        if field_name in given:
+            raise UsageError("--" + field_name.replace("_", "-") + message[len(field_name):]) from None
+        raise UsageError(f"finetune: {message}") from None
     sources = {name: ("flag" if name in given else (recipe.sources.get(name, f"recipe {recipe.name}") if recipe
                                                     else "default")) for name in base}
     settings = {
@@ -456,6 +509,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for flag, value in (("--data", args.data), ("--output", args.output)):
         if not value:
             raise UsageError(f"{flag} is required (unless --print-config); see `hcast finetune --help`.")
+    _check_output(args.output, "--output", folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
@@ -478,17 +532,29 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             val_samples=settings["val_samples"], val_fraction=args.val_fraction, seed=config.seed,
             data_root=args.data_root,
         )
-    with user_input("--num-segments" if config.num_segments else "superpixels"):  # before any image is read
+    if len(train_set) < config.batch_size * ctx.world_size:  # finetune() would find no full batch
+        raise UsageError(f"--batch-size: the {len(train_set)} training images give no full batch of {config.batch_size} "
+                         f"per process on {ctx.world_size} process(es); lower --batch-size to {len(train_set)} or "
+                         "less, or train on more images.")
+    with user_input("--num-segments" if config.num_segments else "superpixels",
+                    {"input_size": "--input-size"}):  # before any image is read
         resolve_superpixel_settings(
             model, config.superpixel_method or ("torch_slic" if config.superpixels == "device" else None),
             config.num_segments, config.input_size)
     try:
-        with user_input(f"--resume {str(resume)!r}" if resume else "finetune"):
-            if resume is not None:  # a broken checkpoint is the user's file: name it
+        with user_input(f"--resume {str(resume)!r}" if resume else "finetune", {"resume": "--resume"}):
+            if resume is not None:  # a broken checkpoint, or one of another taxonomy, is the user's file: name it
+                from hcast.train import check_resume
                 from hcast.weights import load_checkpoint
 
-                load_checkpoint(resume, map_location="cpu")
-        finetune(model, train_set, val_set, taxonomy, config, output=out, resume=resume)
+                check_resume(load_checkpoint(resume, map_location="cpu"), resume, model, taxonomy)
+        try:
+            finetune(model, train_set, val_set, taxonomy, config, output=out, resume=resume)
+        except ValueError as e:  # the data / checkpoint checks finetune() runs before training
+            if not str(e).startswith(("train_set:", "resume:")):
+                raise
+            raise UsageError(str(e).replace("train_set:", "--data:", 1).replace("batch_size", "--batch-size")
+                             .replace("resume:", "--resume:", 1)) from None
     finally:
         destroy_distributed()
     return 0
@@ -517,7 +583,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                         "'fashion-mnist' or an image folder (its test/ or val/ sub-folder if present)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
                    help="benchmarks: val and test both give the split the H-CAST authors report on")
-    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's, the benchmark's, or Fashion-MNIST's)")
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's, the benchmark's, or "
+                   "Fashion-MNIST's); it must agree with the taxonomy the model stores unless --replace-taxonomy")
+    p.add_argument("--replace-taxonomy", action="store_true",
+                   help="let --taxonomy replace the model's stored taxonomy although they disagree")
     p.add_argument("--data-root", default=None,
                    help="a benchmark's folder in its native layout; Fashion-MNIST: a folder with the IDX files")
     p.add_argument("--no-pretrained", action="store_true",
@@ -545,16 +614,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from hcast import train as engine
-    from hcast.data import WithSuperpixels, benchmark_dataset_name, create_dataset, create_eval_transform
+    from hcast.data import (SkipUnreadable, WithSuperpixels, benchmark_dataset_name, collate_readable, create_dataset,
+                            create_eval_transform)
 
+    _check_output(args.json_out, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = engine.init_distributed(args.device)
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(ctx.device), args.taxonomy,
-                                                               not args.no_pretrained)
-    if args.max_tokens is not None:
-        _set_token_budget(model, args.max_tokens, args.model)
+                                                               not args.no_pretrained, args.replace_taxonomy)
     benchmark = benchmark_dataset_name(args.data)
     if taxonomy is None and benchmark is None:
         taxonomy = load_taxonomy(data=args.data)
@@ -562,6 +631,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     tf = create_eval_transform(model)
     sp = _superpixel_transform(model, args)
+    if args.max_tokens is not None:
+        _set_token_budget(model, args.max_tokens, args.model, sp.num_segments if sp is not None else None)
     if sp is not None:  # a patch model (Hier-ViT) reads the images alone
         tf = WithSuperpixels(tf, sp)
     with user_input(f"data {args.data!r}"):
@@ -570,18 +641,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if benchmark is not None:
         # the benchmark's tree (checked equal to the model's) with its class names, which the model may lack
         taxonomy = getattr(dataset, "dataset", dataset).taxonomy
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                        sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size))
+    # an unreadable image is left out of the metrics with a warning naming it (hcast.data.images)
+    loader = DataLoader(SkipUnreadable(dataset), batch_size=args.batch_size, num_workers=args.workers,
+                        sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size), collate_fn=collate_readable)
     start = time.perf_counter()
-    metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
-                              amp_dtype=_inference_dtype(args, ctx.device),
-                              progress=ctx.is_main and not args.no_progress)
+    try:
+        metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
+                                  amp_dtype=_inference_dtype(args, ctx.device),
+                                  progress=ctx.is_main and not args.no_progress)
+    except ValueError as e:
+        # SLIC may return a few more superpixels than asked for: ids above --max-tokens are the flag's
+        if not args.max_tokens or "max_tokens" not in str(e):
+            raise
+        raise UsageError(f"--max-tokens {args.max_tokens}: {e}") from None
     metrics.update(model=args.model, data=str(args.data), split=args.split, seconds=time.perf_counter() - start,
                    weights=weights)
     if ctx.is_main:
         print(f"{args.model} on {args.data} ({args.split}):")
         print(weights)
         print(engine.format_metrics_table(metrics), flush=True)
+        skipped = len(dataset) - metrics["num_samples"]
+        if skipped:
+            print(f"hcast evaluate: {skipped} of {len(dataset)} images could not be read (named above) and are left "
+                  "out of these numbers; replace or remove them.", file=sys.stderr)
         if args.json_out:
             engine.write_json(metrics, args.json_out)
             print(f"metrics written to {args.json_out}")
@@ -589,13 +671,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_token_budget(model: Any, max_tokens: int, name: str) -> None:
-    """``--max-tokens``: the fixed-budget mode (N >= 1) or the original mode (0)."""
+def _set_token_budget(model: Any, max_tokens: int, name: str, num_segments: Optional[int] = None) -> None:
+    """``--max-tokens``: the fixed-budget mode (N >= 1) or the original mode (0).
+
+    Raises:
+        UsageError: a model without superpixel tokens; N < 0; N above one token per input pixel
+            (:func:`hcast.ops.superpixels.max_token_budget`: refused before anything is
+            allocated); N below the ``num_segments`` superpixels each image gets (the ids
+            would not fit).
+    """
+    from hcast.ops.superpixels import max_token_budget
+
     if not hasattr(model, "max_tokens"):
         raise UsageError(f"--max-tokens: {name!r} ({type(model).__name__}) has no superpixel tokens; "
                          "the flag is for CAST and H-CAST models.")
     if max_tokens < 0:
         raise UsageError(f"--max-tokens: expected 0 (the original mode) or a token budget >= 1, got {max_tokens}.")
+    height, width = _data_config(model)["input_size"][-2:]
+    ceiling = max_token_budget(height, width)
+    if max_tokens > ceiling:
+        raise UsageError(f"--max-tokens: expected at most {ceiling} (one token per pixel of the model's {height}x{width} "
+                         f"inputs; a larger budget only pads), got {max_tokens}; pass the images' superpixel count "
+                         f"({num_segments or 'the model num_segments'}) or a little more, or 0 for the original mode.")
+    if max_tokens and num_segments and max_tokens < num_segments:
+        raise UsageError(f"--max-tokens: {max_tokens} is below the {num_segments} superpixels each image gets (the "
+                         f"budget must be above the largest superpixel id); pass --max-tokens {num_segments} or more, "
+                         "or 0 for the original mode.")
     model.max_tokens = max_tokens or None
 
 
@@ -641,7 +742,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's)")
+    p.add_argument("--taxonomy", default=None, help="taxonomy JSON (default: the model's); it must agree with the "
+                   "taxonomy the model stores unless --replace-taxonomy")
+    p.add_argument("--replace-taxonomy", action="store_true",
+                   help="let --taxonomy replace the model's stored taxonomy although they disagree (its names label "
+                        "the outputs)")
     p.add_argument("--no-pretrained", action="store_true",
                    help="a registry MODEL with random weights instead of its released ones (the output says so)")
     p.add_argument("--top-k", type=int, default=1, help="also list the k best paths")
@@ -655,9 +760,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _load_images(paths: Sequence[str], model: Any, sp: Any):
     """(images, their superpixels by ``sp`` or None without it (a patch model), data_cfg, paths read)."""
     import torch
-    from PIL import Image
 
-    from hcast.data import create_eval_transform
+    from hcast.data import UnreadableImageError, create_eval_transform, load_image
 
     data_cfg = _data_config(model)
     tf = create_eval_transform(model)
@@ -666,10 +770,9 @@ def _load_images(paths: Sequence[str], model: Any, sp: Any):
         if not Path(path).is_file():
             print(f"hcast predict: skipped {path!r}: no such file.", file=sys.stderr)
             continue
-        try:
-            with Image.open(path) as im:
-                images.append(tf(im))
-        except (OSError, SyntaxError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+        try:  # hcast's one image reader: 16-bit images scaled, an unreadable file named and skipped
+            images.append(tf(load_image(path)))
+        except UnreadableImageError as e:
             print(f"hcast predict: skipped {path!r}: not an image PIL can read ({e}).", file=sys.stderr)
             continue
         read.append(path)
@@ -684,10 +787,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hcast import train as engine
     from hcast.train import predict_paths
 
+    _check_output(args.json_out, "--json")
+    _check_output(args.segment, "--segment")
     device = engine.resolve_device(args.device)
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(device), args.taxonomy,
-                                                               not args.no_pretrained)
+                                                               not args.no_pretrained, args.replace_taxonomy)
     if taxonomy is None:
         raise UsageError(f"no taxonomy for {args.model!r}; pass --taxonomy FILE.")
     print(weights)
@@ -827,8 +932,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hcast.export import export_model
+    from hcast.export import export_model, prepare_for_export
 
+    _check_output(args.output, "--output")  # before the model is loaded and exported
     with user_input(f"model {args.model!r}"):
         model, _, _, weights = load_model_for_inference(args.model, "cpu", None, not args.no_pretrained)
     from hcast.models import CAST
@@ -836,9 +942,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not isinstance(model, CAST):
         raise UsageError(f"{args.model!r} is a {type(model).__name__}; export takes CAST / H-CAST "
                          "models (a Hier-ViT exports as any timm ViT, with torch.export or torch.onnx directly).")
-    with user_input("--max-tokens / --img-size"):
-        path = export_model(model, args.output, args.format, max_tokens=args.max_tokens,
-                            img_size=tuple(args.img_size) if args.img_size else None)
+    img_size = tuple(args.img_size) if args.img_size else None
+    with user_input("export", {"max_tokens": "--max-tokens", "img_size": "--img-size"}):
+        prepare_for_export(model, args.max_tokens, img_size)  # the budget and size, checked before exporting
+    try:
+        path = export_model(model, args.output, args.format, max_tokens=args.max_tokens, img_size=img_size)
+    except OSError as e:  # writing the file (a full disk, a read-only folder): name the file
+        message = e.strerror or str(e)
+        raise UsageError(f"--output: {message}" if str(args.output) in message
+                         else f"--output {args.output!r}: {message}") from e
     print(weights)
     print(f"exported {args.model} as {args.format} to {path}")
     return 0
@@ -863,16 +975,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WriteWatch:
+    """``sys.stdout`` while ``main`` runs: the stream itself, recording the ``OSError`` a write
+    or flush raised (``>/dev/full``, a closed pipe), so that ``main`` can tell it from others."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.error = stream, None
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``hcast`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the ``hcast`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    2 with one line on stderr for the user's mistakes (:class:`UsageError`); 1 with one line
+    when standard output cannot be written (``>/dev/full``: no traceback, and an exit
+    flush that cannot fail again; a closed pipe such as ``| head`` ends quietly).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    watch = _WriteWatch(sys.stdout) if sys.stdout is not None else None
+    if watch is not None:
+        sys.stdout = watch  # type: ignore[assignment]
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        if watch is not None:
+            watch.flush()  # a write error of buffered output is reported here, not at exit
+        return status
     except UsageError as e:
         # the user's mistake: one line; anything else is a bug and keeps its traceback (exit 1)
         print(f"hcast {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if watch is None or watch.error is not e:
+            raise
+        try:  # Python's recipe for a broken stdout: point it at devnull, so the flush at exit cannot fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, watch.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a file descriptor (captured in tests)
+            pass
+        if e.errno != errno.EPIPE and sys.stderr is not None:
+            print(f"hcast {args.command}: error: cannot write to standard output: {e.strerror or e}; "
+                  "redirect it to a file or device with space.", file=sys.stderr)
+        return 1
+    finally:
+        if watch is not None and sys.stdout is watch:
+            sys.stdout = watch.stream
 
 
 if __name__ == "__main__":

@@ -21,16 +21,34 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from hcast.weights.folder import atomic_write
+from hcast.ops.superpixels import max_token_budget
+from hcast.weights.folder import atomic_write, check_output_path
 
-__all__ = ["EXPORT_FORMATS", "prepare_for_export", "example_inputs", "export_program", "export_onnx",
+__all__ = ["EXPORT_FORMATS", "check_img_size", "prepare_for_export", "example_inputs", "export_program", "export_onnx",
            "export_model"]
 
 #: the formats :func:`export_model` writes
 EXPORT_FORMATS = ("onnx", "torch-export")
 
 
-def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None) -> torch.nn.Module:
+def check_img_size(model: torch.nn.Module, img_size: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+    """The (H, W) an export of ``model`` takes: ``img_size``, else the model's own; checked.
+
+    Raises:
+        ValueError: a size that is not two positive multiples of the model's stem stride
+            (8 pixels for CAST), which the stem could not take.
+    """
+    size = tuple(img_size) if img_size is not None else tuple(model.patch_embed.img_size)
+    stride = int(model.patch_embed.patch_size[0])
+    if (len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < stride or s % stride
+                              for s in size)):
+        raise ValueError(f"img_size: expected (H, W), positive multiples of the model's {stride}-pixel stem stride "
+                         f"(e.g. {tuple(model.patch_embed.img_size)}), got {img_size!r}.")
+    return size  # type: ignore[return-value]
+
+
+def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None,
+                       img_size: Optional[Tuple[int, int]] = None) -> torch.nn.Module:
     """A copy of a CAST / H-CAST ``model`` set up for one graph: eval mode, fixed-budget
     mode, no value checks.
 
@@ -38,7 +56,10 @@ def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None)
         model: a :class:`hcast.models.CAST` (or subclass).
         max_tokens: the superpixel token budget (ids must be below it); default: the
             model's own ``max_tokens``, else the ``num_segments`` of its pretrained cfg
-            (196 for the released weights; SEEDS gives at most that many).
+            (196 for the released weights; SEEDS gives at most that many). At most
+            :func:`hcast.ops.superpixels.max_token_budget` of the input size (one token per
+            pixel), checked before anything is allocated.
+        img_size: the (H, W) exported (default: the model's), see :func:`check_img_size`.
 
     Returns:
         a deep copy; ``model`` itself is unchanged. An H-CAST copy returns its per-level
@@ -46,7 +67,7 @@ def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None)
 
     Raises:
         TypeError: ``model`` is not a CAST model.
-        ValueError: ``max_tokens`` below 1.
+        ValueError: ``max_tokens`` below 1 or above the input's pixel count; a bad ``img_size``.
     """
     from hcast.models.cast import CAST
 
@@ -58,6 +79,12 @@ def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None)
         max_tokens = model.max_tokens or cfg.get("num_segments") or 196
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}.")
+    height, width = check_img_size(model, img_size)
+    ceiling = max_token_budget(height, width)
+    if max_tokens > ceiling:
+        raise ValueError(f"max_tokens: expected at most {ceiling} (one token per pixel of the {height}x{width} "
+                         f"input; a budget above it only pads), got {max_tokens}; pass the superpixel count the "
+                         "images get (the model's num_segments), or a little more.")
     model = copy.deepcopy(model).eval()
     model.max_tokens = max_tokens
     model.validate_args = False
@@ -93,7 +120,7 @@ def export_program(model: torch.nn.Module, max_tokens: Optional[int] = None,
         returns what the model returns (logits, or a tuple of per-level logits, finest
         first).
     """
-    model = prepare_for_export(model, max_tokens)
+    model = prepare_for_export(model, max_tokens, img_size)
     images, segments = example_inputs(model, 2, img_size)
     return torch.export.export(model, (images, segments), dynamic_shapes=_dynamic_shapes())
 
@@ -108,7 +135,7 @@ def export_onnx(model: torch.nn.Module, path: Union[str, os.PathLike], max_token
     Returns:
         the path written.
     """
-    model = prepare_for_export(model, max_tokens)
+    model = prepare_for_export(model, max_tokens, img_size)
     images, segments = example_inputs(model, 2, img_size)
     with torch.no_grad():
         out = model(images, segments)
@@ -127,10 +154,13 @@ def export_model(model: torch.nn.Module, path: Union[str, os.PathLike], format: 
     it with ``torch.export.load(path).module()``).
 
     Raises:
-        ValueError: an unknown ``format``.
+        ValueError: an unknown ``format``, or as :func:`prepare_for_export`.
+        IsADirectoryError, NotADirectoryError: ``path`` is a folder or lies under a file
+            (checked before exporting).
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}.")
+    check_output_path(path)  # a folder or a path under a file fails now, not after the export
     if format == "onnx":
         return export_onnx(model, path, max_tokens, img_size)
     program = export_program(model, max_tokens, img_size)

@@ -109,6 +109,19 @@ CASES = [
      r"names\[0\] must be a list of class names for level 0 \(or None\), got 5 \(int\)"),
     ("taxonomy-int-names", lambda: Taxonomy([[0, 0, 1]], names=5), TypeError,
      "names must be a list with one entry per level"),
+    # --- names that print as something else, or as nothing (issue 21)
+    ("taxonomy-nul-in-name", lambda: Taxonomy([[0, 0, 1]], names=[["cat", "d\x00og", "car"], None]), ValueError,
+     r"names\[0\]\[1\] \(class 1 at level 0\) is 'd\\x00og': it holds the control character U\+0000"),
+    ("taxonomy-rtl-override", lambda: Taxonomy([[0, 0]], names=[["cat", "gnp.\u202eexe"], None]), ValueError,
+     r"names\[0\]\[1\] .* U\+202E \(RIGHT-TO-LEFT OVERRIDE\) at position 4"),
+    ("taxonomy-newline-in-coarse-name", lambda: Taxonomy([[0, 1]], names=[None, ["pets", "wild\nlife"]]), ValueError,
+     r"names\[1\]\[1\] \(class 1 at level 1\) .* U\+000A"),
+    ("taxonomy-empty-name", lambda: Taxonomy([[0, 0]], names=[["cat", ""], None]), ValueError,
+     r"names\[0\]\[1\] \(class 1 at level 0\) is '': a class or level name must not be empty"),
+    ("taxonomy-blank-name", lambda: Taxonomy([[0, 0]], names=[["  ", "dog"], None]), ValueError,
+     r"names\[0\]\[0\] .* must not be empty or blank"),
+    ("taxonomy-empty-level-name", lambda: Taxonomy([[0, 0]], level_names=("species", "")), ValueError,
+     r"level_names\[1\] is ''"),
     ("taxonomy-from-nested-empty", lambda: Taxonomy.from_nested({}), ValueError, "tree is empty"),
     ("taxonomy-from-json-truncated", lambda: Taxonomy.from_json(TAX.to_json()[:40]), ValueError,
      r"text is not valid JSON \(.* at line 1 column"),
@@ -160,6 +173,23 @@ def test_taxonomy_load_round_trips_a_good_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- what is still accepted
+
+
+def test_names_scripts_need_are_kept():
+    # zero-width joiner / non-joiner (Persian, emoji sequences) and non-ASCII letters are text
+    names = ["می\u200cخواهم", "Éclair", "👩\u200d🔬"]
+    assert Taxonomy([[0, 0, 0]], names=[names, ["all"]]).names[0] == tuple(names)
+
+
+def test_disagreement_names_the_first_contradiction():
+    tax = Taxonomy.from_named_paths([("cat", "animal"), ("dog", "animal"), ("car", "object")])
+    swapped = Taxonomy.from_named_paths([("dog", "animal"), ("cat", "animal"), ("car", "object")])
+    assert tax.disagreement(swapped, "in the model", "in the file") == (
+        "the same sizes, but class 0 of level 0 is 'cat' in the model and 'dog' in the file")
+    assert tax.disagreement(Taxonomy([[0, 1, 1]])) == "the same sizes, but other parents here and there"
+    assert tax.disagreement(Taxonomy([[0, 0, 1, 1]])) == "classes per level (3, 2) here, (4, 2) there"
+    assert tax.disagreement(Taxonomy(tax.parents)) is None  # a taxonomy without names adds nothing that contradicts
+    assert tax.disagreement(tax) is None
 
 
 def test_homonyms_under_different_parents_are_kept():

@@ -258,3 +258,41 @@ def test_time_budget_follows_a_machine_that_slows_down():
     assert clock[0] <= 100 + 1.2  # within the budget (one update of slack)
     # re-planned on the way, so the learning rate annealed instead of being cut mid-cosine
     assert optimizer.param_groups[0]["lr"] < 0.1 * 1e-3
+
+
+class _TwoLevelLinear(torch.nn.Module):
+    """Per-level logits (10 garments, 5 groups) from the flattened image: the loop's contract
+    without a superpixel model."""
+
+    def __init__(self):
+        super().__init__()
+        self.fine, self.coarse = torch.nn.Linear(3 * 32 * 32, 10), torch.nn.Linear(3 * 32 * 32, 5)
+
+    def forward(self, images):
+        x = images.flatten(1)
+        return self.fine(x), self.coarse(x)
+
+
+@pytest.mark.parametrize("stderr", ["closed", "not a terminal"])
+def test_train_one_epoch_without_a_terminal_or_a_stderr(stderr, monkeypatch):
+    """Progress bars asked for, but stderr is None (`2>&-`, some launchers: isatty() on None
+    crashed) or a log file (the bar's postfix was set on the plain loader at step 5); an
+    all-unreadable batch (None) is skipped and an odd batch (an unreadable image left out)
+    loses one image to mixup's pairing."""
+    import io
+    import sys
+
+    from hcast.hierarchy.mixup import HierarchicalMixup
+
+    data = FashionMNIST(split="train", transform=create_transform(32), indices=list(range(28)))
+    images = torch.stack([data[i][0] for i in range(28)])
+    labels = torch.as_tensor([data[i][1] for i in range(28)])
+    batches = [(images[i:i + 4], labels[i:i + 4]) for i in range(0, 24, 4)] + [None, (images[24:27], labels[24:27])]
+    monkeypatch.setattr(sys, "stderr", None if stderr == "closed" else io.StringIO())
+    torch.manual_seed(0)
+    model, taxonomy = _TwoLevelLinear(), fashion_mnist_taxonomy()
+    mixup = HierarchicalMixup(mixup_alpha=0.8, cutmix_alpha=0.0, level_classes=taxonomy.num_classes)
+    stats = engine.train_one_epoch(model, batches, HCASTLoss(), torch.optim.SGD(model.parameters(), lr=0.01),
+                                   taxonomy, torch.device("cpu"), mixup=mixup, progress=True)
+    assert stats["steps"] == 7 and stats["num_updates"] == 7  # six full batches, the odd one as two images
+    assert stats["images_per_s"] > 0 and torch.isfinite(torch.tensor(stats["loss"]))

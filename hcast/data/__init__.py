@@ -9,6 +9,10 @@
   compute superpixels in the DataLoader workers.
 * :class:`SuperpixelCache`: images and superpixels computed once, for flip-only
   training.
+* :func:`load_image`: the one image-file reader (8-bit RGB, 16-bit images scaled); an
+  unreadable file raises :class:`UnreadableImageError` naming it, and the training and
+  evaluation loaders leave it out with a warning (:class:`SkipUnreadable`,
+  :func:`collate_readable`).
 * The benchmarks H-CAST's released models were made for, each in its native on-disk
   layout with labels in the authors' order: :class:`BREEDS` (Entity-13/30,
   Living-17, Non-Living-26 over ImageNet-1k), :class:`CUB200`, :class:`FGVCAircraft`,
@@ -17,6 +21,8 @@
   ``--data`` argument (a benchmark name, ``"fashion-mnist"`` or a folder), e.g.
   ``create_dataset("breeds-living17", "/data/imagenet", split="val", transform=tf)``.
 """
+from hcast.data.images import (SkipUnreadable, UnreadableImageError, UnreadableImageWarning, collate_readable,
+                               load_image, to_rgb)
 from hcast.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, read_idx, stratified_indices
 from hcast.data.image_folder import HierarchicalImageFolder
 from hcast.data.transforms import (ToRGB, WithSuperpixels, create_eval_transform, create_transform,
@@ -63,4 +69,10 @@ __all__ = [
     "read_idx",
     "resolve_superpixel_settings",
     "stratified_indices",
+    "load_image",
+    "to_rgb",
+    "UnreadableImageError",
+    "UnreadableImageWarning",
+    "SkipUnreadable",
+    "collate_readable",
 ]

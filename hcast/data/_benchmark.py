@@ -13,8 +13,9 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from hcast.data.images import load_image
 from hcast.hierarchy import Taxonomy
 
 __all__ = ["BenchmarkDataset", "require_dir", "require_file", "image_files"]
@@ -78,7 +79,9 @@ class BenchmarkDataset(TaxonomyLabels, Dataset):
     Args:
         samples: ``(image path, fine label)`` pairs; labels are fine class ids of ``taxonomy``.
         taxonomy: the class tree, levels finest first.
-        transform: applied to each RGB PIL image.
+        transform: applied to each RGB PIL image (read by :func:`hcast.data.images.load_image`,
+            which raises :class:`~hcast.data.images.UnreadableImageError` naming a file it
+            cannot read).
         target_transform: applied to the fine label (an ``int``).
 
     ``dataset[i]`` returns ``(transform(image), fine_label)``; ``dataset.targets`` lists the
@@ -99,7 +102,7 @@ class BenchmarkDataset(TaxonomyLabels, Dataset):
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        return self._transformed(default_loader(path), target)  # PIL, converted to RGB
+        return self._transformed(load_image(path), target)  # PIL RGB; an unreadable file is named
 
     def __repr__(self) -> str:
         extra = ", ".join(f"{k}={getattr(self, k)!r}" for k in ("split", "root") if hasattr(self, k))

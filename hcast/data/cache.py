@@ -10,12 +10,22 @@ direction). :class:`SuperpixelCache` does that.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hcast.data.images import collate_readable
+
 __all__ = ["SuperpixelCache"]
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and bool(sys.stderr.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class SuperpixelCache(Dataset):
@@ -55,13 +65,17 @@ class SuperpixelCache(Dataset):
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise ValueError("dataset: expected at least one image to cache, got an empty dataset.")
         self.hflip = float(hflip)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        if progress:
+        # items a SkipUnreadable dataset could not read (None) are left out, as in training
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=collate_readable)
+        if progress and _stderr_is_terminal():  # as hcast.train's bars: none without a terminal (or a stderr)
             from tqdm.auto import tqdm
 
             loader = tqdm(loader, desc="superpixels", leave=False, dynamic_ncols=True)
         images, segments, labels = [], [], []
         for batch in loader:
+            if batch is None:  # no readable image in this batch
+                continue
             inputs, label = batch
             if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
                 image, segment = inputs, None  # a patch model's images, no superpixels

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torchvision.datasets import ImageFolder
 
+from hcast.data.images import load_image
 from hcast.hierarchy import Taxonomy
 
 __all__ = ["HierarchicalImageFolder"]
@@ -27,7 +28,7 @@ class HierarchicalImageFolder(ImageFolder):
         root: the folder holding one sub-folder per fine class.
         taxonomy: the class tree; its finest level must carry names
             (``taxonomy.names[0]``) equal to the sub-folder names.
-        transform: applied to each RGB PIL image.
+        transform: applied to each RGB PIL image (read by :func:`hcast.data.images.load_image`).
         target_transform: applied to the fine label (an ``int``).
 
     ``dataset[i]`` returns ``(transform(image), fine_label)``; ``dataset.targets`` is the
@@ -37,6 +38,8 @@ class HierarchicalImageFolder(ImageFolder):
         ValueError: when the taxonomy has no fine class names, when a fine class has no
             folder, or when a folder names no fine class of the taxonomy.
         FileNotFoundError: when ``root`` is not a folder.
+        hcast.data.images.UnreadableImageError: from ``dataset[i]``, naming an image file that
+            cannot be read.
     """
 
     def __init__(
@@ -57,7 +60,8 @@ class HierarchicalImageFolder(ImageFolder):
             )
         self.taxonomy = taxonomy
         self._fine_names = tuple(fine_names)
-        super().__init__(str(root), transform=transform, target_transform=target_transform)
+        # hcast's reader: 16-bit images scaled, an unreadable file named (hcast.data.images)
+        super().__init__(str(root), transform=transform, target_transform=target_transform, loader=load_image)
 
     def find_classes(self, directory: Union[str, Path]) -> Tuple[List[str], Dict[str, int]]:
         """Map sub-folder names to the taxonomy's fine class ids (not alphabetical order)."""

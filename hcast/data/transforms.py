@@ -15,17 +15,21 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
+from hcast.data.images import to_rgb
+
 __all__ = ["create_eval_transform", "create_transform", "resolve_superpixel_settings", "WithSuperpixels", "ToRGB"]
 
 
 class ToRGB:
-    """Convert any PIL image (grayscale ``"L"``, ``"RGBA"``, palette ...) to ``"RGB"``.
+    """Convert any PIL image (grayscale ``"L"``, ``"RGBA"``, palette, 16-bit ...) to 8-bit ``"RGB"``
+    with :func:`hcast.data.images.to_rgb`.
 
-    Grayscale images become three equal channels, as models pretrained on RGB expect.
+    Grayscale images become three equal channels, as models pretrained on RGB expect; 16-bit
+    images are scaled to 8 bits, not clipped.
     """
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"
@@ -139,7 +143,8 @@ def resolve_superpixel_settings(model: Any, method: Optional[str] = None, num_se
         ``(method, num_segments)``.
 
     Raises:
-        ValueError: ``num_segments`` under 1, or more than ``method`` can make at the input
+        ValueError: an input size that is not a positive multiple of the model's stem stride
+            (8 pixels for CAST); ``num_segments`` under 1, or more than ``method`` can make at the input
             size (:func:`hcast.ops.max_superpixels`: SEEDS would crash or hang in OpenCV)
             or than the model's feature grid has cells (every further superpixel is an
             empty token: a config asking for 100,000 would exhaust memory in attention).
@@ -147,15 +152,23 @@ def resolve_superpixel_settings(model: Any, method: Optional[str] = None, num_se
     from hcast.ops import max_superpixels
 
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    given = "num_segments" if num_segments else "the model's num_segments"
+    given = "num_segments" if num_segments is not None else "the model's num_segments"
     method = method or cfg.get("superpixel_method") or default_method
-    num_segments = int(num_segments or cfg.get("num_segments") or 196)
+    num_segments = int(num_segments if num_segments is not None else (cfg.get("num_segments") or 196))
     if num_segments < 1:
         raise ValueError(f"{given}: expected a positive number of superpixels, got {num_segments}.")
     grid = getattr(model, "grid_size", None)
     if grid is None:  # a patch model (Hier-ViT): superpixels are not read
         return method, num_segments
     height, width = _size_pair(input_size if input_size else tuple(cfg.get("input_size", (3, 224, 224))[-2:]))
+    stride = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    stride = int(stride[0]) if isinstance(stride, (tuple, list)) else int(stride or 1)
+    if height % stride or width % stride or height < stride or width < stride:
+        # the conv stem's stride: a smaller image has no feature grid cell, another size fails in the stem
+        raise ValueError(
+            f"input_size: {height}x{width} inputs do not fit the model's stem, whose stride is {stride} pixels: "
+            f"height and width must be positive multiples of {stride}; pass e.g. input_size="
+            f"{max(stride, height - height % stride)}.")
     limit = max_superpixels(height, width, method)
     cells = int(grid[0]) * int(grid[1])
     if num_segments > min(limit, cells):

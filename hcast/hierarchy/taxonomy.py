@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, Iterable, Optional, Union
 
@@ -71,6 +72,28 @@ def _parse_json(text: Union[str, bytes], what: str) -> Any:
             f"{what} nests JSON too deeply to be a taxonomy (a taxonomy file is at most a few levels deep); "
             f"it is not a file written by Taxonomy.save."
         ) from None
+
+
+# Bidirectional embeddings, overrides and isolates: they reorder how a name is displayed
+# ("Trojan Source"); zero-width joiners and marks that scripts need are allowed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _check_name(name: str, where: str) -> None:
+    """A class or level name must be printable text: not empty or blank, no control
+    characters (NUL, newlines, tabs, escapes: Unicode category Cc) and no bidirectional
+    overrides, which would make predictions, logs and saved files print something else.
+
+    Raises:
+        ValueError: naming the entry and the offending character.
+    """
+    if not name.strip():
+        raise ValueError(f"{where} is {name!r}: a class or level name must not be empty or blank; give it a name.")
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS:
+            raise ValueError(
+                f"{where} is {name!r}: it holds the control character U+{ord(ch):04X} "
+                f"({unicodedata.name(ch, 'control')}) at position {i}; names must be printable text. Remove it.")
 
 
 def _level_label(level: int, level_names: Optional[Sequence[str]]) -> str:
@@ -143,6 +166,8 @@ class Taxonomy:
             if isinstance(level_names, str):
                 raise TypeError("level_names must be a sequence of strings, one per level, not one string.")
             level_names = tuple(str(n) for n in level_names)
+            for l, n in enumerate(level_names):
+                _check_name(n, f"level_names[{l}]")
             if len(level_names) != num_levels:
                 raise ValueError(
                     f"level_names has {len(level_names)} entries but the taxonomy has {num_levels} levels "
@@ -257,6 +282,8 @@ class Taxonomy:
                     f"{level!r} ({type(level).__name__}); give one list of names per level, finest first."
                 )
             level = tuple(str(n) for n in level)
+            for c, n in enumerate(level):
+                _check_name(n, f"names[{l}][{c}] (class {c} at {_level_label(l, level_names)})")
             if len(level) != counts[l]:
                 raise ValueError(
                     f"names[{l}] has {len(level)} names but {_level_label(l, level_names)} has "
@@ -643,10 +670,13 @@ class Taxonomy:
         return cls.from_dict(_parse_json(text, "text"))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write :meth:`to_json` (indented) to ``path``."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json(indent=2))
-            f.write("\n")
+        """Write :meth:`to_json` (indented) to ``path``, atomically
+        (:func:`hcast.weights.atomic_write`: never a torn file; symlinks followed, special
+        files written through)."""
+        from hcast.weights.folder import atomic_write  # a sibling package; imported where needed
+
+        with atomic_write(path, description="taxonomy file") as tmp:
+            tmp.write_text(self.to_json(indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Taxonomy":
@@ -875,6 +905,29 @@ class Taxonomy:
         if len(hits) > 1:  # homonyms under different parents
             raise ValueError(f"{len(hits)} classes are named {name!r} at {_level_label(level, self._level_names)}: {hits}.")
         return hits[0]
+
+    def disagreement(self, other: "Taxonomy", this: str = "here", that: str = "there") -> Optional[str]:
+        """How ``other`` contradicts this taxonomy, in words, or ``None`` when it agrees.
+
+        They disagree when their classes per level, their parents, or the class names of a
+        level both name differ (a reordered file relabels every class); names or level names
+        that only one of them has are no contradiction. Used wherever a taxonomy from a file
+        meets the one a model or checkpoint stores (``hcast predict --taxonomy``,
+        ``--resume``).
+
+        Args:
+            other: the taxonomy to compare.
+            this, that: how the message calls ``self`` and ``other`` (e.g. ``"in the model"``).
+        """
+        if self.num_classes != other.num_classes:
+            return f"classes per level {self.num_classes} {this}, {other.num_classes} {that}"
+        if self.parents != other.parents:
+            return f"the same sizes, but other parents {this} and {that}"
+        for level, (a, b) in enumerate(zip(self.names, other.names)):
+            if a is not None and b is not None and a != b:
+                i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+                return f"the same sizes, but class {i} of level {level} is {a[i]!r} {this} and {b[i]!r} {that}"
+        return None
 
     # ------------------------------------------------------------------ dunder
     def __eq__(self, other: object) -> bool:

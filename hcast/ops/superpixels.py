@@ -31,6 +31,7 @@ __all__ = [
     "torch_slic",
     "enforce_connectivity",
     "max_superpixels",
+    "max_token_budget",
     "explained_variation",
     "SuperpixelTransform",
 ]
@@ -198,6 +199,20 @@ def max_superpixels(height: int, width: int, method: str = "seeds", downsample: 
     return high if low <= high else 0
 
 
+def max_token_budget(height: int, width: int) -> int:
+    """The largest superpixel token budget (``max_tokens``) hcast accepts for ``height`` x
+    ``width`` inputs: one token per pixel, ``height * width``.
+
+    Superpixel ids are pixel labels, so an image holds at most one id per pixel, and a
+    fixed budget above that only pads every image with empty tokens (a budget of 10**7
+    asks for gigabytes before the first image). The CLI (``--max-tokens``), the export and
+    model folders' ``config.json`` are checked against it.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"height, width: expected a positive image size, got {height}x{width}.")
+    return int(height) * int(width)
+
+
 def _check_seeds_fit(num_segments: int, height: int, width: int) -> None:
     """Raise ValueError unless OpenCV's SEEDS can lay out a seed grid for
     ``num_segments`` on an image of ``height`` x ``width`` (outside that it segfaults or
@@ -321,14 +336,20 @@ def superpixels(
 
 
 def _import_cv2():
+    install = 'pip install "hcast[seeds]" (or pip install opencv-contrib-python-headless)'
     try:
         import cv2
-        cv2.ximgproc.createSuperpixelSEEDS  # noqa: B018  (contrib module present?)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(
-            'method="seeds" needs OpenCV with the contrib modules: '
-            'pip install "hcast[seeds]" (or pip install opencv-contrib-python-headless).'
-        ) from err
+    except ModuleNotFoundError as err:
+        if err.name != "cv2":  # OpenCV is there but a module it imports is not: that is the error
+            raise ImportError(f'method="seeds": OpenCV (cv2) is installed but failed to import: {err}') from err
+        raise ImportError(f'method="seeds" needs OpenCV with the contrib modules: {install}.') from err
+    except ImportError as err:  # installed but broken: a missing system library (libGL ...), a bad build
+        raise ImportError(f'method="seeds": OpenCV (cv2) is installed but failed to import: {err}. Fix that '
+                          f'installation (e.g. the system library it names), or reinstall: {install}.') from err
+    if not hasattr(getattr(cv2, "ximgproc", None), "createSuperpixelSEEDS"):
+        raise ImportError(f'method="seeds" needs OpenCV with the contrib modules (cv2.ximgproc); OpenCV '
+                          f'{getattr(cv2, "__version__", "?")} is installed without them: pip uninstall '
+                          f'opencv-python opencv-python-headless, then {install}.')
     return cv2
 
 

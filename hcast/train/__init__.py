@@ -31,8 +31,8 @@ from hcast.train.outputs import plot_learning_curves, save_model_folder, write_l
 from hcast.train.transforms import create_train_transform, create_val_transform
 from hcast.train.recipes import RECIPES, Recipe, get_recipe, list_recipes
 from hcast.train.predict import predict_paths
-from hcast.train.finetune import (FinetuneResult, TransformedDataset, create_optimizer_and_scheduler, finetune,
-                                  uses_superpixels)
+from hcast.train.finetune import (FinetuneResult, TransformedDataset, check_resume, create_optimizer_and_scheduler,
+                                  finetune, uses_superpixels)
 # checkpoints and JSON for loops of your own (hcast.weights.folder: atomic writes, safe loading)
 from hcast.weights.folder import load_checkpoint, save_checkpoint, write_json
 
@@ -45,6 +45,7 @@ __all__ = [
     "ShardSampler",
     "TimeBudget",
     "TransformedDataset",
+    "check_resume",
     "create_optimizer_and_scheduler",
     "create_train_transform",
     "create_val_transform",

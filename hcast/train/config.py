@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -168,12 +169,37 @@ class FinetuneConfig:
             if not ok:
                 raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}.")
 
+        def finite(name: str) -> bool:  # NaN and inf fail every comparison below or deep inside a run
+            value = getattr(self, name)
+            return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                     and math.isfinite(value))
+
+        for name in ("lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "clip_grad", "kl_weight",
+                     "label_smoothing", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "ema_decay",
+                     "drop_path", "scale_min", "hflip", "color_jitter", "reprob", "eval_crop_pct", "time_budget"):
+            need(finite(name), name, "a finite number")
         need(self.epochs >= 1, "epochs", "at least 1")
         need(self.batch_size >= 1, "batch_size", "at least 1")
         need(self.lr > 0, "lr", "a positive learning rate")
         need(self.lr_base_batch is None or self.lr_base_batch > 0, "lr_base_batch", "None or a positive batch size")
         need(self.min_lr >= 0 and self.warmup_lr >= 0, "min_lr", "min_lr and warmup_lr >= 0")
         need(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+        need(self.weight_decay >= 0, "weight_decay", "a weight decay >= 0")
+        # clip_grad_norm_ with a negative max norm multiplies the gradients by a negative factor: ascent
+        need(self.clip_grad is None or self.clip_grad >= 0, "clip_grad", "None or 0 (off) or a positive max norm")
+        need(self.kl_weight >= 0, "kl_weight", "a weight >= 0")
+        need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "a smoothing in [0, 1)")
+        need(self.drop_path is None or 0.0 <= self.drop_path < 1.0, "drop_path", "None or a rate in [0, 1)")
+        need(0.0 <= self.mixup_prob <= 1.0, "mixup_prob", "a probability in [0, 1]")
+        need(0.0 <= self.mixup_switch_prob <= 1.0, "mixup_switch_prob", "a probability in [0, 1]")
+        need(self.color_jitter is None or self.color_jitter >= 0, "color_jitter", "None or a strength >= 0")
+        need(self.recount >= 1, "recount", "at least 1")
+        # numpy seeds take 0 .. 2**32 - 1; the rank is added to it
+        need(isinstance(self.seed, int) and 0 <= self.seed < 2 ** 31, "seed", "an integer in [0, 2**31)")
+        need(self.input_size is None or self.input_size >= 1, "input_size", "None or a positive image side in pixels")
+        need(self.num_segments is None or self.num_segments >= 1, "num_segments",
+             "None (the model's) or a positive number of superpixels")
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "None or at least 1")
         need(0.0 < self.scale_min <= 1.0, "scale_min", "an area fraction in (0, 1]")
         need(0.0 <= self.hflip <= 1.0, "hflip", "a probability in [0, 1]")
         need(0.0 <= self.reprob <= 1.0, "reprob", "a probability in [0, 1]")

@@ -76,6 +76,8 @@ def evaluate(
     for batch in _progress(loader, progress, total, "evaluate"):
         if max_steps is not None and steps >= max_steps:
             break
+        if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
+            continue
         images, segments, fine = _unpack_batch(batch, device, superpixel_fn)
         with _autocast(device, amp_dtype):
             logits = [lg.float() for lg in _forward(net, images, segments)]

@@ -47,7 +47,8 @@ from hcast.train.outputs import (CHECKPOINT_NAME, CONFIG_NAME, CURVES_NAME, LOG_
 from hcast.train.transforms import create_train_transform, create_val_transform, val_data_config
 from hcast.weights.folder import load_checkpoint, save_checkpoint, write_json
 
-__all__ = ["finetune", "FinetuneResult", "TransformedDataset", "create_optimizer_and_scheduler", "uses_superpixels"]
+__all__ = ["finetune", "check_resume", "FinetuneResult", "TransformedDataset", "create_optimizer_and_scheduler",
+           "uses_superpixels"]
 
 
 @dataclass
@@ -164,6 +165,50 @@ def _check_levels(model: nn.Module, taxonomy: Taxonomy) -> None:
             "classes per level (finest first); build it with level_classes=taxonomy.num_classes, fresh_heads=True.")
 
 
+def check_resume(state: Dict[str, Any], path: Union[str, os.PathLike], model: nn.Module, taxonomy: Taxonomy) -> None:
+    """Check that a training checkpoint fits the run resuming from it, before anything is loaded.
+
+    Resuming on a taxonomy in another class order would continue training on swapped labels,
+    and weights of another shape fail deep in ``load_state_dict``: both are refused here.
+    The checkpoint's taxonomy is the one it stores (written by :func:`finetune`), else the
+    ``taxonomy.json`` next to it.
+
+    Args:
+        state: the loaded checkpoint (``model``, ``taxonomy`` ...).
+        path: its file, for messages.
+        model: the model about to load ``state["model"]``.
+        taxonomy: the taxonomy of the resuming run.
+
+    Raises:
+        ValueError: starting ``"resume:"``, naming the file, the difference and what to do.
+    """
+    path = Path(path)
+    stored = state.get("taxonomy")
+    if stored is None and (path.parent / "taxonomy.json").is_file():
+        stored = Taxonomy.load(path.parent / "taxonomy.json").to_dict()
+    difference = Taxonomy.from_dict(stored).disagreement(taxonomy, "there", "here") if stored is not None else None
+    if difference:
+        raise ValueError(
+            f"resume: {str(path)!r} was trained on another taxonomy ({difference}); resuming would continue on "
+            "other labels. Resume with the taxonomy it was trained on (--taxonomy), or start a new run in another "
+            "output folder.")
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise ValueError(f"resume: {str(path)!r} holds no model weights ('model'); pass a checkpoint written by "
+                         "finetune (checkpoint-latest.pth).")
+    own = model.state_dict()
+    for key, value in weights.items():
+        if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(
+                f"resume: {str(path)!r} was written by another model: {key!r} has shape {tuple(value.shape)} there and "
+                f"{tuple(own[key].shape)} in this model (levels {getattr(model, 'level_classes', '?')}); resume with "
+                "the model, its arguments and the taxonomy the checkpoint was trained with.")
+    missing = sorted(set(own) - set(weights))
+    if missing:
+        raise ValueError(f"resume: {str(path)!r} lacks weights this model has ({missing[:3]}"
+                         f"{' ...' if len(missing) > 3 else ''}); resume with the model the checkpoint was trained with.")
+
+
 def finetune(
     model: nn.Module,
     train_set: Dataset,
@@ -204,12 +249,14 @@ def finetune(
 
     Raises:
         ValueError: heads that do not match the taxonomy, too few images for one batch,
-            a resume checkpoint that is missing or unreadable.
+            a resume checkpoint that is missing, unreadable, or written for another taxonomy
+            or model (:func:`check_resume`).
         FloatingPointError: the loss became NaN or infinite.
     """
     from timm.data import resolve_data_config
 
-    from hcast.data import SuperpixelCache, WithSuperpixels, resolve_superpixel_settings
+    from hcast.data import (SkipUnreadable, SuperpixelCache, WithSuperpixels, collate_readable,
+                            resolve_superpixel_settings)
     from hcast.hierarchy.losses import HCASTLoss
     from hcast.ops import SuperpixelTransform, superpixels
 
@@ -245,8 +292,10 @@ def finetune(
         def superpixel_fn(images: torch.Tensor) -> torch.Tensor:
             return superpixels(images, num_segments=num_segments, method=method)
 
-    train_data: Dataset = TransformedDataset(train_set, train_tf)
-    val_data: Dataset = TransformedDataset(val_set, val_tf)
+    # an image file that cannot be read is left out of its batch with a warning naming it, in
+    # training and validation alike (hcast.data.images), as `hcast predict` skips it
+    train_data: Dataset = SkipUnreadable(TransformedDataset(train_set, train_tf))
+    val_data: Dataset = SkipUnreadable(TransformedDataset(val_set, val_tf))
     cache_seconds = 0.0
     if config.superpixels == "cache":
         t0 = time.perf_counter()
@@ -269,7 +318,7 @@ def finetune(
     val_sampler = ShardSampler(len(val_data), ctx.rank, ctx.world_size)
     workers = 0 if config.superpixels == "cache" else config.workers  # cached items are tensor slices
     # no persistent workers: each epoch's workers are seeded from that epoch's seed (exact resume)
-    loader_kw = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda",
+    loader_kw = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda", collate_fn=collate_readable,
                      worker_init_fn=_seed_worker if workers else None)
     train_loader = DataLoader(train_data, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
                               **loader_kw)
@@ -310,6 +359,7 @@ def finetune(
     if resume is not None:
         path = (out / CHECKPOINT_NAME) if str(resume) == "auto" and out is not None else Path(resume)
         state = load_checkpoint(path, map_location=ctx.device)
+        check_resume(state, path, model, taxonomy)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if model_ema is not None and state.get("model_ema"):
@@ -332,7 +382,7 @@ def finetune(
     folder_data_cfg = {"input_size": tuple(data_cfg["input_size"]), **val_data_config(config)}
     if ctx.is_main and out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        taxonomy.save(out / "taxonomy.json")
+        write_json(taxonomy.to_dict(), out / "taxonomy.json")  # atomically, as every file of the run
         write_json(config.to_dict(), out / CONFIG_NAME)
     n_params = sum(p.numel() for p in model.parameters())
     sp_note = f"superpixels {method} ({num_segments}) in the {config.superpixels}" if with_superpixels else "patches"
@@ -392,7 +442,7 @@ def finetune(
                 "model_ema": model_ema.state_dict() if model_ema is not None else {},
                 "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
                 "epoch": epoch, "num_updates": num_updates, "best_fpa": best_fpa, "best_epoch": best_epoch,
-                "history": history, "config": config.to_dict(),
+                "history": history, "config": config.to_dict(), "taxonomy": taxonomy.to_dict(),
             }, out / CHECKPOINT_NAME)
             write_log(history, out / LOG_NAME)
             plot_learning_curves(history, out / CURVES_NAME)

@@ -69,9 +69,18 @@ def _forward(model: nn.Module, images: torch.Tensor, segments: Optional[torch.Te
     return list(out)
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):  # no isatty, a closed file, a bad descriptor
+        return False
+
+
 def _progress(iterable: Iterable, enabled: bool, total: Optional[int], desc: str):
-    # a bar only where someone watches: log files and CI get the per-epoch lines instead
-    if not enabled or not sys.stderr.isatty():
+    # a bar only where someone watches: log files and CI get the per-epoch lines instead; no bar
+    # either without a stderr (``2>&-``, or launchers that set sys.stderr to None)
+    stream = sys.stderr
+    if not enabled or stream is None or not _isatty(stream):
         return iterable
     from tqdm.auto import tqdm
 
@@ -107,7 +116,9 @@ def train_one_epoch(
             (may be wrapped in ``DistributedDataParallel``).
         loader: yields ``((images (B,3,H,W) float, segments (B,H,W) int64), fine (B,) int64)``
             or ``(images, fine)`` (superpixels then come from ``superpixel_fn``, or the
-            model computes them).
+            model computes them); ``None`` batches (all images unreadable,
+            :func:`hcast.data.collate_readable`) are skipped, and with ``mixup`` a batch
+            left odd by an unreadable image loses its last image.
         criterion: e.g. :class:`hcast.hierarchy.losses.HCASTLoss`; called as
             ``criterion(logits, targets)`` with per-level lists.
         optimizer: e.g. AdamW.
@@ -154,7 +165,15 @@ def train_one_epoch(
     for batch in bar:
         if max_steps is not None and steps >= max_steps:
             break
+        if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
+            continue
         images, segments, fine = _unpack_batch(batch, device, None)
+        if mixup is not None and images.shape[0] % 2:
+            # an unreadable image left the batch one short; mixup pairs images with the mirrored batch
+            if images.shape[0] == 1:
+                continue
+            images, fine = images[:-1], fine[:-1]
+            segments = segments[:-1] if segments is not None else None
         targets: Sequence[torch.Tensor] = level_targets(fine, paths)
         if mixup is not None:
             if segments is not None:  # the same cut is pasted into the superpixel ids
@@ -198,7 +217,7 @@ def train_one_epoch(
         seen += images.shape[0]
         if should_stop is not None and should_stop(num_updates):
             break
-        if progress and steps % 5 == 0:
+        if progress and steps % 5 == 0 and hasattr(bar, "set_postfix"):  # a bar only on a terminal
             elapsed = time.perf_counter() - start
             bar.set_postfix(  # type: ignore[union-attr]
                 loss=f"{loss_sum.item() / steps:.3f}",

@@ -21,9 +21,11 @@ import re
 import secrets
 import shutil
 import socket
+import stat
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -35,6 +37,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     "atomic_write",
+    "check_output_path",
     "remove_stale_temporaries",
     "save_checkpoint",
     "load_checkpoint",
@@ -124,15 +127,18 @@ def remove_stale_temporaries(path: PathLike) -> List[Path]:
 
 
 @contextlib.contextmanager
-def _temporary(path: Path, folder: bool = False) -> Iterator[Path]:
-    """A new hidden temporary file (or folder) next to ``path``, deleted on exit unless moved."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+def _temporary(path: Path, folder: bool = False, where: Optional[Path] = None) -> Iterator[Path]:
+    """A new hidden temporary file (or folder) next to ``path`` (or in ``where``), deleted on
+    exit unless moved."""
+    if where is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+    directory = where if where is not None else path.parent
     prefix, suffix = f".{path.name}.{_HOST}.{os.getpid()}.", ".tmp"
     if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=directory))
     else:
-        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
         os.close(fd)
         tmp = Path(tmp_name)
     try:
@@ -164,6 +170,80 @@ def _free_bytes(folder: Path) -> Optional[int]:
         return None
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def _write_target(path: Path, folder: bool) -> Tuple[Path, Optional[str]]:
+    """Where a write of ``path`` goes: ``(target, None)`` to replace ``target`` atomically, or
+    ``(path, kind)`` to write straight through a special file of that ``kind``.
+
+    Symlinks are followed (``os.path.realpath``): the rename replaces the file they point to and
+    the link stays a link. A FIFO, a device node or a socket (``/dev/null``, ``/dev/stdout``, a
+    pipe) is written through, never replaced by a regular file.
+
+    Raises:
+        IsADirectoryError: a file write to an existing folder.
+        NotADirectoryError: a folder write to a special file.
+    """
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except FileNotFoundError:
+        return Path(os.path.realpath(path)), None  # a new file (a dangling link: the file it names)
+    except OSError:
+        return path, None  # e.g. a parent that is a file: the write reports it
+    if stat.S_ISDIR(mode) and not folder:
+        raise IsADirectoryError(errno.EISDIR, f"{str(path)!r} is a folder; pass the path of a file to write "
+                                f"(e.g. {str(path / 'NAME')!r}).")
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), None)
+    if kind is None:
+        return Path(os.path.realpath(path)), None
+    if folder:
+        raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} is a {kind}, not a folder; pass the path of a "
+                                 "folder to write.")
+    return path, kind
+
+
+def check_output_path(path: PathLike, folder: bool = False) -> Path:
+    """Check, before any work, that :func:`atomic_write` can write ``path`` (a file, or a
+    folder with ``folder=True``): what the write would fail on at its end, reported first.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        IsADirectoryError: a file path that is an existing folder.
+        NotADirectoryError: a folder path that is an existing file or special file, or a path
+            under a file (``notes.txt/out.json``).
+    """
+    path = Path(path)
+    target, _ = _write_target(path, folder)
+    if folder and target.exists() and not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} is a file, not a folder; pass a new or existing "
+                                 "folder (the file is left alone).")
+    for parent in Path(os.path.realpath(path)).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} lies under {str(parent)!r}, which is a "
+                                         "file, not a folder; pass a path in a folder.")
+            break
+    return path
+
+
+def _write_through(tmp: Path, path: Path, kind: str) -> None:
+    """Copy the finished temporary ``tmp`` into the special file ``path`` (opened for writing:
+    a FIFO waits for its reader)."""
+    for stream in (sys.stdout, sys.stderr):  # `--json /dev/stdout`: what was printed before comes first
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    try:
+        with open(tmp, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except OSError as e:
+        raise type(e)(e.errno, f"writing {str(path)!r} (a {kind}, written straight through) failed: "
+                               f"{e.strerror or e}.") from e
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True,
                  description: str = "file") -> Iterator[Path]:
@@ -174,6 +254,12 @@ def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True
     disk (``fsync``), given the permissions a new file would have, and renamed over
     ``path`` with ``os.replace`` (atomic on POSIX and Windows). If the block raises, the
     temporary is deleted and ``path`` is left as it was.
+
+    Special targets: a symlink is followed, so the file it points to is replaced and the link
+    stays; a FIFO, a device node or a socket (``/dev/null``, ``/dev/stdout``, a named pipe)
+    is never replaced: the complete temporary (made in the system's temporary folder) is
+    copied into it when the block finishes, which cannot be atomic. An existing folder
+    as a file's ``path`` is refused before the block runs.
 
     Args:
         path: the file (or folder) to write.
@@ -191,8 +277,15 @@ def atomic_write(path: PathLike, *, folder: bool = False, overwrite: bool = True
             message says so and that the previous version of ``path`` is intact.
         FileExistsError: ``folder=True``, ``overwrite=False`` and ``path`` is a non-empty
             folder or a file when the block finishes.
+        IsADirectoryError: ``path`` is a folder (file writes), before the block runs.
+        NotADirectoryError: ``folder=True`` and ``path`` is a special file.
     """
-    path = Path(path)
+    path, special = _write_target(Path(path), folder)
+    if special is not None:
+        with _temporary(path, where=Path(tempfile.gettempdir())) as tmp:
+            yield tmp
+            _write_through(tmp, path, special)
+        return
     existed = path.exists()
     with _temporary(path, folder) as tmp:
         try:
@@ -267,8 +360,9 @@ def read_model_config(source: PathLike) -> Dict[str, Any]:
     Raises:
         FileNotFoundError: no ``config.json`` there.
         ValueError: the file is empty, truncated, not UTF-8, not JSON, nested too deeply,
-            or not an object with the fields' expected types; the message names the file
-            and, for a hub cache entry, how to remove it.
+            or not an object with the fields' expected types, or its ``model_args.max_tokens``
+            is above one token per input pixel; the message names the file and, for a hub
+            cache entry, how to remove it.
     """
     from hcast.weights.safe_load import cache_hint
 
@@ -308,7 +402,41 @@ def read_model_config(source: PathLike) -> Dict[str, Any]:
         if config.get(key) is not None and not isinstance(config[key], kind):
             raise bad(f"'{key}' must be a JSON {'string' if kind is str else kind.__name__}, got "
                       f"{type(config[key]).__name__}")
+    problem = _token_budget_problem(config)
+    if problem:
+        raise bad(problem)
     return config
+
+
+def _token_budget_problem(config: Mapping[str, Any]) -> Optional[str]:
+    """What is wrong with a config's superpixel token budget (``model_args.max_tokens``), or
+    ``None``: it must be an int from the superpixel count its images get
+    (``pretrained_cfg.num_segments``) to one token per pixel of the model's input
+    (:func:`hcast.ops.superpixels.max_token_budget`), checked before anything is allocated."""
+    from hcast.ops.superpixels import max_token_budget  # a sibling package; imported where needed
+
+    budget = (config.get("model_args") or {}).get("max_tokens")
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        return f"model_args.max_tokens must be null or a token budget >= 1, got {budget!r}"
+    size = (config.get("model_args") or {}).get("img_size")
+    if size is None:
+        size = (config.get("pretrained_cfg") or {}).get("input_size", (3, 224, 224))
+    sides = [size, size] if isinstance(size, int) else list(size)[-2:] if isinstance(size, (list, tuple)) else []
+    if len(sides) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides):
+        return f"the input size {size!r} is not a positive image size"
+    ceiling = max_token_budget(*sides)
+    if budget > ceiling:
+        return (f"model_args.max_tokens={budget} is more than one token per pixel of its {sides[0]}x{sides[1]} inputs "
+                f"(at most {ceiling}); hcast refuses it before allocating anything. Set max_tokens to the superpixel "
+                f"count (pretrained_cfg.num_segments) or a little more, or null")
+    segments = (config.get("pretrained_cfg") or {}).get("num_segments")
+    if isinstance(segments, int) and not isinstance(segments, bool) and budget < segments:
+        return (f"model_args.max_tokens={budget} is below the pretrained_cfg.num_segments={segments} superpixels its "
+                f"images get (the budget must be above the largest superpixel id); set max_tokens to {segments} or "
+                "more, or null")
+    return None
 
 
 def write_json(data: Any, path: PathLike) -> Path:
