@@ -71,8 +71,8 @@ def user_input(what: str, flags: Optional[Dict[str, str]] = None) -> Iterator[No
 
 def _check_output(path: Optional[str], flag: str, folder: bool = False) -> None:
     """Refuse, before any work, an output the write at the end would fail on (a folder given
-    for a file, a file for a folder, a path under a file): :func:`hcast.weights.folder.check_output_path`."""
-    from hcast.weights.folder import check_output_path
+    for a file, a file for a folder, a path under a file): `hcast._io.check_output_path`."""
+    from hcast._io import check_output_path
 
     if path:
         with user_input(flag):

@@ -22,7 +22,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from hcast.ops.superpixels import max_token_budget
-from hcast.weights.folder import atomic_write, check_output_path
+from hcast._io import atomic_write, check_output_path
 
 __all__ = ["EXPORT_FORMATS", "check_img_size", "prepare_for_export", "example_inputs", "export_program", "export_onnx",
            "export_model"]

@@ -126,7 +126,7 @@ def save_segmentation_figure(
             axes[b, 0].set_xlabel(textwrap.fill(str(titles[b]), 32), fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    from hcast.weights.folder import atomic_write
+    from hcast._io import atomic_write
 
     with atomic_write(path) as tmp:  # the temporary's name has no image extension: say which format
         fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png")

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from hcast.data import (SkipUnreadable, UnreadableImageError, UnreadableImageWarning, collate_readable,
                         load_image, to_rgb)
-from hcast.weights.folder import atomic_write, check_output_path, save_checkpoint, write_json
+from hcast._io import atomic_write, check_output_path, write_json
+from hcast.weights.folder import save_checkpoint
 
 
 # ----------------------------------------------------------------------------- writing
@@ -204,7 +205,7 @@ def test_a_link_to_stdout_gets_the_json_after_what_was_printed(tmp_path):
 
     link = tmp_path / "stdout.json"
     link.symlink_to("/proc/self/fd/1")
-    script = ("import sys; from hcast.weights.folder import write_json; print('before'); "
+    script = ("import sys; from hcast._io import write_json; print('before'); "
               "write_json({'x': 1}, sys.argv[1]); print('after')")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                        os.environ.get("PYTHONPATH", "")]))

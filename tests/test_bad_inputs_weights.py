@@ -17,7 +17,7 @@ import timm
 import torch
 
 import hcast  # noqa: F401  (registers the models with timm)
-import hcast.weights.folder as folder_module
+import hcast._io as io_module
 from hcast.weights import (
     atomic_write, load_checkpoint, load_checkpoint_file, read_model_config, remove_stale_temporaries, save_checkpoint,
     save_for_hf,
@@ -193,7 +193,7 @@ def _dead_pid() -> int:
 def test_a_killed_save_leaves_temporaries_the_next_save_removes(tmp_path):
     path = tmp_path / "checkpoint-latest.pth"
     save_checkpoint({"epoch": 1}, path)
-    host, dead = folder_module._HOST, _dead_pid()
+    host, dead = io_module._HOST, _dead_pid()
     stale = [tmp_path / f".checkpoint-latest.pth.{host}.{dead}.k1ll3d_a.tmp",
              tmp_path / f".checkpoint-latest.pth.{host}.{dead}.k1ll3d_b.tmp"]
     stale_dir = tmp_path / f".checkpoint-latest.pth.{host}.{dead}.k1ll3d_c.tmp"
@@ -215,9 +215,9 @@ def test_temporaries_follow_the_pattern_the_cleanup_knows(tmp_path):
     path = tmp_path / "log.json"
     with atomic_write(path) as tmp:
         tmp.write_text("{}")
-        assert folder_module._TMP_RE.fullmatch(tmp.name[len(".log.json"):])
+        assert io_module._TMP_RE.fullmatch(tmp.name[len(".log.json"):])
     with atomic_write(tmp_path / "run", folder=True) as tmp:
-        assert folder_module._TMP_RE.fullmatch(tmp.name[len(".run"):])
+        assert io_module._TMP_RE.fullmatch(tmp.name[len(".run"):])
 
 
 # ----------------------------------------------------------------------------- full disk
@@ -243,7 +243,7 @@ def test_full_disk_during_a_checkpoint_save_says_so_and_keeps_the_previous_one(t
     path = tmp_path / "checkpoint-latest.pth"
     save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
     monkeypatch.setattr(torch, "save", _partial_then(error))
-    monkeypatch.setattr(folder_module, "_free_bytes", lambda folder: free)
+    monkeypatch.setattr(io_module, "_free_bytes", lambda folder: free)
     with pytest.raises(OSError, match=r"disk holding .* is full.*previous checkpoint at .*checkpoint-latest.pth.* "
                                       r"is intact") as info:
         save_checkpoint({"epoch": 2}, path)
@@ -256,7 +256,7 @@ def test_full_disk_during_a_checkpoint_save_says_so_and_keeps_the_previous_one(t
 
 def test_other_write_errors_pass_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", _partial_then(RuntimeError("[enforce fail at inline_container.cc:672]")))
-    monkeypatch.setattr(folder_module, "_free_bytes", lambda folder: 10 * 2**30)  # plenty of space: not "full"
+    monkeypatch.setattr(io_module, "_free_bytes", lambda folder: 10 * 2**30)  # plenty of space: not "full"
     with pytest.raises(RuntimeError, match="inline_container"):
         save_checkpoint({"epoch": 2}, tmp_path / "c.pth")
     assert list(tmp_path.iterdir()) == []

@@ -673,7 +673,7 @@ class Taxonomy:
         """Write :meth:`to_json` (indented) to ``path``, atomically
         (:func:`hcast.weights.atomic_write`: never a torn file; symlinks followed, special
         files written through)."""
-        from hcast.weights.folder import atomic_write  # a sibling package; imported where needed
+        from hcast._io import atomic_write
 
         with atomic_write(path, description="taxonomy file") as tmp:
             tmp.write_text(self.to_json(indent=2) + "\n", encoding="utf-8")

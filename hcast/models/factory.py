@@ -170,7 +170,8 @@ def convert_checkpoint(
             or an architecture that cannot be guessed.
         hcast.weights.UnsafeCheckpointError: the pickle needs unsafe globals.
     """
-    from hcast.weights.folder import _as_taxonomy, atomic_write, save_for_hf
+    from hcast._io import atomic_write
+    from hcast.weights.folder import _as_taxonomy, save_for_hf
 
     src, out_dir = Path(src), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:

@@ -34,7 +34,8 @@ from hcast.train.predict import predict_paths
 from hcast.train.finetune import (FinetuneResult, TransformedDataset, check_resume, create_optimizer_and_scheduler,
                                   finetune, uses_superpixels)
 # checkpoints and JSON for loops of your own (hcast.weights.folder: atomic writes, safe loading)
-from hcast.weights.folder import load_checkpoint, save_checkpoint, write_json
+from hcast._io import write_json
+from hcast.weights.folder import load_checkpoint, save_checkpoint
 
 __all__ = [
     "DistributedContext",

@@ -45,7 +45,8 @@ from hcast.train.loop import TimeBudget, train_one_epoch
 from hcast.train.outputs import (CHECKPOINT_NAME, CONFIG_NAME, CURVES_NAME, LOG_NAME, plot_learning_curves,
                                  save_model_folder, write_log)
 from hcast.train.transforms import create_train_transform, create_val_transform, val_data_config
-from hcast.weights.folder import load_checkpoint, save_checkpoint, write_json
+from hcast._io import write_json
+from hcast.weights.folder import load_checkpoint, save_checkpoint
 
 __all__ = ["finetune", "check_resume", "FinetuneResult", "TransformedDataset", "create_optimizer_and_scheduler",
            "uses_superpixels"]

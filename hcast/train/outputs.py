@@ -19,7 +19,8 @@ import torch.nn as nn
 
 from hcast.hierarchy import Taxonomy
 from hcast.train.distributed import unwrap_model
-from hcast.weights.folder import atomic_write, save_for_hf
+from hcast._io import atomic_write
+from hcast.weights.folder import save_for_hf
 
 __all__ = ["CHECKPOINT_NAME", "LOG_NAME", "CURVES_NAME", "CONFIG_NAME", "save_model_folder", "write_log",
            "plot_learning_curves"]

@@ -24,9 +24,9 @@ Imports go one way: :mod:`hcast.models` imports from here, never the reverse (co
 a checkpoint into a folder builds a model: :func:`hcast.models.convert_checkpoint`).
 """
 from hcast.weights.builder import as_pretrained_cfg, build_model_with_hcast_cfg, resolve_checkpoint_file
+from hcast._io import atomic_write, remove_stale_temporaries, write_json
 from hcast.weights.folder import (
-    atomic_write, load_checkpoint, read_model_config, remove_stale_temporaries, save_checkpoint, save_for_hf,
-    write_json,
+    load_checkpoint, read_model_config, save_checkpoint, save_for_hf,
 )
 from hcast.weights.gdrive import (
     DEFAULT_GDRIVE_URL_TEMPLATE, GDRIVE_URL_TEMPLATE_ENV, download_gdrive_checkpoint, gdrive_cache_path,

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from hcast.weights.folder import atomic_write
+from hcast._io import atomic_write
 from hcast.weights.safe_load import UnsafeCheckpointError, load_checkpoint_file
 
 __all__ = [
