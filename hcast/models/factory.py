@@ -76,8 +76,12 @@ def resolve_source(name_or_id: Union[str, os.PathLike], model_name: Optional[str
     architecture = name_or_id.split(".", 1)[0]
     if timm.is_model(architecture):
         return name_or_id, kwargs
-    if name_or_id.count("/") == 1 and not name_or_id.startswith((".", "/")):
+    if name_or_id.count("/") == 1 and not name_or_id.startswith((".", "/", "~")):
         return "hf-hub:" + name_or_id, kwargs
+    if os.sep in name_or_id or name_or_id.startswith((".", "~")):
+        raise FileNotFoundError(f"name_or_id: {name_or_id!r} does not exist: it is neither an existing folder, a "
+                                f"checkpoint file, a hub id ('owner/repo', 'hf-hub:owner/repo') nor a registered "
+                                f"model name (timm.list_models('*cast*')).")
     raise ValueError(
         f"name_or_id: {name_or_id!r} is no registered model (e.g. 'hcast_small.living17'; see "
         f"timm.list_models('*cast*')), Hub id ('owner/repo' or 'hf-hub:owner/repo'), existing folder or "

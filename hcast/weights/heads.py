@@ -189,7 +189,7 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
 
     if level_classes is not None:
         kwargs["level_classes"] = tuple(int(c) for c in level_classes)
-        kwargs["num_classes"] = 0 if num_classes == 0 else kwargs["level_classes"][0]
+        kwargs["num_classes"] = kwargs["level_classes"][0] if num_classes is None else num_classes
     else:
         kwargs.pop("level_classes", None)
         kwargs["num_classes"] = int(num_classes) if num_classes is not None else cfg.num_classes
@@ -202,8 +202,10 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
     # the cfg describes the model being built: its class counts and head names
     if hierarchical and kwargs.get("level_classes"):
         levels = kwargs["level_classes"]
-        cfg = dataclasses.replace(cfg, level_classes=levels, num_classes=kwargs["num_classes"],
-                                  classifier=tuple(f"heads.{i}" for i in range(len(levels))))
+        changes = dict(num_classes=kwargs["num_classes"], classifier=tuple(f"heads.{i}" for i in range(len(levels))))
+        if any(f.name == "level_classes" for f in dataclasses.fields(cfg)):
+            changes["level_classes"] = levels
+        cfg = dataclasses.replace(cfg, **changes)
     elif cfg.num_classes != kwargs["num_classes"]:
         cfg = dataclasses.replace(cfg, num_classes=kwargs["num_classes"])
     if fresh_heads is None:
