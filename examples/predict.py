@@ -39,7 +39,7 @@ def main() -> None:
     images = torch.stack([transform(Image.open(path)) for path in args.images])
     segments = torch.stack([superpixels(image) for image in images])
     with torch.no_grad():
-        logits = model(images, segments)  # one (B, C_l) tensor per level, finest first
+        logits = model.forward_levels(images, segments)  # one (B, C_l) tensor per level, finest first
     probs = [level.softmax(-1) for level in logits]
     paths = consistent_decode(logits, taxonomy)  # the best path that exists in the taxonomy
     for b, path in enumerate(args.images):

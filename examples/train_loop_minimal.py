@@ -35,7 +35,7 @@ criterion, opt = HCASTLoss(kl_weight=0.5), torch.optim.AdamW(model.parameters(),
 model.train()
 loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True)
 for step, ((images, segments), fine) in zip(range(args.steps), loader):
-    loss = criterion(model(images, segments), list(paths[fine].T))  # logits and targets per level, finest first
+    loss = criterion(model.forward_levels(images, segments), list(paths[fine].T))  # per level, finest first
     opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
     if step % 50 == 0:
         print(f"step {step}: loss {loss.item():.3f}")
@@ -44,5 +44,5 @@ model.eval()
 metrics = HierarchicalMetrics(taxonomy)  # a torchmetrics Metric: also correct under DDP
 with torch.no_grad():
     for (images, segments), fine in DataLoader(test, batch_size=256):
-        metrics.update(model(images, segments), list(paths[fine].T))
+        metrics.update(model.forward_levels(images, segments), list(paths[fine].T))
 print({k: round(float(v), 4) for k, v in metrics.compute().items()})

@@ -57,16 +57,34 @@ def _unpack_batch(batch: Any, device: torch.device, superpixel_fn: Optional[Supe
     return images, segments, fine
 
 
+def level_logits(model: nn.Module, *inputs: torch.Tensor) -> List[torch.Tensor]:
+    """Per-level logits, finest first, from ``model(*inputs)``: an H-CAST / Hier-ViT (or a
+    DDP / compile wrapper of one) returns them with its level outputs switched on
+    (``set_level_outputs``, switched back afterwards if it was off); any other classifier
+    counts as one level. The call goes through ``model(...)``, so hooks and wrappers run.
+
+    Args:
+        model: the model, possibly wrapped.
+        *inputs: ``images`` (B, 3, H, W) and, optionally, ``segments`` (B, H, W).
+
+    Returns:
+        list of (B, n_l) tensors, finest first.
+    """
+    net = unwrap_model(model)
+    switch = getattr(net, "set_level_outputs", None)
+    if switch is None or net.level_outputs:
+        out = model(*inputs)
+    else:
+        switch(True)
+        try:
+            out = model(*inputs)
+        finally:
+            switch(False)
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
 def _forward(model: nn.Module, images: torch.Tensor, segments: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    """Per-level logits, finest first: H-CAST / Hier-ViT through ``forward_levels``
-    (a DDP wrapper only calls ``forward``: hcast.train turns on ``set_level_outputs``
-    before wrapping), any other classifier as one level."""
-    args = (images,) if segments is None else (images, segments)
-    forward_levels = getattr(model, "forward_levels", None)
-    out = forward_levels(*args) if forward_levels is not None else model(*args)
-    if isinstance(out, torch.Tensor):  # a flat classifier: one level
-        return [out]
-    return list(out)
+    return level_logits(model, *((images,) if segments is None else (images, segments)))
 
 
 def _isatty(stream: Any) -> bool:

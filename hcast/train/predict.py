@@ -32,11 +32,10 @@ def predict_paths(model: Any, images: Any, segments: Any, taxonomy: Any, top_k: 
     """
     from hcast.hierarchy.decoding import path_log_probs
 
-    args = (images,) if segments is None else (images, segments)
-    forward_levels = getattr(model, "forward_levels", None)  # H-CAST / Hier-ViT: every level
+    from hcast.train.loop import level_logits
+
     with torch.no_grad():
-        out = forward_levels(*args) if forward_levels is not None else model(*args)
-    logits = [out] if isinstance(out, torch.Tensor) else list(out)
+        logits = level_logits(model, *((images,) if segments is None else (images, segments)))
     probs = [lg.float().softmax(-1).cpu() for lg in logits]
     scores = path_log_probs([lg.float() for lg in logits], taxonomy).cpu()
     paths = taxonomy.paths()
