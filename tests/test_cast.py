@@ -278,7 +278,7 @@ def test_ids_with_gaps_match_the_reference(model, batch):
     x, segments = batch
     gapped = segments * 3 + 1
     ref = ReferenceCAST(img_size=64, embed_dim=192, num_heads=3, num_clusters=(16, 8, 4, 2), num_classes=10).eval()
-    from test_cast_reference import to_original
+    from original_checkpoints import to_original
 
     ref.load_state_dict(to_original(model), strict=True)
     with torch.no_grad():

@@ -63,7 +63,8 @@ def test_forward_equals_original(level_classes):
     assert model.level_blocks == ((5, 8, 11) if len(level_classes) == 3 else (8, 11))
     x = images()
     with torch.no_grad():
-        got, want = model(x), original_forward(model, x)
+        got, want = model.forward_levels(x), original_forward(model, x)
+        assert torch.equal(model(x), got[0])  # forward: the finest level
     assert isinstance(got, tuple) and [o.shape for o in got] == [(2, n) for n in level_classes]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -76,22 +77,21 @@ def test_timm_model_expectations():
     for key in ("input_size", "mean", "std", "first_conv", "classifier", "num_classes", "crop_pct", "interpolation"):
         assert key in cfg
     assert dict(model.named_modules())[cfg["first_conv"]] is model.patch_embed.proj
-    assert isinstance(dict(model.named_modules())[cfg["classifier"]], torch.nn.Linear)
+    assert all(isinstance(dict(model.named_modules())[name], torch.nn.Linear) for name in cfg["classifier"])
     # the data config follows the size the ViT was built for (img_size=32), not the 224 of its weights
     assert timm.data.resolve_data_config({}, model=model)["input_size"] == (3, 32, 32)
     assert timm.create_model("hier_vit_small").pretrained_cfg["input_size"] == (3, 224, 224)
-    assert model.num_classes == 10 and model.get_classifier() is model.heads
+    assert model.num_classes == 10 and model.get_classifier() is model.heads[0]
 
     x = images()
     feats = model.forward_features(x)
-    assert [f.shape for f in feats] == [(2, SMALL["embed_dim"])] * 3
-    pre = model.forward_head(feats, pre_logits=True)
+    assert feats.shape == (2, 3 + 4, SMALL["embed_dim"])  # 3 level tokens, then the 2 x 2 patch tokens
+    assert model.forward_head(feats, pre_logits=True).shape == (2, SMALL["embed_dim"])
+    pre = model.forward_head_levels(feats, pre_logits=True)
     assert [p.shape for p in pre] == [(2, SMALL["embed_dim"])] * 3
-    with pytest.raises(ValueError, match="forward_features"):
-        model.forward_head(feats[0])
 
     model.train()
-    loss = sum(o.logsumexp(-1).mean() for o in model(x))
+    loss = sum(o.logsumexp(-1).mean() for o in model.forward_levels(x))
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert no_grad == []  # every block feeds the coarsest level, every head its level
@@ -107,10 +107,10 @@ def test_grad_checkpointing_same_result():
     model = make().train()
     x = images()
     torch.manual_seed(0)
-    expected = model(x)
+    expected = model.forward_levels(x)
     model.set_grad_checkpointing(True)
     torch.manual_seed(0)
-    got = model(x)
+    got = model.forward_levels(x)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
 
@@ -119,9 +119,9 @@ def test_reset_classifier_and_argument_checks():
     model = make()
     model.reset_classifier((7, 4, 2))
     assert model.level_classes == (7, 4, 2) and model.num_classes == 7
-    assert [o.shape[1] for o in model(images())] == [7, 4, 2]
+    assert [o.shape[1] for o in model.forward_levels(images())] == [7, 4, 2]
     model.reset_classifier(0)  # features out of every level
-    assert [o.shape[1] for o in model(images())] == [SMALL["embed_dim"]] * 3
+    assert [o.shape[1] for o in model.forward_levels(images())] == [SMALL["embed_dim"]] * 3
     with pytest.raises(ValueError, match="num_classes"):
         model.reset_classifier((7, 4))
     with pytest.raises(ValueError, match="level_classes"):

@@ -156,7 +156,8 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
 
     level_classes = kwargs.get("level_classes")
     taxonomy_counts = _counts_of(kwargs.get("taxonomy"))
-    if level_classes is not None and taxonomy_counts is not None and tuple(level_classes) != taxonomy_counts:
+    if level_classes is not None and taxonomy_counts is not None and (
+            not isinstance(level_classes, (list, tuple)) or tuple(level_classes) != taxonomy_counts):
         raise ValueError(f"level_classes={tuple(level_classes)} disagrees with the taxonomy's class counts "
                          f"{taxonomy_counts}; pass one of them.")
     if level_classes is None and taxonomy_counts is not None:
@@ -188,8 +189,14 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
                       f"level_classes=(n_fine, ..., n_coarse) to keep the hierarchy.", UserWarning, stacklevel=4)
 
     if level_classes is not None:
-        kwargs["level_classes"] = tuple(int(c) for c in level_classes)
-        kwargs["num_classes"] = kwargs["level_classes"][0] if num_classes is None else num_classes
+        if isinstance(level_classes, (list, tuple)) and level_classes and all(
+                isinstance(c, int) and not isinstance(c, bool) for c in level_classes):
+            level_classes = tuple(level_classes)
+        else:  # not class counts: the model's own checks say what is wrong
+            kwargs["level_classes"] = level_classes
+            return HeadPlan(cfg=cfg, kwargs=kwargs, new_heads=False, warn_new=True, source=source)
+        kwargs["level_classes"] = level_classes
+        kwargs["num_classes"] = level_classes[0] if num_classes is None else num_classes
     else:
         kwargs.pop("level_classes", None)
         kwargs["num_classes"] = int(num_classes) if num_classes is not None else cfg.num_classes
