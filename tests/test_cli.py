@@ -330,8 +330,8 @@ def test_a_model_that_is_nothing_names_every_kind_it_tried(tmp_path, capsys):
     assert main(["evaluate", missing, "fashion-mnist"]) == 2
     err = capsys.readouterr().err
     assert "nonexistent_" in err and "neither an existing folder" in err and "local-dir:" not in err
-    assert main(["evaluate", "my-org/my-model", "fashion-mnist"]) == 2
-    assert "hf-hub:my-org/my-model" in capsys.readouterr().err
+    assert main(["evaluate", "my-org/my-model", "fashion-mnist"]) == 2  # a Hub id: offline here
+    assert "my-org/my-model" in capsys.readouterr().err
     checkpoint = tmp_path / "weights.pth"
     checkpoint.write_bytes(b"")
     assert main(["evaluate", str(checkpoint), "fashion-mnist"]) == 2  # files load; this one is empty

@@ -1,9 +1,10 @@
 """hcast's models held to timm's whole model contract, as timm's generic model tests
 (tests/test_models.py) hold timm's own ViTs: every registered name builds with no
 arguments, every parameter gets a gradient, ``features_only`` / ``forward_intermediates``
-/ ``prune_intermediate_layers``, ``global_pool`` as timm's ViT, ``num_classes`` and
-``output_level`` for H-CAST and Hier-ViT, and ``from_pretrained``. Small widths and
-depths keep it fast; ``benchmarks/timm_contract.py`` runs timm's own file.
+/ ``prune_intermediate_layers``, ``global_pool`` as timm's ViT, one tensor from ``forward``
+and every level from ``forward_levels`` for H-CAST and Hier-ViT, ``num_classes``, and
+``from_pretrained``. Small widths and depths keep it fast; ``../shared/timm/run.sh`` runs
+timm's own file (CI does).
 """
 from __future__ import annotations
 
@@ -101,15 +102,16 @@ def test_cast_backward_reaches_every_parameter(batch, global_pool):
 
 @pytest.mark.parametrize("kwargs", [{}, dict(num_classes=42), dict(level_classes=(6, 4, 2))])
 def test_hcast_backward_reaches_every_parameter(batch, kwargs):
+    """Every level's head through forward_levels; a one-level model (num_classes) through forward."""
     x, segments = batch
     model = hcast_tiny(**kwargs).train()
-    _assert_every_parameter_has_a_gradient(model, model(x, segments))
+    _assert_every_parameter_has_a_gradient(model, model.forward_levels(x, segments))
 
 
 def test_hier_vit_backward_reaches_every_parameter():
     torch.manual_seed(0)
     model = timm.create_model("hier_vit_small", level_classes=(6, 3), **VIT_TINY).train()
-    _assert_every_parameter_has_a_gradient(model, model(torch.randn(2, 3, 32, 32)))
+    _assert_every_parameter_has_a_gradient(model, model.forward_levels(torch.randn(2, 3, 32, 32)))
 
 
 def test_fixed_weights_are_buffers_under_the_original_keys(tmp_path):
@@ -275,7 +277,7 @@ def test_hcast_forward_levels_set_level_outputs_and_num_classes(batch):
         assert [tuple(o.shape) for o in levels] == [(2, 10), (2, 5)]
         torch.testing.assert_close(model(x, segments), levels[0])
         tokens = model.forward_features(x, segments)
-        assert model.num_prefix_tokens == 2 and tokens.shape[:2] == (2, 2 + 2)  # 2 levels + K_3 = 2 segments
+        assert model.num_prefix_tokens == 2 and tokens.shape[:2] == (2, 2 + model.num_clusters[2])
         final, _ = model.forward_intermediates(x, segments)
         torch.testing.assert_close(final, tokens)
         assert model.forward_head(tokens, pre_logits=True).shape == (2, 32)
@@ -324,18 +326,18 @@ def test_from_pretrained_reads_folders_and_files(batch, tmp_path):
     model = hcast_tiny()
     folder = save_for_hf(model, tmp_path / "folder")
     with torch.no_grad():
-        want = model(x, segments)
+        want = model.forward_levels(x, segments)
         for loaded in (hcast.from_pretrained(folder), hcast.models.from_pretrained(str(folder)),
                        HCAST.from_pretrained(folder), timm.create_model(f"local-dir:{folder}", pretrained=True)):
-            got = loaded.eval()(x, segments)
+            got = loaded.eval().forward_levels(x, segments)
             assert isinstance(loaded, HCAST) and loaded.level_classes == (10, 5)
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b)
         # An original training checkpoint (a dict holding ``model``, DDP prefix).
         torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3},
                    tmp_path / "checkpoint.pth")
-        loaded = hcast.from_pretrained(tmp_path / "checkpoint.pth", model_name="hcast_tiny", output_level=1, **TINY)
-        torch.testing.assert_close(loaded.eval()(x, segments), want[1])
+        loaded = hcast.from_pretrained(tmp_path / "checkpoint.pth", model_name="hcast_tiny", **TINY)
+        torch.testing.assert_close(loaded.eval().forward_levels(x, segments)[1], want[1])
     with pytest.raises(TypeError, match="not a HierVisionTransformer"):
         HierVisionTransformer.from_pretrained(folder)
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -347,10 +349,10 @@ def test_from_pretrained_reads_folders_and_files(batch, tmp_path):
 def test_from_pretrained_passes_names_and_hub_ids_to_timm(monkeypatch):
     calls = []
     monkeypatch.setattr(timm, "create_model", lambda name, **kwargs: calls.append((name, kwargs)) or object())
-    hcast.from_pretrained("hcast_small.living17", output_level=0)
+    hcast.from_pretrained("hcast_small.living17", drop_rate=0.1)
     hcast.from_pretrained("owner/repo")
     hcast.from_pretrained("hf-hub:owner/repo", pretrained=False)
-    assert calls == [("hcast_small.living17", dict(pretrained=True, output_level=0)),
+    assert calls == [("hcast_small.living17", dict(pretrained=True, drop_rate=0.1)),
                      ("hf-hub:owner/repo", dict(pretrained=True)),
                      ("hf-hub:owner/repo", dict(pretrained=False))]
 
@@ -363,10 +365,10 @@ def test_from_pretrained_reads_a_pushed_folder_from_the_hub(batch, tmp_path, mon
         hub.add_folder("someone/hcast-tiny", folder)
         use_local_hub(monkeypatch, hub, tmp_path / "hf")
         by_repo_id = hcast.from_pretrained("someone/hcast-tiny").eval()
-        by_hf_hub = HCAST.from_pretrained("hf-hub:someone/hcast-tiny", output_level=1).eval()
+        by_hf_hub = HCAST.from_pretrained("hf-hub:someone/hcast-tiny").eval()
     assert by_repo_id.level_classes == (6, 3)
     with torch.no_grad():
-        want = model(x, segments)
-        for a, b in zip(by_repo_id(x, segments), want):
+        want = model.forward_levels(x, segments)
+        for a, b in zip(by_repo_id.forward_levels(x, segments), want):
             torch.testing.assert_close(a, b)
-        torch.testing.assert_close(by_hf_hub(x, segments), want[1])
+        torch.testing.assert_close(by_hf_hub(x, segments), want[0])
