@@ -29,7 +29,6 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 __all__ = ["main", "build_parser", "load_model", "load_model_for_inference", "load_taxonomy", "UsageError"]
 
-CHECKPOINT_NAME = "checkpoint-latest.pth"
 
 
 # ----------------------------------------------------------------------------- user errors
@@ -512,6 +511,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _check_output(args.output, "--output", folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from hcast.train.outputs import CHECKPOINT_NAME
+
     out = Path(args.output)
     resume = None
     if args.resume:

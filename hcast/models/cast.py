@@ -49,7 +49,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, AttentionPoolLatent, resample_abs_pos_embed
 from timm.models import checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models._features import feature_take_indices
-from timm.models._pretrained import PretrainedCfg
+from timm.models import PretrainedCfg
 from timm.models.vision_transformer import Block, global_pool_nlc
 from torch.utils.checkpoint import checkpoint
 

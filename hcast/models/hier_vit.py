@@ -38,7 +38,7 @@ from hcast.models.factory import FromPretrainedMixin
 from hcast.weights.builder import build_model_with_hcast_cfg
 from hcast.weights.original import rename_level_heads, strip_prefixes
 
-__all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn", "hier_vit_tiny", "hier_vit_small"]
+__all__ = ["HierVisionTransformer", "default_level_blocks", "checkpoint_filter_fn"]  # register_model adds the entry points
 
 
 def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:

@@ -5,7 +5,8 @@
 * :func:`resolve_device`, :func:`resolve_amp_dtype`;
 * :class:`ShardSampler`: evaluation shards without padding, so metrics summed over
   processes equal a single-process run;
-* :func:`unwrap_model`: the model inside DDP / ``torch.compile`` wrappers.
+* :func:`unwrap_model`: timm's (``timm.utils.unwrap_model``): the model inside DDP, EMA and
+  ``torch.compile`` wrappers.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.utils import unwrap_model as _timm_unwrap_model
 from torch.utils.data import Sampler
 
 __all__ = [
@@ -175,12 +177,5 @@ class ShardSampler(Sampler[int]):
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` / ``torch.compile`` wrapper."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
+    """The model inside DDP, EMA and ``torch.compile`` wrappers: ``timm.utils.unwrap_model``."""
+    return _timm_unwrap_model(model)

@@ -29,8 +29,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, Union
 import torch
 from torch import nn
 
-from timm.models import PretrainedCfg, build_model_with_cfg, load_pretrained
-from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
+from timm.models import PretrainedCfg, build_model_with_cfg, load_pretrained, resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features  # no public name in timm 1.0
 from timm.models._hub import hf_split
 
 from hcast.weights.gdrive import download_gdrive_checkpoint
