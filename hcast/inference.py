@@ -40,7 +40,8 @@ import torch.nn as nn
 
 from hcast.precision import PRECISIONS, choose_precision
 
-__all__ = ["InferenceModule", "OptimizationWarning", "optimize_for_inference", "BF16_MAX_REL_DIFF"]
+__all__ = ["InferenceModule", "OptimizationWarning", "benchmark_inference", "optimize_for_inference",
+           "BF16_MAX_REL_DIFF"]
 
 #: largest relative difference (Frobenius norm) of bfloat16 logits from float32 logits that
 #: :func:`optimize_for_inference` accepts on ``example_inputs`` before it falls back to fp32
@@ -303,3 +304,82 @@ def optimize_for_inference(model: nn.Module, precision: str = "auto",
     if verbose:
         print(f"optimize_for_inference: {module.path}", flush=True)
     return module
+
+
+def benchmark_inference(model: nn.Module, images: torch.Tensor, segments: Optional[torch.Tensor] = None, *,
+                        repeats: int = 3, compile: bool = False) -> list:
+    """Images/s of each inference path of ``model`` on ``images``, and its agreement with
+    float32 eager: what ``hcast benchmark`` prints.
+
+    Paths: ``fp32 eager`` (the model as it is, under ``torch.no_grad``), ``bf16 autocast
+    eager`` (bfloat16 autocast around the float32 model: weights re-cast on every call),
+    ``optimize_for_inference(auto)`` (eager) and, where ``auto`` picked float32 here,
+    ``optimize_for_inference(bf16)`` as well; with ``compile``, the same with inductor and
+    frozen weights (compiling takes minutes on a small CPU). The paths are timed round-robin
+    (``repeats`` rounds after one warm-up call each; the best round counts), so background
+    load hits them alike.
+
+    Args:
+        model: the model (left unchanged).
+        images (Tensor[B, 3, H, W], float32): normalised images.
+        segments (Tensor[B, H, W], int64 or None): superpixels computed beforehand, as a
+            data loader would (None: a patch model, or let the model compute them inside
+            the timed call).
+        repeats: timed rounds, >= 1.
+        compile: add the compiled paths.
+
+    Returns:
+        list of dicts ``{"path", "images_per_s", "top1_agreement", "max_rel_diff",
+        "detail"}``: top-1 agreement (fraction of images, finest output) and the largest
+        relative difference (Frobenius norm, any output) with float32 eager.
+
+    Raises:
+        ValueError: ``repeats`` < 1.
+    """
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}.")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    fp32 = InferenceModule(copy.deepcopy(model).eval().requires_grad_(False), torch.float32, path="fp32 eager")
+
+    def autocast_path(images, segments=None):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return fp32(images, segments)
+
+    paths: Dict[str, Tuple[Callable[..., Any], str]] = {
+        "fp32 eager": (fp32, "the model as it is"),
+        "bf16 autocast eager": (autocast_path, "weights re-cast on every call"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizationWarning)  # bf16 on purpose below
+        auto = optimize_for_inference(model, "auto", compile=False)
+        paths["optimize_for_inference(auto)"] = (auto, auto.path)
+        if auto.dtype != torch.bfloat16:
+            forced = optimize_for_inference(model, "bf16", compile=False)
+            paths["optimize_for_inference(bf16)"] = (forced, forced.path)
+        if compile:
+            for name in [n for n in paths if n.startswith("optimize_for_inference")]:
+                precision = "bf16" if paths[name][0].dtype == torch.bfloat16 else "fp32"
+                compiled = optimize_for_inference(model, precision, compile=True)
+                paths[name.replace(")", ", compiled)")] = (compiled, compiled.path)
+    outputs = {}
+    best = {name: float("inf") for name in paths}
+    for round_ in range(repeats + 1):  # round 0: warm-up (and compilation)
+        for name, (fn, _) in paths.items():
+            start = time.perf_counter()
+            out = fn(images, segments)
+            elapsed = time.perf_counter() - start
+            if round_ == 0:
+                outputs[name] = out
+            else:
+                best[name] = min(best[name], elapsed)
+    ref = _map_tensors(outputs["fp32 eager"], lambda t: t.float())
+    ref_first = ref[0] if isinstance(ref, (tuple, list)) else ref
+    rows = []
+    for name, (_, detail) in paths.items():
+        out = outputs[name]
+        first = (out[0] if isinstance(out, (tuple, list)) else out).float()
+        agreement = float((first.argmax(-1) == ref_first.argmax(-1)).float().mean()) if first.ndim >= 2 else 1.0
+        rows.append(dict(path=name, images_per_s=images.shape[0] / best[name], top1_agreement=agreement,
+                         max_rel_diff=_rel_diff(_map_tensors(out, lambda t: t.float()), ref), detail=detail))
+    return rows
