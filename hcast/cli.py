@@ -368,6 +368,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add(g, "--time-budget", "wall-clock limit in minutes of the training loop (updates + per-epoch evaluation): "
         "after timing the first updates, the schedule is shortened to fit if needed", metavar="MINUTES",
         type=_optional(float))
+    g.add_argument("--fill-budget", dest="fill_budget", action="store_true", default=argparse.SUPPRESS,
+                   help="with --time-budget: lengthen the run past --epochs so the cosine ends with the budget")
+    add(g, "--attention", "SDPA backend of the training steps: auto (CPU: the faster of default and math, "
+        "measured on the first steps), default, math", choices=("auto", "default", "math"))
     g.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
                    help="no progress bars (they show only on a terminal anyway)")
     p.set_defaults(func=cmd_finetune)
