@@ -423,8 +423,10 @@ def finetune(
                     f"{budget.seconds_per_update or 0:.2f} s each); the cosine ran to the end of the budget")
             elif budget is not None and budget.shortened:
                 say(f"time budget of {config.time_budget:g} min: stopped after {num_updates} of "
-                    f"{budget.planned_updates} planned updates ({budget.seconds_per_update or 0:.2f} s each); "
-                    "the cosine schedule was shortened to match")
+                    f"{budget.planned_updates} planned updates ("
+                    + (f"{budget.seconds_per_update:.2f} s each" if budget.seconds_per_update is not None
+                       else "out of time before the step time was measured")
+                    + "); the cosine schedule was shortened to match")
             break
     if out is not None:
         say(f"trained in {time.perf_counter() - train_start:.0f}s; best validation FPA {100 * best_fpa:.2f} at epoch "
