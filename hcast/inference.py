@@ -148,7 +148,10 @@ class InferenceModule(nn.Module):
         except AttributeError:
             # The model's own attributes and switches (num_classes, pretrained_cfg,
             # set_level_outputs, ...) through the wrapper.
-            return getattr(self._modules["model"], name)
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None:
+                raise
+            return getattr(model, name)
 
 
 def _convert(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:

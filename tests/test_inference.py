@@ -135,3 +135,16 @@ def test_bad_arguments():
 def test_import_hcast_does_not_import_the_inference_module():
     code = "import sys, hcast; assert 'hcast.inference' not in sys.modules; hcast.optimize_for_inference"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_attributes_and_forward_levels_pass_through(one_torch_thread):
+    model = _model("hcast_tiny")
+    fast = hcast.optimize_for_inference(model, precision="bf16")
+    assert fast.num_classes == model.num_classes and fast.pretrained_cfg == model.pretrained_cfg
+    with pytest.raises(AttributeError):
+        fast.no_such_attribute
+    if hasattr(model, "forward_levels"):  # H-CAST's per-level logits, finest first
+        images, segments = _photos(2)
+        levels = fast.forward_levels(images, segments)
+        assert [tuple(t.shape) for t in levels] == [(2, 6), (2, 3)]
+        assert all(t.dtype == torch.float32 for t in levels)
