@@ -103,3 +103,17 @@ def test_main_job_recipe_fills_its_budget_and_chooses_attention():
     assert config.fill_budget and config.time_budget == 9.0 and config.attention == "auto"
     with pytest.raises(ValueError, match="attention"):
         engine.FinetuneConfig(attention="flash")
+
+
+def test_attention_chooser_state_round_trips():
+    """A resumed run goes on with the same backend at the same update."""
+    whole = AttentionBackendChooser(skip=1, trials=2)
+    for t in (1.0, 1.0, 2.0):
+        whole.record(t)
+    resumed = AttentionBackendChooser(skip=1, trials=2)
+    resumed.load_state_dict(whole.state_dict())
+    for t in (1.0, 2.0):
+        assert resumed._current() == whole._current()
+        whole.record(t)
+        resumed.record(t)
+    assert resumed.chosen == whole.chosen == "default" and resumed.state_dict() == whole.state_dict()

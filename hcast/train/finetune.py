@@ -359,6 +359,9 @@ def finetune(
                             replan_every=20, sync=ctx.distributed, start_update=num_updates,
                             extend=config.fill_budget)
     attention, attention_said = _attention_backend(config, ctx), False
+    if resume is not None and attention is not None and state.get("attention"):
+        attention.load_state_dict(state["attention"])  # the same backend at the same update
+        attention_said = attention.chosen is not None
     # fill_budget: as many epochs as the budget holds (the budget ends the loop)
     last_epoch = config.epochs if budget is None or not budget.extend else config.epochs * 1000
     metrics: Dict[str, Any] = history[-1]["val"] if history else {}
@@ -409,6 +412,7 @@ def finetune(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_ema": model_ema.state_dict() if model_ema is not None else {},
                 "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
+                "attention": attention.state_dict() if attention is not None else {},
                 "epoch": epoch, "num_updates": num_updates, "best_fpa": best_fpa, "best_epoch": best_epoch,
                 "history": history, "config": config.to_dict(),
             }, out / CHECKPOINT_NAME)

@@ -397,6 +397,21 @@ class AttentionBackendChooser:
             self.medians = dict(zip(self.CANDIDATES, medians.tolist()))
             self.chosen = min(self.CANDIDATES, key=lambda n: self.medians[n])
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The measuring state (steps so far, step times, the choice), for checkpoints: a
+        resumed run goes on with the same backend at the same update as an uninterrupted
+        one. (A run resumed inside the measuring window times its remaining steps on
+        another run's clock, so its choice can differ from the uninterrupted run's.)"""
+        return {"steps": self.steps, "times": {k: list(v) for k, v in self.times.items()},
+                "chosen": self.chosen, "medians": dict(self.medians)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.steps = int(state["steps"])
+        self.times = {name: [float(t) for t in state["times"].get(name, [])] for name in self.CANDIDATES}
+        self.chosen = state.get("chosen")
+        self.medians = {k: float(v) for k, v in state.get("medians", {}).items()}
+
     def describe(self) -> str:
         """One line: the chosen backend and the measured seconds per step."""
         if self.chosen is None:
