@@ -14,6 +14,8 @@ docs/architecture.md):
 * :mod:`hcast.hierarchy`: taxonomies, hierarchical losses, metrics, decoding, mixup.
 * :mod:`hcast.metric_learning`: HIER and Recall@K.
 * :mod:`hcast.data`: the papers' benchmarks, Fashion-MNIST, image folders, transforms.
+* :func:`optimize_for_inference` (imported on first use, :mod:`hcast.inference`): a copy of a
+  model on the fastest inference path for the CPU / GPU at hand.
 * :mod:`hcast.train` (imported on demand: ``import hcast.train``): fine-tuning as a library,
   ``hcast.train.finetune`` with a ``FinetuneConfig`` and the authors' recipes.
 """
@@ -27,4 +29,14 @@ from hcast import metric_learning
 from hcast import data
 from hcast.models.factory import from_pretrained
 
-__all__ = ["__version__", "data", "from_pretrained", "hierarchy", "metric_learning", "models", "ops", "weights"]
+__all__ = ["__version__", "data", "from_pretrained", "hierarchy", "metric_learning", "models",
+           "optimize_for_inference", "ops", "weights"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: the inference module and its backends stay out of `import hcast`.
+    if name == "optimize_for_inference":
+        from hcast.inference import optimize_for_inference
+
+        return optimize_for_inference
+    raise AttributeError(f"module 'hcast' has no attribute {name!r}")

@@ -393,6 +393,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add(g, "--time-budget", "wall-clock limit in minutes of the training loop (updates + per-epoch evaluation): "
         "after timing the first updates, the schedule is shortened to fit if needed", metavar="MINUTES",
         type=_optional(float))
+    g.add_argument("--fill-budget", dest="fill_budget", action="store_true", default=argparse.SUPPRESS,
+                   help="with --time-budget: lengthen the run past --epochs so the cosine ends with the budget")
+    add(g, "--attention", "SDPA backend of the training steps: auto (CPU: the faster of default and math, "
+        "measured on the first steps), default, math", choices=("auto", "default", "math"))
     g.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
                    help="no progress bars (they show only on a terminal anyway)")
     p.set_defaults(func=cmd_finetune)
@@ -646,9 +650,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loader = DataLoader(SkipUnreadable(dataset), batch_size=args.batch_size, num_workers=args.workers,
                         sampler=engine.ShardSampler(len(dataset), ctx.rank, ctx.world_size), collate_fn=collate_readable)
     start = time.perf_counter()
+    model, amp_dtype = _inference_model(model, args, ctx.device)
     try:
-        metrics = engine.evaluate(model, loader, taxonomy, ctx.device,
-                                  amp_dtype=_inference_dtype(args, ctx.device),
+        metrics = engine.evaluate(model, loader, taxonomy, ctx.device, amp_dtype=amp_dtype,
                                   progress=ctx.is_main and not args.no_progress)
     except ValueError as e:
         # SLIC may return a few more superpixels than asked for: ids above --max-tokens are the flag's
@@ -706,8 +710,20 @@ def _set_token_budget(model: Any, max_tokens: int, name: str, num_segments: Opti
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "auto"),
-                   help="fp32, bf16 autocast, or auto: bf16 on CUDA and on CPUs with native bf16 "
-                        "(AVX-512 BF16 / AMX), fp32 elsewhere (default: auto)")
+                   help="the model through hcast.optimize_for_inference: fp32, bf16 (weights cast once), or auto: "
+                        "bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere "
+                        "(default: auto)")
+
+
+def _inference_model(model: Any, args: argparse.Namespace, device: Any) -> Tuple[Any, Any]:
+    """``(model to run, autocast dtype or None)``: --precision goes through
+    :func:`hcast.optimize_for_inference` (prints the path it chose); the deprecated --amp
+    keeps autocast around the model as it is."""
+    if getattr(args, "amp", None) is not None:
+        return model, _inference_dtype(args, device)
+    from hcast.inference import optimize_for_inference
+
+    return optimize_for_inference(model, args.precision or "auto", verbose=True), None
 
 
 def _inference_dtype(args: argparse.Namespace, device: Any) -> Any:
@@ -805,9 +821,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"none of the {len(args.images)} IMAGE arguments could be read (see above).")
     import torch
 
-    dtype = _inference_dtype(args, device)
+    fast, dtype = _inference_model(model, args, device)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        results = predict_paths(model, images.to(device), None if segments is None else segments.to(device),
+        results = predict_paths(fast, images.to(device), None if segments is None else segments.to(device),
                                 taxonomy, top_k=args.top_k)
     for path, rows in zip(read, results):
         print(f"{path}:")
@@ -957,11 +973,88 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- benchmark
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="images/s of each inference path of MODEL on this machine, and its agreement with fp32 eager",
+        description=(
+            "Time MODEL on scikit-image's sample photos through each inference path (fp32 eager, bf16 autocast, "
+            "hcast.optimize_for_inference, optionally compiled), round-robin, superpixels computed beforehand as a "
+            "data loader would; print images/s, top-1 agreement and the largest relative difference of the "
+            "outputs from fp32 eager, with the CPU's capability flags and the load average."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="timm name, hf-hub: id or folder written by finetune")
+    p.add_argument("--batch-size", "-b", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (the best counts)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also time the inductor-compiled paths (minutes)")
+    p.add_argument("--no-pretrained", action="store_true", help="a registry MODEL with random weights")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_benchmark)
+
+
+def _sample_photos(batch: int, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Any:
+    """(B, 3, H, W) float32 normalised scikit-image sample photos, cycled to ``batch``."""
+    import numpy as np
+    import torch
+    from skimage import data as skdata
+    from skimage.transform import resize
+
+    sources = (skdata.astronaut, skdata.coffee, skdata.chelsea, skdata.rocket, skdata.immunohistochemistry)
+    imgs = [resize(sources[i % len(sources)](), size, anti_aliasing=True) for i in range(batch)]
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    from hcast.inference import benchmark_inference
+    from hcast.precision import describe_cpu
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size: expected an int >= 1, got {args.batch_size}.")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats: expected an int >= 1, got {args.repeats}.")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads: expected an int >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    with user_input(f"model {args.model!r}"):
+        model, _, _, weights = load_model_for_inference(args.model, args.device, None, not args.no_pretrained)
+    cfg = _data_config(model)
+    images = _sample_photos(args.batch_size, tuple(cfg["input_size"][-2:]), cfg["mean"], cfg["std"])
+    images = images.to(args.device)
+    segments = model.superpixels(images) if callable(getattr(model, "superpixels", None)) else None
+    print(weights)
+    print(describe_cpu())
+    print(f"load average (1, 5, 15 min): {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+          if Path("/proc/loadavg").exists() else "load average: unknown")
+    print(f"{args.model}, batch {args.batch_size}, {tuple(images.shape[-2:])}, {torch.get_num_threads()} threads, "
+          f"superpixels computed beforehand; best of {args.repeats} round-robin rounds", flush=True)
+    rows = benchmark_inference(model.eval(), images, segments, repeats=args.repeats, compile=args.compile)
+    width = max(len(r["path"]) for r in rows)
+    print(f"{'path':<{width}}  {'images/s':>9}  {'vs fp32':>7}  {'top-1 agr.':>10}  {'rel. diff':>9}")
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        print(f"{r['path']:<{width}}  {r['images_per_s']:9.2f}  {r['images_per_s'] / base:6.2f}x  "
+              f"{100 * r['top1_agreement']:9.1f}%  {r['max_rel_diff']:9.2e}")
+    for r in rows:
+        print(f"  {r['path']}: {r['detail']}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``hcast`` argument parser (sub-commands finetune, evaluate, predict, convert, push, export)."""
+    """The ``hcast`` argument parser (sub-commands finetune, evaluate, predict, convert, push, export,
+    benchmark)."""
     from hcast import __version__
 
     parser = argparse.ArgumentParser(
@@ -971,7 +1064,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hcast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_finetune, _add_evaluate, _add_predict, _add_convert, _add_push, _add_export):
+    for add in (_add_finetune, _add_evaluate, _add_predict, _add_convert, _add_push, _add_export,
+                _add_benchmark):
         add(sub)
     return parser
 

@@ -12,16 +12,65 @@ which is why ``'auto'`` picks float32 there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
-__all__ = ["PRECISIONS", "cpu_has_native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "choose_precision", "cpu_features", "cpu_has_native_bf16", "describe_cpu",
+           "resolve_precision"]
 
 #: the values :func:`resolve_precision` accepts
 PRECISIONS = ("fp32", "bf16", "auto")
 
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# The capability classes that decide CAST's speed on a CPU, and the /proc/cpuinfo flags that
+# show them (any one of a tuple's flags is enough).
+_CPU_FEATURES = {
+    "AVX2": ("avx2",),
+    "AVX-512": ("avx512f",),
+    "AVX-512 BF16": ("avx512_bf16",),
+    "AMX": ("amx_bf16", "amx_tile"),
+    "VNNI": ("avx512_vnni", "avx_vnni"),
+}
+
+
+def _cpu_flags(cpuinfo: Union[str, Path]) -> set:
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set(text.split())
+
+
+def cpu_features(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> dict:
+    """Which of AVX2, AVX-512, AVX-512 BF16, AMX and VNNI this CPU has, from the flags of
+    ``cpuinfo`` (Linux; every feature False where the file cannot be read).
+
+    Returns:
+        ``{"AVX2": bool, "AVX-512": bool, "AVX-512 BF16": bool, "AMX": bool, "VNNI": bool}``.
+    """
+    flags = _cpu_flags(cpuinfo)
+    return {name: any(f in flags for f in names) for name, names in _CPU_FEATURES.items()}
+
+
+def describe_cpu(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> str:
+    """One line naming the CPU, torch's CPU capability and :func:`cpu_features`, e.g.
+    ``'CPU: Intel Xeon ...; torch capability AVX512; AVX2 yes, AVX-512 yes, AVX-512 BF16
+    yes, AMX no, VNNI yes'``: printed beside every speed figure."""
+    model = "unknown CPU"
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    features = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in cpu_features(cpuinfo).items())
+    return f"CPU: {model}; torch capability {torch.backends.cpu.get_cpu_capability()}; {features}"
 
 
 def cpu_has_native_bf16(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> bool:
@@ -38,19 +87,18 @@ def cpu_has_native_bf16(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> bool:
     return any(flag in flags.split() for flag in _BF16_CPU_FLAGS)
 
 
-def resolve_precision(precision: str, device: Union[str, torch.device], verbose: bool = True
-                      ) -> Optional[torch.dtype]:
-    """The autocast dtype for ``precision`` on ``device``: ``None`` for float32.
+def choose_precision(precision: str, device: Union[str, torch.device]) -> Tuple[Optional[torch.dtype], str]:
+    """The one precision rule of hcast: the bfloat16 / float32 choice for ``precision`` on
+    ``device``, and why.
 
     Args:
-        precision: ``'fp32'`` (no autocast), ``'bf16'`` (bfloat16 autocast, even where it
-            is emulated) or ``'auto'``: bfloat16 on CUDA (when the GPU supports it) and on
-            CPUs with native bfloat16 (:func:`cpu_has_native_bf16`), float32 elsewhere.
+        precision: ``'fp32'``, ``'bf16'`` (even where it is emulated) or ``'auto'``:
+            bfloat16 on CUDA (when the GPU supports it) and on CPUs with native bfloat16
+            (:func:`cpu_has_native_bf16`), float32 elsewhere.
         device: where the model runs.
-        verbose: print which precision ``'auto'`` chose, and why.
 
     Returns:
-        ``torch.bfloat16`` or ``None``.
+        ``(torch.bfloat16 or None for float32, reason)``.
 
     Raises:
         ValueError: an unknown ``precision``.
@@ -58,9 +106,9 @@ def resolve_precision(precision: str, device: Union[str, torch.device], verbose:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     if precision == "fp32":
-        return None
+        return None, "fp32 was asked for"
     if precision == "bf16":
-        return torch.bfloat16
+        return torch.bfloat16, "bf16 was asked for"
     device = torch.device(device)
     if device.type == "cuda":
         chosen = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -72,6 +120,27 @@ def resolve_precision(precision: str, device: Union[str, torch.device], verbose:
                f"no avx512_bf16 / amx_bf16 flag): bfloat16 would be emulated")
     else:
         chosen, why = False, f"no bfloat16 rule for device type {device.type!r}"
-    if verbose:
-        print(f"precision auto: {'bf16' if chosen else 'fp32'} on {device} ({why})", flush=True)
-    return torch.bfloat16 if chosen else None
+    return (torch.bfloat16 if chosen else None), why
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device], verbose: bool = True
+                      ) -> Optional[torch.dtype]:
+    """The autocast dtype for ``precision`` on ``device``: ``None`` for float32
+    (:func:`choose_precision`'s choice).
+
+    Args:
+        precision: ``'fp32'``, ``'bf16'`` or ``'auto'`` (see :func:`choose_precision`).
+        device: where the model runs.
+        verbose: print which precision ``'auto'`` chose, and why.
+
+    Returns:
+        ``torch.bfloat16`` or ``None``.
+
+    Raises:
+        ValueError: an unknown ``precision``.
+    """
+    dtype, why = choose_precision(precision, device)
+    if verbose and precision == "auto":
+        print(f"precision auto: {'bf16' if dtype is not None else 'fp32'} on {torch.device(device)} ({why})",
+              flush=True)
+    return dtype

@@ -174,3 +174,87 @@ def test_fast_path_equals_channel_ordered_loop_at_cast_size(kind):
         points = torch.randint(-1, 2, (4, 197, 384), generator=g).float()
     fast = _farthest_point_sampling_torch(points, 65, 0)
     assert torch.equal(fast, _farthest_point_sampling_reference(points, 65, 0))
+
+
+def _cast_clouds(kind: str) -> torch.Tensor:
+    """CAST-sized clouds (B=3, 197 points, C=384) as graph pooling builds them."""
+    g = torch.Generator().manual_seed(11)
+    points = torch.randn(3, 197, 384, generator=g)
+    if kind == "padded":  # padded tokens are filled with the mean token, the start point
+        points[1, 150:] = points[1, :1]
+    elif kind == "blank":  # every token equal: the cloud runs out of distinct points
+        points[2] = 0.5
+    return points
+
+
+def test_gram_loop_is_sure_on_distinct_tokens_and_flags_ties():
+    """The sync-free Gram-matrix loop settles clouds of distinct tokens on its own (no
+    exact pass) and flags exactly the clouds with ties at the farthest point."""
+    from hcast.ops.farthest_point_sampling import (
+        _farthest_point_sampling_gram,
+        _farthest_point_sampling_reference,
+    )
+
+    points = _cast_clouds("normal").double()
+    samples, unsure = _farthest_point_sampling_gram(points, 65, 0)
+    assert not unsure.any()
+    assert torch.equal(samples, _farthest_point_sampling_reference(points, 65, 0))
+    blank = _cast_clouds("blank").double()
+    assert _farthest_point_sampling_gram(blank, 65, 0)[1].tolist() == [False, False, True]
+
+
+def _distinct_and_duplicated_clouds() -> torch.Tensor:
+    """(2, 30, 8) float32: cloud 0 of distinct points, cloud 1 of 5 distinct points
+    repeated, where the Gram-matrix loop alone picks index 25 instead of DGL's 4 (a tie
+    between duplicates that its rounding breaks the wrong way)."""
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.randn(1, 5, 8, generator=g) * 3 + 0.1
+    pick = torch.randint(0, 5, (1, 30), generator=g)
+    duplicated = torch.gather(distinct, 1, pick[..., None].expand(-1, -1, 8))
+    return torch.cat([torch.randn(1, 30, 8, generator=g), duplicated])
+
+
+def test_unsure_clouds_are_sampled_again_exactly():
+    from hcast.ops.farthest_point_sampling import _farthest_point_sampling_gram
+
+    points = _distinct_and_duplicated_clouds()
+    expected = dgl_reference(points, 9, 0)
+    samples, unsure = _farthest_point_sampling_gram(points.double(), 9, 0)
+    assert unsure.tolist() == [False, True]
+    assert torch.equal(samples[0], expected[0]) and not torch.equal(samples[1], expected[1])
+    assert torch.equal(farthest_point_sampling(points, 9, 0), expected)
+
+
+@pytest.mark.parametrize("exact_branch", [False, True])
+def test_compiled_fps_is_one_graph_with_dgl_indices(exact_branch, one_torch_thread):
+    """Under torch.compile (fullgraph: no host sync, no graph break) the op returns DGL's
+    indices, with a cloud that needs the exact torch.cond branch and without."""
+    import torch._dynamo
+
+    points = _distinct_and_duplicated_clouds()
+    points = points if exact_branch else points[:1]
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda p: farthest_point_sampling(p, 9, 0, validate_args=False),
+                             backend="eager", fullgraph=True)
+    assert torch.equal(compiled(points), dgl_reference(points, 9, 0))
+
+
+def test_onnx_runtime_takes_the_exact_branch(tmp_path, one_torch_thread):
+    """Exported to ONNX (torch.cond becomes an If node), a batch with a cloud that needs
+    the exact branch and one without give DGL's indices in ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is a test extra: pip install hcast[test]")
+    pytest.importorskip("onnxscript")
+
+    class Sampler(torch.nn.Module):
+        def forward(self, points):
+            return farthest_point_sampling(points, 9, 0, validate_args=False)
+
+    points = _distinct_and_duplicated_clouds()
+    path = tmp_path / "fps.onnx"
+    torch.onnx.export(Sampler().eval(), (points,), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},)).save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for batch in (points, points[:1], points[1:]):
+        got = session.run(None, {name: batch.numpy()})[0]
+        assert np.array_equal(got, dgl_reference(batch, 9, 0).numpy())

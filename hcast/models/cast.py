@@ -292,6 +292,8 @@ class GraphPooling(nn.Module):
         their distance to the sampled set is exactly 0, so FPS picks one only once every
         valid token is taken, and then it picks the start point first (first maximum),
         which the fallback below replaces. A padded token is never a centroid."""
+        if tokens.dtype in (torch.bfloat16, torch.float16):  # bf16 weights: the mean in float32
+            tokens = tokens.float()
         valid = (~padding_mask).unsqueeze(-1).to(tokens.dtype)
         mean = (tokens * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
         filled = torch.where(padding_mask.unsqueeze(-1), mean, tokens)
@@ -330,8 +332,8 @@ class GraphPooling(nn.Module):
         sampled = self.sample_centroids(tokens, padding_mask, validate_args)
         gather_index = sampled.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
         embedded = self.assign(tokens, padding_mask if masked else None)
-        centroid_embedded = torch.gather(embedded, 1, gather_index)
-        logits = 5 * F.normalize(embedded, dim=-1) @ F.normalize(centroid_embedded, dim=-1).transpose(1, 2)
+        normalized = F.normalize(embedded, dim=-1)  # row-wise: gathering after it is exact
+        logits = 5 * normalized @ torch.gather(normalized, 1, gather_index).transpose(1, 2)
         if not self.update_centroids:
             return None, None, logits, sampled
         assignments = logits.softmax(dim=-1)  # (B, N, K)

@@ -110,15 +110,18 @@ def farthest_point_sampling(
         Tensor[B, num_samples], int64: indices into dimension 1 of ``points``; column 0
         is ``start_idx``.
 
-    Inside ``torch.compile`` / ``torch.export`` the op runs DGL's loop over the fixed
-    sample count (:func:`_farthest_point_sampling_reference`: no host sync, no
-    data-dependent branch, the same indices). Autocast is off inside the op, so the
-    indices under ``torch.autocast`` are the float64 ones.
+    Autocast is off inside the op, so the indices under ``torch.autocast`` are the
+    float64 ones.
 
-    On CUDA tensors one Triton launch samples the whole batch. Elsewhere distances come
-    from one batched Gram matrix and near ties are re-checked with DGL's channel-ordered
-    float64 sums, which returns the same indices as the plain loop at a fraction of its
-    cost (see ``_farthest_point_sampling_torch``).
+    On CUDA tensors (eager) one Triton launch samples the whole batch. Elsewhere, and
+    inside ``torch.compile`` / ``torch.export`` / ONNX export, all squared distances come
+    from one batched float64 Gram matrix and the sampling loop runs over the fixed sample
+    count with no host sync and no data-dependent shape (three small ops per sample); a
+    cloud where, at some step, another point came within the Gram matrix's rounding bound
+    of the farthest one is sampled again exactly with DGL's channel-ordered float64 sums
+    (eager: one host sync per call, only those clouds; compiled / exported: a
+    ``torch.cond`` branch). The indices are DGL's in every case (see
+    ``_farthest_point_sampling_batched``).
     Not differentiable (returns indices).
 
     float64 clouds with coordinates above ~1e150 in magnitude, whose squared distances
@@ -136,13 +139,111 @@ def farthest_point_sampling(
     # indices need float64 distances, so autocast is switched off here.
     with torch.autocast(points.device.type, enabled=False):
         points = _rescale_huge(points.detach())
-        if torch.compiler.is_compiling():
-            # Inside torch.compile / torch.export: no host sync, no data-dependent branch.
-            return _farthest_point_sampling_reference(points, num_samples, start_idx)
         # The Triton kernel holds a cloud's distances in registers: one block of points.
-        if points.is_cuda and _triton.available() and points.shape[1] <= _triton.MAX_FPS_POINTS:
+        if (points.is_cuda and _triton.available() and points.shape[1] <= _triton.MAX_FPS_POINTS
+                and not torch.compiler.is_compiling()):
             return _triton.farthest_point_sampling(points, num_samples, start_idx)
-        return _farthest_point_sampling_torch(points, num_samples, start_idx)
+        x = points.to(torch.float64)
+        samples, unsure = _farthest_point_sampling_gram(x, num_samples, start_idx)
+    # Outside the autocast region: a torch.cond inside one does not serialise with
+    # torch.export; autocast never casts float64 tensors, so nothing below changes.
+    return _resample_unsure(x, samples, unsure, start_idx)
+
+
+def _gram_sq_dist(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairwise squared distances of x (B, N, C) float64 from one Gram matrix, and
+    the bound ``tol`` (B, N) on their difference from DGL's channel-ordered sums.
+
+    ``|x|^2 + |s|^2 - 2 x.s`` differs from the channel-ordered sum by at most
+    ``64 * C * eps * (|x|^2 + max |s|^2)`` (both are float64 sums of C terms whose
+    rounding error is bounded by ``C * eps`` times the magnitudes).
+    """
+    channels = x.shape[2]
+    sq_norm = (x * x).sum(-1)  # (B, N)
+    dist = torch.baddbmm(sq_norm[:, :, None] + sq_norm[:, None, :], x, x.transpose(1, 2), alpha=-2.0)
+    eps = torch.finfo(torch.float64).eps
+    tol = (64.0 * channels * eps) * (sq_norm + sq_norm.amax(dim=1, keepdim=True))
+    return dist, tol + torch.finfo(torch.float64).tiny
+
+
+def _farthest_point_sampling_gram(
+    points: torch.Tensor, num_samples: int, start_idx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FPS on Gram-matrix distances with no host sync: (B, K) int64 picks and a (B,)
+    bool ``unsure`` flag per cloud.
+
+    Where ``unsure`` is False the picks are DGL's for certain: at every step the farthest
+    point by Gram-matrix distance was farther than every other point by more than both
+    points' rounding bounds, so DGL's channel-ordered distances pick the same point. Where
+    it is True (another point came within the bounds at some step: exact ties, duplicated
+    tokens, clouds with fewer distinct points than samples) the caller samples the cloud
+    again exactly. The loop is three ops per sample (a row gather, a minimum, an argmax)
+    on (B, N); the bound check runs once on all steps after the loop.
+    """
+    x = points.detach().to(torch.float64)
+    batch, num_points, _ = x.shape
+    current = torch.full((batch,), start_idx, dtype=torch.long, device=x.device)
+    if num_samples == 1:
+        return current[:, None], torch.zeros(batch, dtype=torch.bool, device=x.device)
+    dist, tol = _gram_sq_dist(x)
+    rows = dist.reshape(batch * num_points, num_points)
+    offsets = torch.arange(batch, device=x.device) * num_points
+    picks = [current]
+    min_dists = []
+    min_dist = None
+    for _ in range(1, num_samples):
+        row = rows.index_select(0, offsets + current)  # (B, N): distances to the last pick
+        min_dist = row if min_dist is None else torch.minimum(min_dist, row)
+        current = min_dist.argmax(dim=1)  # torch documents: first maximal index
+        picks.append(current)
+        min_dists.append(min_dist)
+    samples = torch.stack(picks, dim=1)  # (B, K)
+    steps = torch.stack(min_dists, dim=1)  # (B, K - 1, N)
+    # A point j other than the pick p could be DGL's pick if d_j + tol_j >= d_p - tol_p.
+    picked = torch.gather(steps, 2, samples[:, 1:, None])  # (B, K - 1, 1)
+    picked_tol = torch.gather(tol, 1, samples[:, 1:])[..., None]
+    close = (steps + tol[:, None, :]) >= (picked - picked_tol)  # the pick itself included
+    unsure = (close.sum(dim=2) > 1).any(dim=1)
+    return samples, unsure
+
+
+def _resample_unsure(
+    x: torch.Tensor, samples: torch.Tensor, unsure: torch.Tensor, start_idx: int
+) -> torch.Tensor:
+    """DGL's indices: the picks of :func:`_farthest_point_sampling_gram` with its unsure
+    clouds sampled again exactly.
+
+    x (B, N, C) float64, samples (B, K) int64, unsure (B,) bool. In eager the unsure
+    clouds alone go through :func:`_farthest_point_sampling_torch` (one host sync per
+    call to find them); under torch.compile / torch.export a ``torch.cond`` takes
+    :func:`_farthest_point_sampling_reference` only when some cloud is unsure, so the
+    graph has no host sync and no data-dependent shape.
+    """
+    num_samples = samples.shape[1]
+    if torch.compiler.is_compiling():
+        def exact(x, samples, unsure):
+            reference = _farthest_point_sampling_reference(x, num_samples, start_idx)
+            return torch.where(unsure[:, None], reference, samples)
+
+        def keep(x, samples, unsure):
+            return samples.clone()
+
+        return torch.cond(unsure.any(), exact, keep, (x, samples, unsure))
+    if bool(unsure.any()):
+        rows = unsure.nonzero().squeeze(1)
+        samples = samples.clone()
+        samples[rows] = _farthest_point_sampling_torch(x[rows], num_samples, start_idx)
+    return samples
+
+
+def _farthest_point_sampling_batched(
+    points: torch.Tensor, num_samples: int, start_idx: int
+) -> torch.Tensor:
+    """DGL's indices for checked, autocast-free inputs without the Triton kernel: the
+    sync-free Gram-matrix loop plus an exact pass over its unsure clouds."""
+    x = points.detach().to(torch.float64)
+    samples, unsure = _farthest_point_sampling_gram(x, num_samples, start_idx)
+    return _resample_unsure(x, samples, unsure, start_idx)
 
 
 # Candidates whose distances the Gram-matrix shortcut cannot separate are resolved

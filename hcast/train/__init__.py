@@ -25,7 +25,7 @@ from hcast.train.distributed import (
     resolve_device,
     unwrap_model,
 )
-from hcast.train.loop import TimeBudget, level_targets, train_one_epoch
+from hcast.train.loop import AttentionBackendChooser, TimeBudget, level_targets, train_one_epoch
 from hcast.train.evaluation import evaluate, format_metrics_table
 from hcast.train.outputs import plot_learning_curves, save_model_folder, write_log
 from hcast.train.transforms import create_train_transform, create_val_transform
@@ -38,6 +38,7 @@ from hcast._io import write_json
 from hcast.weights.folder import load_checkpoint, save_checkpoint
 
 __all__ = [
+    "AttentionBackendChooser",
     "DistributedContext",
     "FinetuneConfig",
     "FinetuneResult",

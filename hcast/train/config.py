@@ -100,6 +100,13 @@ class FinetuneConfig:
         max_steps: stop each epoch after this many steps (quick runs).
         time_budget: wall-clock minutes for the training loop; the cosine is shortened to
             fit after timing the first updates. ``None``: no limit.
+        fill_budget: with ``time_budget``, also lengthen the run past ``epochs`` so that
+            the cosine ends with the budget (a faster machine trains longer instead of
+            stopping early); the epoch count then follows from the measured step time.
+        attention: the SDPA backend of the training steps: ``"auto"`` (on CPUs, measure
+            the default and the math backend on the run's first steps and keep the faster;
+            :class:`hcast.train.AttentionBackendChooser`; PyTorch's choice on GPUs),
+            ``"default"`` or ``"math"``.
         progress: tqdm bars (only when stderr is a terminal).
         recipe: the recipe this config started from (a label, for the saved JSON).
     """
@@ -145,6 +152,8 @@ class FinetuneConfig:
     seed: int = 0
     max_steps: Optional[int] = None
     time_budget: Optional[float] = None
+    fill_budget: bool = False
+    attention: str = "auto"
     progress: bool = True
     recipe: Optional[str] = field(default=None)
     amp: Optional[str] = None
@@ -223,6 +232,7 @@ class FinetuneConfig:
         need(self.precision in _PRECISIONS, "precision", f"one of {_PRECISIONS}")
         need(self.workers >= 0, "workers", ">= 0")
         need(self.time_budget is None or self.time_budget > 0, "time_budget", "None or positive minutes")
+        need(self.attention in ("auto", "default", "math"), "attention", "one of ('auto', 'default', 'math')")
         if self.superpixels == "cache" and self.scale_min != 1.0:
             raise ValueError(
                 f"superpixels='cache' needs flip-only augmentation (scale_min=1), got scale_min={self.scale_min:g}: "

@@ -41,7 +41,7 @@ from hcast.hierarchy import Taxonomy
 from hcast.train.config import FinetuneConfig
 from hcast.train.distributed import ShardSampler, init_distributed, resolve_training_precision
 from hcast.train.evaluation import evaluate
-from hcast.train.loop import TimeBudget, train_one_epoch
+from hcast.train.loop import AttentionBackendChooser, TimeBudget, train_one_epoch
 from hcast.train.outputs import (CHECKPOINT_NAME, CONFIG_NAME, CURVES_NAME, LOG_NAME, plot_learning_curves,
                                  save_model_folder, write_log)
 from hcast.train.transforms import create_train_transform, create_val_transform, val_data_config
@@ -111,6 +111,17 @@ _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 def uses_superpixels(model: nn.Module) -> bool:
     """Whether ``model.forward`` takes superpixel ids (CAST, H-CAST) or reads patches (Hier-ViT)."""
     return "segments" in inspect.signature(model.forward).parameters
+
+
+def _attention_backend(config: FinetuneConfig, ctx: Any) -> Optional[AttentionBackendChooser]:
+    """``config.attention`` as the training loop's chooser: ``auto`` measures on CPUs
+    (PyTorch's own choice on GPUs), ``math`` / ``default`` fix the backend."""
+    if config.attention == "default" or (config.attention == "auto" and ctx.device.type != "cpu"):
+        return None
+    chooser = AttentionBackendChooser(sync=ctx.distributed)
+    if config.attention == "math":
+        chooser.chosen = "math"
+    return chooser
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -399,11 +410,18 @@ def finetune(
         budget = TimeBudget(max(config.time_budget * 60 - cache_seconds, 1.0), config.epochs * steps_per_epoch,
                             scheduler, warmup_updates=warmup_updates, reserve_updates=eval_updates + 5,
                             # re-plan often: on a shared machine a slow start must not fix a short schedule
-                            replan_every=20, sync=ctx.distributed, start_update=num_updates)
+                            replan_every=20, sync=ctx.distributed, start_update=num_updates,
+                            extend=config.fill_budget)
+    attention, attention_said = _attention_backend(config, ctx), False
+    if resume is not None and attention is not None and state.get("attention"):
+        attention.load_state_dict(state["attention"])  # the same backend at the same update
+        attention_said = attention.chosen is not None
+    # fill_budget: as many epochs as the budget holds (the budget ends the loop)
+    last_epoch = config.epochs if budget is None or not budget.extend else config.epochs * 1000
     metrics: Dict[str, Any] = history[-1]["val"] if history else {}
     stopped_early = False
     train_start = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, last_epoch):
         _seed_epoch(config.seed, epoch, ctx.rank)
         train_sampler.set_epoch(epoch)
         stats = train_one_epoch(
@@ -411,7 +429,11 @@ def finetune(
             num_updates=num_updates, mixup=mixup, amp_dtype=amp_dtype, grad_scaler=grad_scaler,
             clip_grad=config.clip_grad, superpixel_fn=superpixel_fn, max_steps=config.max_steps,
             progress=show_progress, world_size=ctx.world_size, should_stop=budget, model_ema=model_ema,
+            attention=attention,
         )
+        if attention is not None and attention.chosen is not None and attention.medians and not attention_said:
+            attention_said = True
+            say(attention.describe())
         num_updates = stats["num_updates"]
         if ctx.distributed:
             # BatchNorm running statistics moved apart in the last step's local forward (DDP
@@ -426,7 +448,9 @@ def finetune(
         record = {"epoch": epoch + 1, "train": stats, "val": metrics}
         history.append(record)
         accs = " ".join(f"{n} {100 * a:.2f}" for n, a in zip(metrics["level_names"], metrics["plain"]["level_accuracy"]))
-        say(f"epoch {epoch + 1}/{config.epochs}: loss {stats['loss']:.4f}, lr {stats['lr']:.2e}, "
+        planned = config.epochs if last_epoch == config.epochs else max(
+            epoch + 1, -(-budget.total_updates // steps_per_epoch))
+        say(f"epoch {epoch + 1}/{planned}: loss {stats['loss']:.4f}, lr {stats['lr']:.2e}, "
             f"{stats['images_per_s']:.0f} img/s, {stats['seconds']:.0f}s | val {accs}, FPA {100 * fpa:.2f}, "
             f"TICE {100 * metrics['plain']['tice']:.2f}")
         improved = fpa > best_fpa
@@ -442,6 +466,7 @@ def finetune(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_ema": model_ema.state_dict() if model_ema is not None else {},
                 "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else {},
+                "attention": attention.state_dict() if attention is not None else {},
                 "epoch": epoch, "num_updates": num_updates, "best_fpa": best_fpa, "best_epoch": best_epoch,
                 "history": history, "config": config.to_dict(), "taxonomy": taxonomy.to_dict(),
             }, out / CHECKPOINT_NAME)
@@ -450,10 +475,16 @@ def finetune(
         stop = bool(on_epoch_end(record)) if on_epoch_end is not None else False
         if out_of_budget or stop:
             stopped_early = epoch + 1 < config.epochs
-            if budget is not None and budget.shortened:
+            if budget is not None and budget.extended:
+                say(f"time budget of {config.time_budget:g} min: filled with {num_updates} updates "
+                    f"({budget.planned_updates} planned for {config.epochs} epochs; "
+                    f"{budget.seconds_per_update or 0:.2f} s each); the cosine ran to the end of the budget")
+            elif budget is not None and budget.shortened:
                 say(f"time budget of {config.time_budget:g} min: stopped after {num_updates} of "
-                    f"{budget.planned_updates} planned updates ({budget.seconds_per_update or 0:.2f} s each); "
-                    "the cosine schedule was shortened to match")
+                    f"{budget.planned_updates} planned updates ("
+                    + (f"{budget.seconds_per_update:.2f} s each" if budget.seconds_per_update is not None
+                       else "out of time before the step time was measured")
+                    + "); the cosine schedule was shortened to match")
             break
     if hasattr(model, "set_level_outputs"):
         model.set_level_outputs(False)

@@ -4,7 +4,10 @@
   clipping, hierarchical mixup/cutmix, the H-CAST loss, a per-step LR schedule and an
   optional EMA of the weights (``timm.utils.ModelEmaV3``), with a tqdm bar showing loss
   and images/s.
-* :class:`TimeBudget`: fit a run into a wall-clock budget by shortening its cosine.
+* :class:`TimeBudget`: fit a run into a wall-clock budget by shortening its cosine (or, with
+  ``extend``, lengthening it to the end of the budget).
+* :class:`AttentionBackendChooser`: the SDPA backend whose training steps are faster on this
+  machine, measured on the run's own first steps.
 * :func:`level_targets`: per-level labels from fine labels.
 
 The loop follows the H-CAST authors' DeiT-based engine (``deit/engine_hier.py`` in
@@ -14,6 +17,7 @@ plus the tree-path KL term, the EMA is updated after every optimizer step.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -25,7 +29,7 @@ import torch.nn as nn
 from hcast.hierarchy import Taxonomy
 from hcast.train.distributed import _autocast, unwrap_model
 
-__all__ = ["level_targets", "train_one_epoch", "TimeBudget"]
+__all__ = ["AttentionBackendChooser", "level_targets", "train_one_epoch", "TimeBudget"]
 
 SuperpixelFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -126,6 +130,7 @@ def train_one_epoch(
     world_size: int = 1,
     should_stop: Optional[Callable[[int], bool]] = None,
     model_ema: Any = None,
+    attention: Optional["AttentionBackendChooser"] = None,
 ) -> Dict[str, float]:
     """Train ``model`` for one pass over ``loader``.
 
@@ -164,6 +169,9 @@ def train_one_epoch(
         model_ema: a ``timm.utils.ModelEmaV3`` of the (unwrapped) model, updated after
             every optimizer step with ``step=num_updates``, as the authors'
             ``deit/engine_hier.py`` updates theirs; ``None`` for no EMA.
+        attention: an :class:`AttentionBackendChooser` that picks the SDPA backend of each
+            step (forward, backward and update) and is told the step's time; ``None``:
+            PyTorch's default backend.
 
     Returns:
         dict with ``loss`` (mean over the epoch), ``lr`` (last), ``images_per_s``
@@ -201,27 +209,31 @@ def train_one_epoch(
         if segments is None and superpixel_fn is not None:
             with torch.no_grad():
                 segments = superpixel_fn(images)
-        with _autocast(device, amp_dtype):
-            logits = _forward(model, images, segments)
-            loss = criterion([lg.float() for lg in logits], targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {epoch}, step {steps}; lower --lr, raise --warmup-epochs, "
-                "or use --precision fp32."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if grad_scaler is not None:
-            grad_scaler.scale(loss).backward()
-            if clip_grad:
-                grad_scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            grad_scaler.step(optimizer)
-            grad_scaler.update()
-        else:
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+        step_start = time.perf_counter()
+        with attention.backend() if attention is not None else contextlib.nullcontext():
+            with _autocast(device, amp_dtype):
+                logits = _forward(model, images, segments)
+                loss = criterion([lg.float() for lg in logits], targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch}, step {steps}; lower --lr, raise --warmup-epochs, "
+                    "or use --precision fp32."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if grad_scaler is not None:
+                grad_scaler.scale(loss).backward()
+                if clip_grad:
+                    grad_scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                grad_scaler.step(optimizer)
+                grad_scaler.update()
+            else:
+                loss.backward()
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+        if attention is not None:
+            attention.record(time.perf_counter() - step_start)
         num_updates += 1
         if model_ema is not None:
             model_ema.update(unwrap_model(model), step=num_updates)
@@ -270,6 +282,10 @@ class TimeBudget:
     Called after each update, it returns ``True`` once the total is reached or the
     budget is spent.
 
+    With ``extend`` the total may also grow past the plan: the cosine then runs to the end
+    of the budget, so a faster machine spends its budget learning instead of stopping
+    early (the run takes as many more epochs as it needs).
+
     Under DDP every process must reach the same decision: ``sync=True`` averages the
     measurements over processes (an all-reduce per call).
 
@@ -284,6 +300,7 @@ class TimeBudget:
         sync: all-reduce the measurements across processes.
         start_update: updates already done (a resumed run).
         clock: seconds, monotonic (``time.perf_counter``).
+        extend: let the total grow past ``total_updates`` to fill the budget.
 
     Raises:
         ValueError: for a budget that is not positive.
@@ -292,7 +309,7 @@ class TimeBudget:
     def __init__(self, seconds: float, total_updates: int, scheduler: Any = None, warmup_updates: int = 0,
                  reserve_updates: float = 0.0, calibration_updates: int = 20, skip: int = 3,
                  replan_every: int = 50, sync: bool = False, start_update: int = 0,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, extend: bool = False) -> None:
         if seconds <= 0:
             raise ValueError(f"seconds: expected a positive time budget, got {seconds}.")
         self.seconds, self.planned_updates = float(seconds), int(total_updates)
@@ -300,7 +317,7 @@ class TimeBudget:
         self.warmup_updates, self.reserve_updates = int(warmup_updates), float(reserve_updates)
         self.calibration_updates, self.skip = int(calibration_updates), int(skip)
         self.replan_every, self.sync = max(1, int(replan_every)), sync
-        self.clock = clock
+        self.clock, self.extend = clock, bool(extend)
         self.start = clock()
         self.start_update = int(start_update)
         self._mark: Optional[float] = None
@@ -311,6 +328,11 @@ class TimeBudget:
     def shortened(self) -> bool:
         """Whether the run was cut below its planned number of updates."""
         return self.total_updates < self.planned_updates
+
+    @property
+    def extended(self) -> bool:
+        """Whether the run was lengthened past its planned number of updates (``extend``)."""
+        return self.total_updates > self.planned_updates
 
     def elapsed(self) -> float:
         return self.clock() - self.start
@@ -341,9 +363,100 @@ class TimeBudget:
         self.reserve_seconds = self.reserve_updates * per_update
         left = self.seconds - self.reserve_seconds - self.elapsed()
         fit = num_updates + max(1, int(left / max(per_update, 1e-9)))
-        total = min(self.planned_updates, fit)
+        total = fit if self.extend else min(self.planned_updates, fit)
         if total != self.total_updates:
             self.total_updates = total
             if self.scheduler is not None and hasattr(self.scheduler, "t_initial"):
                 self.scheduler.t_initial = max(1, total - self.warmup_updates)
 
+
+
+class AttentionBackendChooser:
+    """The scaled-dot-product-attention backend whose training steps are fastest here,
+    measured on the run's own steps.
+
+    Which SDPA kernel trains faster depends on the CPU and the token count: on an AMX Xeon
+    the math backend's backward made a whole hcast_tiny step 1.40x faster than the default
+    (flash) kernel's, while for inference flash was faster (issue 24). Rather than a table
+    of CPUs, the first steps of the run alternate between the candidates (after ``skip``
+    warm-up steps on the default), ``trials`` steps each, and the backend with the lower
+    median step time is kept for the rest of the run. Both compute the same attention, so
+    training is unaffected beyond rounding. Used by :func:`train_one_epoch`:
+    ``with chooser.backend(): <step>`` then ``chooser.record(seconds)``.
+
+    Args:
+        skip: warm-up steps (default backend) before measuring.
+        trials: measured steps per candidate.
+        sync: under DDP, sum the measurements over processes so every rank keeps the same
+            backend (an all-reduce once, when choosing).
+
+    Attributes:
+        chosen: ``"default"`` or ``"math"`` once chosen, else ``None``.
+        medians: seconds per step of each candidate once chosen.
+    """
+
+    CANDIDATES = ("default", "math")
+
+    def __init__(self, skip: int = 2, trials: int = 4, sync: bool = False) -> None:
+        if skip < 0 or trials < 1:
+            raise ValueError(f"skip must be >= 0 and trials >= 1, got skip={skip}, trials={trials}.")
+        self.skip, self.trials, self.sync = int(skip), int(trials), sync
+        self.steps = 0
+        self.times: Dict[str, List[float]] = {name: [] for name in self.CANDIDATES}
+        self.chosen: Optional[str] = None
+        self.medians: Dict[str, float] = {}
+
+    def _current(self) -> str:
+        if self.chosen is not None:
+            return self.chosen
+        if self.steps < self.skip:
+            return "default"
+        return self.CANDIDATES[(self.steps - self.skip) % len(self.CANDIDATES)]
+
+    def backend(self):
+        """A context manager running the next step with the backend to measure or the
+        chosen one."""
+        name = self._current()
+        if name == "default":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+
+    def record(self, seconds: float) -> None:
+        """The wall time of the step just run with :meth:`backend`."""
+        name = self._current()
+        self.steps += 1
+        if self.chosen is not None or self.steps <= self.skip:
+            return
+        self.times[name].append(float(seconds))
+        if all(len(v) >= self.trials for v in self.times.values()):
+            medians = torch.tensor([float(torch.tensor(self.times[n]).median()) for n in self.CANDIDATES],
+                                   dtype=torch.float64)
+            if self.sync and dist.is_initialized():
+                dist.all_reduce(medians)
+                medians /= dist.get_world_size()
+            self.medians = dict(zip(self.CANDIDATES, medians.tolist()))
+            self.chosen = min(self.CANDIDATES, key=lambda n: self.medians[n])
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The measuring state (steps so far, step times, the choice), for checkpoints: a
+        resumed run goes on with the same backend at the same update as an uninterrupted
+        one. (A run resumed inside the measuring window times its remaining steps on
+        another run's clock, so its choice can differ from the uninterrupted run's.)"""
+        return {"steps": self.steps, "times": {k: list(v) for k, v in self.times.items()},
+                "chosen": self.chosen, "medians": dict(self.medians)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.steps = int(state["steps"])
+        self.times = {name: [float(t) for t in state["times"].get(name, [])] for name in self.CANDIDATES}
+        self.chosen = state.get("chosen")
+        self.medians = {k: float(v) for k, v in state.get("medians", {}).items()}
+
+    def describe(self) -> str:
+        """One line: the chosen backend and the measured seconds per step."""
+        if self.chosen is None:
+            return "attention backend: not chosen yet (measuring)"
+        times = ", ".join(f"{n} {t:.3f} s" for n, t in self.medians.items())
+        return f"attention backend for training: {self.chosen} (median step: {times})"
