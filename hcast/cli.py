@@ -380,8 +380,6 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="validate and keep the best epoch with the EMA weights (timm's train.py) instead of the raw ones")
     add(g, "--precision", "autocast: fp32, bf16, fp16, or auto: bf16 on CUDA (fp16 on GPUs without bf16) and on "
         "CPUs with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere", choices=("fp32", "bf16", "fp16", "auto"))
-    g.add_argument("--amp", default=argparse.SUPPRESS, choices=("auto", "bf16", "fp16", "off"),
-                   help="deprecated: use --precision ('off' is fp32)")
     g = p.add_argument_group("run")
     add(g, "--device", "auto | cpu | cuda", type=str)
     add(g, "--workers", "DataLoader worker processes per process", type=int)
@@ -422,8 +420,6 @@ def resolve_finetune_config(args: argparse.Namespace) -> Tuple[Any, Dict[str, An
     from hcast.train import FinetuneConfig, get_recipe
 
     given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    if "amp" in given and "precision" in given:
-        raise UsageError("pass --precision or the deprecated --amp, not both.")
     if given.get("clip_grad") == 0:
         given["clip_grad"] = None
     recipe = get_recipe(args.recipe) if args.recipe else None
@@ -607,8 +603,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     _add_precision(p)
-    p.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16", "off"),
-                   help="deprecated: use --precision (auto: bf16/fp16 on CUDA, off on CPU)")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the metrics as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -717,30 +711,10 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
 
 def _inference_model(model: Any, args: argparse.Namespace, device: Any) -> Tuple[Any, Any]:
     """``(model to run, autocast dtype or None)``: --precision goes through
-    :func:`hcast.optimize_for_inference` (prints the path it chose); the deprecated --amp
-    keeps autocast around the model as it is."""
-    if getattr(args, "amp", None) is not None:
-        return model, _inference_dtype(args, device)
+    :func:`hcast.optimize_for_inference` (prints the path it chose)."""
     from hcast.inference import optimize_for_inference
 
     return optimize_for_inference(model, args.precision or "auto", verbose=True), None
-
-
-def _inference_dtype(args: argparse.Namespace, device: Any) -> Any:
-    """The autocast dtype from --precision, or from the deprecated --amp."""
-    import warnings
-
-    from hcast.precision import resolve_precision
-
-    amp = getattr(args, "amp", None)
-    if amp is not None:
-        if args.precision is not None:
-            raise UsageError("pass --precision or the deprecated --amp, not both.")
-        warnings.warn("--amp is deprecated; use --precision fp32|bf16|auto.", FutureWarning, stacklevel=2)
-        from hcast.train import resolve_amp_dtype
-
-        return resolve_amp_dtype(device, amp)
-    return resolve_precision(args.precision or "auto", device)
 
 
 # ----------------------------------------------------------------------------- predict

@@ -29,11 +29,9 @@ def test_benchmark_bad_flags_exit_2(capsys):
 
 def test_precision_flag_goes_through_optimize_for_inference(capsys):
     model = timm.create_model("cast_tiny", num_classes=4, depths=(1, 1, 1, 1)).eval()
-    args = argparse.Namespace(precision="bf16", amp=None)
+    args = argparse.Namespace(precision="bf16")
     fast, dtype = _inference_model(model, args, torch.device("cpu"))
     assert isinstance(fast, InferenceModule) and fast.dtype == torch.bfloat16 and dtype is None
     assert "optimize_for_inference: bf16" in capsys.readouterr().out
     assert next(model.parameters()).dtype == torch.float32  # the loaded model itself is unchanged
-    with pytest.warns(FutureWarning, match="--amp is deprecated"):
-        same, amp_dtype = _inference_model(model, argparse.Namespace(precision=None, amp="bf16"), torch.device("cpu"))
-    assert same is model and amp_dtype == torch.bfloat16
+

@@ -139,7 +139,7 @@ def test_shard_sampler_reads_every_index_once():
         engine.ShardSampler(4, 2, 2)
 
 
-def test_training_precision_and_the_deprecated_amp_field(monkeypatch):
+def test_training_precision(monkeypatch):
     cpu = torch.device("cpu")
     assert engine.resolve_training_precision(cpu, "fp32") is None
     assert engine.resolve_training_precision(cpu, "bf16") is torch.bfloat16
@@ -150,21 +150,8 @@ def test_training_precision_and_the_deprecated_amp_field(monkeypatch):
     assert engine.resolve_training_precision(cpu, "auto", verbose=False) is None
     with pytest.raises(ValueError, match="precision"):
         engine.resolve_training_precision(cpu, "off")
-    with pytest.warns(FutureWarning, match="precision"):
-        config = engine.FinetuneConfig(amp="off")
-    assert config.precision == "fp32" and config.amp is None and "amp" not in {
-        k for k, v in config.to_dict().items() if v is not None}
     with pytest.raises(ValueError, match="precision"):
         engine.FinetuneConfig(precision="fp8")
-
-
-def test_resolve_amp_dtype():
-    cpu = torch.device("cpu")
-    assert engine.resolve_amp_dtype(cpu, "auto") is None
-    assert engine.resolve_amp_dtype(cpu, "bf16") is torch.bfloat16
-    assert engine.resolve_amp_dtype(cpu, "off") is None
-    with pytest.raises(ValueError, match="amp"):
-        engine.resolve_amp_dtype(cpu, "fp8")
 
 
 def test_checkpoint_write_crash_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

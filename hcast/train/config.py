@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -19,7 +18,6 @@ __all__ = ["FinetuneConfig"]
 
 _SUPERPIXEL_MODES = ("loader", "device", "cache")
 _PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-_AMP_TO_PRECISION = {"off": "fp32", "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
 
 
 @dataclass
@@ -91,8 +89,6 @@ class FinetuneConfig:
             and on CPUs with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere
             (:func:`hcast.train.resolve_training_precision`). The loss, farthest point
             sampling and the superpixel means stay in float32 / float64.
-        amp: deprecated alias of ``precision`` (``"off"`` = ``"fp32"``); warns, sets
-            ``precision`` and is reset to ``None``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         workers: DataLoader worker processes per process.
         seed: seeds every epoch's randomness (with the epoch and the rank), so a resumed
@@ -156,16 +152,8 @@ class FinetuneConfig:
     attention: str = "auto"
     progress: bool = True
     recipe: Optional[str] = field(default=None)
-    amp: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.amp is not None:
-            if self.amp not in _AMP_TO_PRECISION:
-                raise ValueError(f"amp: expected one of {tuple(_AMP_TO_PRECISION)} (deprecated; use precision), "
-                                 f"got {self.amp!r}.")
-            warnings.warn("FinetuneConfig.amp (--amp) is deprecated; use precision (--precision "
-                          "fp32|bf16|fp16|auto; amp 'off' is 'fp32').", FutureWarning, stacklevel=3)
-            self.precision, self.amp = _AMP_TO_PRECISION[self.amp], None
         self.validate()
 
     def validate(self) -> None:

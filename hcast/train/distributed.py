@@ -2,7 +2,7 @@
 
 * :func:`init_distributed` joins the process group ``torchrun`` describes (gloo on CPU,
   nccl on CUDA) and :func:`destroy_distributed` leaves it;
-* :func:`resolve_device`, :func:`resolve_amp_dtype`;
+* :func:`resolve_device`;
 * :class:`ShardSampler`: evaluation shards without padding, so metrics summed over
   processes equal a single-process run;
 * :func:`unwrap_model`: timm's (``timm.utils.unwrap_model``): the model inside DDP, EMA and
@@ -26,7 +26,6 @@ __all__ = [
     "init_distributed",
     "destroy_distributed",
     "resolve_device",
-    "resolve_amp_dtype",
     "ShardSampler",
     "unwrap_model",
 ]
@@ -92,32 +91,6 @@ def destroy_distributed() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def resolve_amp_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dtype]:
-    """The autocast dtype for ``device``: ``None`` means full float32. (The ``amp`` names of
-    ``--amp``, kept for old scripts; :func:`resolve_training_precision` is what
-    :func:`hcast.train.finetune` uses.)
-
-    ``amp="auto"``: bfloat16 on CUDA GPUs that support it, float16 on older GPUs, off on
-    CPU (CPU autocast is slower than float32 for these models on most machines).
-    ``"bf16"``/``"fp16"`` force a dtype, ``"off"`` disables AMP.
-
-    Raises:
-        ValueError: for an unknown ``amp`` value.
-    """
-    amp = amp.lower()
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"amp: expected 'auto', 'bf16', 'fp16' or 'off', got {amp!r}.")
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def resolve_training_precision(device: torch.device, precision: str = "auto", verbose: bool = True
