@@ -33,6 +33,7 @@ __all__ = [
     "strip_prefixes",
     "rename_level_heads",
     "cast_keys_to_hcast",
+    "cast_seg_keys_to_hcast",
     "has_level_heads",
     "head_counts",
     "guess_model_name",
@@ -124,7 +125,8 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     )
 
 
-def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = False) -> Dict[str, torch.Tensor]:
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = False,
+                   keep_projector: bool = False) -> Dict[str, torch.Tensor]:
     """Keys of the model alone: wrapper prefixes removed, training-only networks dropped.
 
     Removes DDP's ``module.``; drops every format's :attr:`~OriginalFormat.other_modules`
@@ -137,6 +139,9 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = F
         state_dict: a flat state dict (see :func:`unwrap_state_dict`).
         ddp_only: only remove DDP's ``module.`` prefix and keep every key (Hier-ViT's
             filter: its checkpoints come from DeiT's script alone).
+        keep_projector: keep the encoder's :attr:`~OriginalFormat.encoder_drop` parts
+            (MoCo's projection MLP ``head.*``), for a model that uses them as its head
+            (``cast_seg_*`` with ``head_type='moco'``).
 
     Returns:
         A new dict; values are the same tensors.
@@ -150,7 +155,8 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = F
         prefix = fmt.encoder_prefix
         if prefix and any(k.startswith(prefix) for k in keys):
             return {k[len(prefix):]: v for k, v in keys.items()
-                    if k.startswith(prefix) and not k[len(prefix):].startswith(fmt.encoder_drop)}
+                    if k.startswith(prefix)
+                    and (keep_projector or not k[len(prefix):].startswith(fmt.encoder_drop))}
     return keys
 
 
@@ -196,7 +202,8 @@ _CAST_UNUSED_KEYS = ("pe_token", "pre_logits", "dist_token")
 _CAST_UNUSED_PREFIXES = ("head_dist.",)
 
 
-def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[int]) -> Dict[str, torch.Tensor]:
+def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[int],
+                       keep_last_update: bool = False) -> Dict[str, torch.Tensor]:
     """Rename original CAST keys to hcast's layout (:class:`hcast.models.cast.CAST`).
 
     ``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of stage K}`` (slicing an
@@ -211,6 +218,9 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
     Args:
         state_dict: a flat state dict without prefixes (:func:`strip_prefixes`).
         depths: blocks per stage of the model.
+        keep_last_update: keep the last pooling's ``fc1``/``fc2`` (renamed as the
+            others'): the segmentation encoder (``cast_seg.py``) updates its class token
+            with them.
     """
     if any(k.startswith("stages.") for k in state_dict):
         return dict(state_dict)
@@ -236,7 +246,7 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
         m = re.match(r"pool(\d+)\.pool_block\.(.*)", key)
         if m:
             stage, rest = int(m.group(1)) - 1, m.group(2)
-            if stage == len(depths) - 1 and rest.startswith(("fc1.", "fc2.")):
+            if stage == len(depths) - 1 and rest.startswith(("fc1.", "fc2.")) and not keep_last_update:
                 continue  # the last pooling's centroid update feeds nothing
             for old, new in _CAST_POOL_RENAMES:
                 if rest.startswith(old):
@@ -250,6 +260,29 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
     if "pe_token" in state_dict and "pos_embed" in out:
         out["pos_embed"] = torch.cat([state_dict["pe_token"].reshape(1, 1, -1).to(out["pos_embed"]),
                                       out["pos_embed"]], dim=1)
+    return out
+
+
+# The segmentation encoder's fusion (cast_models/modules.py BlockFusion): original -> hcast.
+_CAST_SEG_RENAMES = (
+    ("block_fusion.proj_blocks.0.norm.", "fusion.norm."),
+    ("block_fusion.proj_blocks.2.", "fusion.proj."),
+)
+
+
+def cast_seg_keys_to_hcast(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename the original segmentation encoder's fusion keys
+    (``block_fusion.proj_blocks.0.norm.*`` BatchNorm1d, ``block_fusion.proj_blocks.2.*``
+    Linear; github:twke18/CAST ``cast_models/modules.py``) to hcast's
+    :class:`hcast.models.cast_seg.BlockFusion` (``fusion.norm``, ``fusion.proj``); other
+    keys pass through (apply after :func:`cast_keys_to_hcast`)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in _CAST_SEG_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
     return out
 
 
