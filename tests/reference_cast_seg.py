@@ -81,10 +81,14 @@ class ReferenceCASTSeg(nn.Module):
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, embed_dim))
             self.norm = nn.LayerNorm(embed_dim, eps=1e-6)  # built, output unused (cast_seg_deit)
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads) for _ in range(sum(depths))])
         starts = [sum(depths[:i]) for i in range(5)]
+        if variant == "deit":  # slices of timm's blocks: global indices, registered twice
+            self.blocks = nn.Sequential(*[Block(embed_dim, num_heads) for _ in range(sum(depths))])
         for i in range(4):
-            setattr(self, f"blocks{i + 1}", self.blocks[starts[i]:starts[i + 1]])
+            if variant == "deit":
+                setattr(self, f"blocks{i + 1}", self.blocks[starts[i]:starts[i + 1]])
+            else:  # cast_seg.py deletes self.blocks and builds one Sequential per stage
+                setattr(self, f"blocks{i + 1}", nn.Sequential(*[Block(embed_dim, num_heads) for _ in range(depths[i])]))
             setattr(self, f"pool{i + 1}", Pooling(GraphPoolingBlock(embed_dim, num_clusters[i], num_heads)))
         self.block_fusion = BlockFusion(embed_dim)
         if head == "moco":
@@ -143,8 +147,11 @@ def to_original(model, variant: str = "moco") -> Dict[str, torch.Tensor]:
         m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", key)
         if m:
             stage, index, rest = int(m.group(1)), int(m.group(2)), m.group(3)
-            out[f"blocks{stage + 1}.{starts[stage] + index}.{rest}"] = value
-            out[f"blocks.{starts[stage] + index}.{rest}"] = value
+            if variant == "moco":  # cast_seg.py: one Sequential per stage, local indices
+                out[f"blocks{stage + 1}.{index}.{rest}"] = value
+            else:  # cast_seg_deit.py: slices of ``blocks``, global indices, both registrations
+                out[f"blocks{stage + 1}.{starts[stage] + index}.{rest}"] = value
+                out[f"blocks.{starts[stage] + index}.{rest}"] = value
             continue
         m = re.match(r"stages\.(\d+)\.pool\.(.*)", key)
         if m:

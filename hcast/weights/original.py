@@ -208,7 +208,8 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
 
     ``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of stage K}`` (slicing an
     ``nn.Sequential`` keeps the global block index N; the duplicate ``blocks.N`` copies of
-    the same modules are dropped), ``poolK.pool_block.centroid_fc`` ->
+    the same modules are dropped; ``cast_seg.py``'s per-stage ``blocksK.{0, 1, ...}``
+    keep their local index), ``poolK.pool_block.centroid_fc`` ->
     ``stages.{K-1}.pool.assign``, ``fc1.0/fc1.1/fc2.0/fc2.1`` ->
     ``fc1_norm/fc1/fc2_norm/fc2``, the last stage's unused ``fc1``/``fc2`` dropped, MoCo's
     ``pe_token`` joined to the front of its ``pos_embed``, the coarser level heads
@@ -226,14 +227,24 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
         return dict(state_dict)
     has_stage_blocks = any(re.match(r"blocks\d+\.", k) for k in state_dict)
     starts = [sum(depths[:i]) for i in range(len(depths))]
+    # Slicing an nn.Sequential keeps the global block indices (cast.py, cast_deit.py,
+    # cast_seg_deit.py: blocks2.3 is stage 2's first block); cast_seg.py builds a new
+    # Sequential per stage, with local indices (blocks2.0). Global indices are never below
+    # the stage's first, so a smaller one means local.
+    first_index: Dict[int, int] = {}
+    for key in state_dict:
+        m = re.match(r"blocks(\d+)\.(\d+)\.", key)
+        if m:
+            stage = int(m.group(1)) - 1
+            first_index[stage] = min(first_index.get(stage, int(m.group(2))), int(m.group(2)))
     coarser_heads = tuple(name + "." for name in _level_head_names() if name != "head")
     out = {}
     for key, value in state_dict.items():
         m = re.match(r"blocks(\d+)\.(\d+)\.(.*)", key)
         if m:
-            # Slicing an nn.Sequential keeps the global indices: blocks2.3 is stage 2's first.
             stage = int(m.group(1)) - 1
-            out[f"stages.{stage}.blocks.{int(m.group(2)) - starts[stage]}.{m.group(3)}"] = value
+            offset = 0 if first_index[stage] < starts[stage] else starts[stage]
+            out[f"stages.{stage}.blocks.{int(m.group(2)) - offset}.{m.group(3)}"] = value
             continue
         m = re.match(r"blocks\.(\d+)\.(.*)", key)
         if m:
