@@ -30,6 +30,7 @@ from hcast.data.fashion_mnist import FashionMNIST, stratified_indices
 from hcast.data.image_folder import HierarchicalImageFolder
 from hcast.data.imagenet import ImageNet1k
 from hcast.data.inat import INat21Mini
+from hcast.data.segmentation import ADE20K, PascalVOC
 from hcast.hierarchy import Taxonomy
 
 __all__ = ["BENCHMARK_DATASETS", "FASHION_MNIST", "benchmark_dataset_name", "create_benchmark_dataset",
@@ -50,12 +51,17 @@ BENCHMARK_DATASETS: Dict[str, Tuple[type, Dict[str, Any], Dict[str, str]]] = {
     "inat21-mini": (INat21Mini, {}, {"train": "train", "val": "val", "test": "val"}),
     "imagenet-1k": (ImageNet1k, {}, {"train": "train", "val": "val", "test": "val"}),
     "cifar100": (CIFAR100, {}, {"train": "train", "val": "test", "test": "test"}),
+    # semantic segmentation (hcast.data.segmentation): (image, (H, W) label map) items
+    "voc2012": (PascalVOC, {}, {"train": "train", "val": "val", "test": "val"}),
+    "voc2012-aug": (PascalVOC, {}, {"train": "train_aug", "val": "val", "test": "val"}),
+    "ade20k": (ADE20K, {}, {"train": "training", "val": "validation", "test": "validation"}),
 }
 _BENCHMARK_ALIASES = {
     "living17": "breeds-living17", "nonliving26": "breeds-nonliving26", "entity13": "breeds-entity13",
     "entity30": "breeds-entity30", "cub": "cub200", "cub-200-2011": "cub200", "aircraft": "fgvc-aircraft",
     "inat21": "inat21-mini", "imagenet": "imagenet-1k", "imagenet1k": "imagenet-1k", "in1k": "imagenet-1k",
-    "cifar-100": "cifar100",
+    "cifar-100": "cifar100", "voc": "voc2012", "pascal-voc": "voc2012", "voc-aug": "voc2012-aug",
+    "ade": "ade20k", "ade20k-150": "ade20k",
 }
 
 
@@ -134,7 +140,9 @@ def _check_data_dir(data: Union[str, Path]) -> Path:
 
 def _check_taxonomy(dataset: Dataset, taxonomy: Optional[Taxonomy], data: str) -> None:
     """A given taxonomy (e.g. the model's) must have the benchmark's tree, or labels would be misread."""
-    own = dataset.taxonomy  # type: ignore[attr-defined]
+    own = getattr(dataset, "taxonomy", None)
+    if own is None:  # segmentation datasets (hcast.data.segmentation) have classes, no tree
+        return
     if taxonomy is not None and tuple(taxonomy.parents) != tuple(own.parents):
         raise ValueError(
             f"taxonomy: the given taxonomy ({taxonomy.num_classes} classes per level) is not the tree of {data} "
