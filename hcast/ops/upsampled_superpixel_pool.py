@@ -21,6 +21,8 @@ import torch.nn.functional as F
 __all__ = ["interpolation_matrix", "upsampled_superpixel_pool"]
 
 _TAPS = {"bilinear": 2, "bicubic": 4}
+#: largest S x h x w per image for which the weights are a dense matrix (16 MB in float32)
+_DENSE_LIMIT = 1 << 22
 
 
 def interpolation_matrix(in_size: int, out_size: int, mode: str = "bilinear",
@@ -106,16 +108,22 @@ def upsampled_superpixel_pool(
     cell = ry.view(1, height, 1, -1, 1) * w + rx.view(1, 1, width, 1, -1)  # (1, H, W, ty, tx)
     weight = wy.view(1, height, 1, -1, 1) * wx.view(1, 1, width, 1, -1)
     rows = row.view(batch, height, width, 1, 1).expand_as(weight.expand(batch, -1, -1, -1, -1))
-    if shared:  # every image reads the one table
-        cols = cell.expand_as(rows)
-    else:  # block diagonal: image b's rows read image b's cells
-        cols = (rows // num) * (h * w) + cell
-    size = (batch * num, (1 if shared else batch) * h * w)
-    matrix = torch.sparse_coo_tensor(torch.stack([rows.reshape(-1), cols.reshape(-1)]),
-                                     weight.expand(batch, -1, -1, -1, -1).reshape(-1), size,
-                                     check_invariants=False).coalesce()  # indices in range by construction
+    values = weight.expand(batch, -1, -1, -1, -1).reshape(-1)
+    if num * h * w <= _DENSE_LIMIT:  # small: a dense A by one scatter, then a batched matmul
+        dense = torch.zeros(batch * num * h * w, dtype=features.dtype, device=features.device)
+        dense.index_add_(0, (rows * (h * w) + cell).reshape(-1), values)
+        dense = dense.view(batch, num, h * w)
+        summed = (dense @ features.reshape(-1 if not shared else 1, h * w, channels)).reshape(-1, channels)
+    else:  # large (a 512 x 512 image): sparse A, its duplicates summed by coalesce
+        if shared:  # every image reads the one table
+            cols = cell.expand_as(rows)
+        else:  # block diagonal: image b's rows read image b's cells
+            cols = (rows // num) * (h * w) + cell
+        size = (batch * num, (1 if shared else batch) * h * w)
+        matrix = torch.sparse_coo_tensor(torch.stack([rows.reshape(-1), cols.reshape(-1)]), values, size,
+                                         check_invariants=False).coalesce()  # indices in range by construction
+        summed = torch.sparse.mm(matrix, features.reshape(-1, channels))
     counts = torch.zeros(batch * num, dtype=features.dtype, device=features.device)
     counts.index_add_(0, row.reshape(-1), torch.ones(row.numel(), dtype=features.dtype, device=features.device))
-    summed = torch.sparse.mm(matrix, features.reshape(-1, channels))
     tokens = summed / counts.clamp(min=1).unsqueeze(1)
     return tokens.view(batch, num, channels), counts.view(batch, num)
