@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from hcast.data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
@@ -30,15 +31,15 @@ BACKGROUND_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistoche
 _TRAIN_FRACTION = 0.7
 
 
-def _photos() -> list:
+def _photos(max_side: int = 256) -> list:
+    """The photographs as RGB uint8, the longer side at most ``max_side`` (crops are small)."""
     from skimage import data as skdata
 
     out = []
     for name in BACKGROUND_PHOTOS:
-        img = np.asarray(getattr(skdata, name)())
-        if img.ndim == 2:
-            img = np.stack([img] * 3, -1)
-        out.append(img[..., :3].astype(np.uint8))
+        img = Image.fromarray(np.asarray(getattr(skdata, name)())).convert("RGB")
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        out.append(np.asarray(img, dtype=np.uint8))
     return out
 
 
@@ -80,23 +81,19 @@ class GarmentScenes(Dataset):
         self.images, self.labels = images, labels
 
     def _background(self, photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from skimage.transform import resize
-
         height, width = photo.shape[:2]
         cut = int(height * _TRAIN_FRACTION)
         top, bottom = (0, cut) if self.split == "train" else (cut, height)
         side = int(min(bottom - top, width) * rng.uniform(0.5, 1.0))
         y = int(rng.integers(top, bottom - side + 1))
         x = int(rng.integers(0, width - side + 1))
-        crop = photo[y:y + side, x:x + side]
-        return (resize(crop, (self.size, self.size), anti_aliasing=True) * 255).astype(np.uint8)
+        crop = Image.fromarray(photo[y:y + side, x:x + side])
+        return np.asarray(crop.resize((self.size, self.size), Image.Resampling.LANCZOS), dtype=np.uint8)
 
     def _paste(self, image: np.ndarray, labels: np.ndarray, garment: np.ndarray, label: int,
                scale: Sequence[float], rng: np.random.Generator) -> None:
-        from skimage.transform import resize
-
         side = max(8, int(self.size * rng.uniform(*scale)))
-        g = resize(garment.astype(np.float32) / 255.0, (side, side), order=1, anti_aliasing=True)
+        g = np.asarray(Image.fromarray(garment).resize((side, side), Image.Resampling.BILINEAR), np.float32) / 255.0
         mask = g > 0.12
         tint = rng.uniform(0.35, 1.0, size=3)
         colour = (g[..., None] * tint * 255).clip(0, 255).astype(np.uint8)

@@ -355,7 +355,14 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
             return superpixels(images, num_segments=num_segments, method=method,
                                mean=cfg.get("mean") or IMAGENET_DEFAULT_MEAN, std=cfg.get("std") or IMAGENET_DEFAULT_STD)
 
-    def _segments(self, images: torch.Tensor, segments: Optional[torch.Tensor]) -> torch.Tensor:
+    def check_segments(self, images: torch.Tensor, segments: Optional[torch.Tensor]) -> torch.Tensor:
+        """Checked superpixel ids (B, H, W) int64 on the images' device, computed
+        (:meth:`superpixels`) when ``segments`` is None.
+
+        Raises:
+            ValueError: images not (B, C, H, W) float or not finite; segments not
+                integer (B, H, W) of the images' batch size and size, or negative.
+        """
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {got}.")
@@ -407,7 +414,7 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
             pooling's update, ``logits``: the assignment logits (B, N_l, K_l) of the
             first three poolings (all four with ``full_last_pool``).
         """
-        segments = self._segments(images, segments)
+        segments = self.check_segments(images, segments)
         cls_token, x, padding_mask, pooled = self.embed(images, segments)
         mask = padding_mask
         stage_tokens, class_tokens, logits = [], [], []
@@ -466,7 +473,7 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
         (B, C, H, W) features): each pixel gets its superpixel's output
         (:meth:`forward_superpixels`), so segment boundaries are the superpixels'.
         ``segments`` are computed (:meth:`superpixels`) when omitted."""
-        segments = self._segments(images, segments)
+        segments = self.check_segments(images, segments)
         per_superpixel = self.forward_superpixels(images, segments, pre_logits)
         batch, channels = per_superpixel.shape[0], per_superpixel.shape[-1]
         index = segments.reshape(batch, -1, 1).expand(-1, -1, channels)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 __all__ = [
+    "CASTSegmenter",
     "SoftmaxClassifier",
     "SuperpixMaskTransformer",
     "SegSortRetrieval",
@@ -329,3 +330,46 @@ class SegSortRetrieval(nn.Module):
         batch, num = features.shape[:2]
         per_superpixel = labels[flat_region].view(batch, num)
         return torch.gather(per_superpixel, 1, segments.reshape(batch, -1)).view_as(segments)
+
+
+# ---------------------------------------------------------------------------------------
+# Encoder + head
+# ---------------------------------------------------------------------------------------
+
+HEADS = ("softmax", "mask_transformer", "linear")
+
+
+class CASTSegmenter(nn.Module):
+    """A CAST segmentation encoder with a dense head: images (+ superpixels) -> per-pixel logits.
+
+    Args:
+        encoder: a :class:`hcast.models.cast_seg.CASTSeg` (its own head is not used:
+            :meth:`~hcast.models.cast_seg.CASTSeg.forward_superpixels` with ``pre_logits``).
+        num_classes: K.
+        head: ``'softmax'`` (SPML's :class:`SoftmaxClassifier`, the VOC recipe),
+            ``'mask_transformer'`` (Segmenter's, ADE20K / Context) or ``'linear'``.
+
+    ``forward(images (B, 3, H, W), segments (B, H, W) int64)`` -> logits (B, K, H, W), each
+    pixel its superpixel's (superpixel boundaries kept). ``segments=None`` computes them
+    as the encoder's ``pretrained_cfg`` says.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head: str = "softmax") -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
+        self.encoder, self.num_classes, self.head_type = encoder, num_classes, head
+        dim = encoder.embed_dim
+        if head == "softmax":
+            self.head = SoftmaxClassifier(dim, num_classes)
+        elif head == "mask_transformer":
+            self.head = SuperpixMaskTransformer(num_classes, dim)
+        else:
+            self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> torch.Tensor:
+        segments = self.encoder.check_segments(images, segments)
+        tokens = self.encoder.forward_superpixels(images, segments, pre_logits=True)
+        if isinstance(self.head, nn.Linear):
+            return paint_superpixels(self.head(tokens), segments)
+        return self.head(tokens, segments)

@@ -1,0 +1,273 @@
+"""Fine-tuning and evaluating CAST segmenters: a small library loop beside :func:`hcast.train.finetune`.
+
+:func:`hcast.train.finetune` is built around taxonomies and level targets (classification);
+semantic segmentation needs per-pixel targets, per-pixel losses and a dataset-level
+confusion matrix, so it has its own loop here, with the authors' recipes as presets
+(:data:`SEGMENTATION_RECIPES`):
+
+* ``'voc'``: SPML's VOC fine-tuning of CAST (``scripts/spml/finetune_cast.sh``): SGD
+  momentum 0.9, poly LR 3e-3, weight decay 1e-4, batch 4, crop 512, 30k iterations,
+  100 warm-up iterations, train+ (SBD), SoftmaxClassifier head.
+* ``'ade20k'``: Segmenter's ADE20K fine-tuning (``scripts/segmenter/train_ade20k_cast.sh``):
+  SGD poly LR 1e-3, batch 8, crop 512, 64 epochs, mask transformer head.
+* ``'garment-scenes'``: the 2-core real-input job (``scripts/segmentation_job.sh``):
+  AdamW 1e-3, batch 32, poly decay, a time budget.
+
+Batches are ``(images (B, 3, H, W) float, segments (B, H, W) int64, labels (B, H, W)
+int64)``; the loss is pixel cross-entropy with ``ignore_index``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from hcast.ops.segmentation_metrics import SegmentationIoU
+
+__all__ = ["SegmentationConfig", "SEGMENTATION_RECIPES", "SegmentationTensors", "finetune_segmentation",
+           "evaluate_segmentation", "predict_segmentation", "save_segmentation_picture"]
+
+
+@dataclasses.dataclass
+class SegmentationConfig:
+    """Settings of :func:`finetune_segmentation`.
+
+    Attributes:
+        steps: optimiser steps (iterations) planned; the poly schedule decays over them.
+        batch_size: images per step.
+        optimizer: ``'sgd'`` (momentum, the authors') or ``'adamw'``.
+        lr, weight_decay, momentum: optimiser settings.
+        warmup_steps: linear warm-up.
+        poly_power: ``lr * (1 - step / steps) ** poly_power`` after warm-up (0.9).
+        time_budget_s: if set, ``steps`` is shortened after the first steps so that
+            training ends within it (the schedule decays over the shortened count).
+        ignore_index: target value without a loss (255).
+        seed: data order and augmentation.
+        log_every: steps between log lines (0: none).
+        head_lr_scale: LR multiplier of the head (SPML: 10 for its classifier).
+    """
+    steps: int = 1000
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    time_budget_s: Optional[float] = None
+    ignore_index: int = 255
+    seed: int = 0
+    log_every: int = 50
+    head_lr_scale: float = 1.0
+
+
+#: The authors' recipes (module docstring) and the 2-core job's.
+SEGMENTATION_RECIPES: Dict[str, SegmentationConfig] = {
+    "voc": SegmentationConfig(steps=30000, batch_size=4, optimizer="sgd", lr=3e-3, weight_decay=1e-4,
+                              warmup_steps=100, head_lr_scale=10.0),
+    "ade20k": SegmentationConfig(steps=64 * 20210 // 8, batch_size=8, optimizer="sgd", lr=1e-3, weight_decay=0.0),
+    "garment-scenes": SegmentationConfig(steps=600, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05,
+                                         warmup_steps=20, time_budget_s=420),
+}
+
+
+class SegmentationTensors(Dataset):
+    """In-memory ``(image, segments, labels)`` triples with random horizontal flips
+    (the three flipped together).
+
+    Args:
+        images (Tensor[N, 3, H, W] float), segments (Tensor[N, H, W] int64), labels
+            (Tensor[N, H, W] int64).
+        flip: flip with probability 0.5 on access.
+    """
+
+    def __init__(self, images: torch.Tensor, segments: torch.Tensor, labels: torch.Tensor, flip: bool = False) -> None:
+        if not (images.shape[0] == segments.shape[0] == labels.shape[0]) or segments.shape != labels.shape \
+                or images.shape[-2:] != labels.shape[-2:]:
+            raise ValueError(f"images (N, 3, H, W), segments and labels (N, H, W) must agree, got "
+                             f"{tuple(images.shape)}, {tuple(segments.shape)}, {tuple(labels.shape)}.")
+        self.images, self.segments, self.labels, self.flip = images, segments, labels, flip
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int):
+        x, s, y = self.images[index], self.segments[index], self.labels[index]
+        if self.flip and torch.rand(()) < 0.5:
+            x, s, y = x.flip(-1), s.flip(-1), y.flip(-1)
+        return x, s, y
+
+
+def _param_groups(model: nn.Module, config: SegmentationConfig) -> List[Dict[str, Any]]:
+    head = getattr(model, "head", None)
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "cls_emb"))
+        groups.setdefault((id(p) in head_ids, no_decay), []).append(p)
+    return [dict(params=ps, lr_scale=config.head_lr_scale if is_head else 1.0,
+                 weight_decay=0.0 if no_decay else config.weight_decay)
+            for (is_head, no_decay), ps in groups.items()]
+
+
+def _lr_at(step: int, total: int, config: SegmentationConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr * max(0.0, 1 - step / max(total, 1)) ** config.poly_power
+
+
+def _batches(loader: DataLoader) -> Iterable:
+    while True:
+        yield from loader
+
+
+def finetune_segmentation(model: nn.Module, train_data: Dataset, config: SegmentationConfig,
+                          log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+    """Train a segmenter (``model(images, segments) -> (B, K, H, W)`` logits, e.g.
+    :class:`hcast.models.segmentation_heads.CASTSegmenter`) with pixel cross-entropy.
+
+    Args:
+        model: the segmenter (trained in place, on the device of its parameters).
+        train_data: ``(image, segments, labels)`` items (e.g. :class:`SegmentationTensors`).
+        config: :class:`SegmentationConfig` (or a recipe of :data:`SEGMENTATION_RECIPES`).
+        log: where log lines go (None: silent).
+
+    Returns:
+        dict with ``steps`` (run), ``seconds``, ``losses`` (per logged step: (step, mean loss)).
+
+    Raises:
+        ValueError: an unknown optimizer or an empty dataset.
+    """
+    if config.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}.")
+    if len(train_data) == 0:
+        raise ValueError("train_data is empty.")
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=True, generator=gen)
+    groups = _param_groups(model, config)
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    else:
+        opt = torch.optim.AdamW(groups, lr=config.lr)
+    model.train()
+    total, start, losses, running = config.steps, time.perf_counter(), [], []
+    step = 0
+    for images, segments, labels in _batches(loader):
+        if step >= total:
+            break
+        lr = _lr_at(step, total, config)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        logits = model(images.to(device), segments.to(device))
+        loss = F.cross_entropy(logits, labels.to(device), ignore_index=config.ignore_index)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running.append(loss.item())
+        step += 1
+        elapsed = time.perf_counter() - start
+        if config.time_budget_s and step == 5:  # fit the schedule into the budget
+            fit = int(config.time_budget_s / (elapsed / step))
+            if fit < total:
+                total = max(fit, step + 1)
+                if log:
+                    log(f"time budget {config.time_budget_s:.0f} s: {total} steps of {config.steps} "
+                        f"({elapsed / step:.2f} s/step)")
+        if config.log_every and (step % config.log_every == 0 or step == total):
+            losses.append((step, sum(running) / len(running)))
+            if log:
+                log(f"step {step}/{total}  loss {losses[-1][1]:.4f}  lr {lr:.2e}  {elapsed:.0f} s")
+            running = []
+    return dict(steps=step, seconds=time.perf_counter() - start, losses=losses)
+
+
+@torch.no_grad()
+def predict_segmentation(model: nn.Module, images: torch.Tensor, segments: torch.Tensor,
+                         batch_size: int = 32) -> torch.Tensor:
+    """Per-pixel class ids (N, H, W) int64 for images (N, 3, H, W) and superpixels (N, H, W)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(images[i:i + batch_size].to(device), segments[i:i + batch_size].to(device)).argmax(1).cpu()
+           for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, data: Dataset, num_classes: int, batch_size: int = 32,
+                          ignore_index: int = 255, convention: str = "mmseg",
+                          class_names: Optional[List[str]] = None) -> SegmentationIoU:
+    """Dataset-level IoU of a segmenter on ``(image, segments, labels)`` items.
+
+    Returns:
+        the :class:`hcast.ops.segmentation_metrics.SegmentationIoU` metric, updated
+        (``.compute()``, ``.table()``).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    metric = SegmentationIoU(num_classes, ignore_index, convention, class_names)
+    for images, segments, labels in DataLoader(data, batch_size=batch_size):
+        logits = model(images.to(device), segments.to(device))
+        metric.update(logits.argmax(1).cpu(), labels)
+    return metric
+
+
+def save_segmentation_picture(path, images: torch.Tensor, hierarchy: List[torch.Tensor], predicted: torch.Tensor,
+                              class_names: List[str], target: Optional[torch.Tensor] = None,
+                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> None:
+    """One row per image: the image, CAST's hierarchical segments (one panel per level
+    given, region boundaries on the image), the predicted semantic map (and the ground
+    truth when given), with a legend of the classes present. Written atomically (PNG).
+
+    Args:
+        path: the PNG to write.
+        images (Tensor[N, 3, H, W]): normalised with ``mean``/``std``.
+        hierarchy: (N, H, W) int64 region maps (e.g. ``forward_segments``' levels).
+        predicted, target (Tensor[N, H, W] int64): class ids (255 in ``target``: ignored).
+        class_names: names in id order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from skimage.segmentation import mark_boundaries
+
+    from hcast.weights.folder import atomic_write
+
+    rgb = (images.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
+    rgb = rgb.permute(0, 2, 3, 1).numpy()
+    cmap = plt.get_cmap("tab20", max(len(class_names), 2))
+    columns = 1 + len(hierarchy) + 1 + (target is not None)
+    fig, axes = plt.subplots(len(rgb), columns, figsize=(2.2 * columns + 1.6, 2.2 * len(rgb)), squeeze=False)
+    present = set()
+    for i in range(len(rgb)):
+        panels = [("image", rgb[i], None)]
+        for level, regions in enumerate(hierarchy):
+            panels.append((f"CAST level {level + 1}", mark_boundaries(rgb[i], regions[i].cpu().numpy(),
+                                                                   color=(1, 1, 0)), None))
+        maps = [("prediction", predicted[i])] + ([("ground truth", target[i])] if target is not None else [])
+        for title, labels in maps:
+            labels = labels.cpu().numpy()
+            present.update(int(v) for v in set(labels.ravel().tolist()) if v < len(class_names))
+            panels.append((title, labels, dict(cmap=cmap, vmin=-0.5, vmax=cmap.N - 0.5, interpolation="nearest")))
+        for ax, (title, data, kw) in zip(axes[i], panels):
+            ax.imshow(data, **(kw or {}))
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+    handles = [Patch(color=cmap(c), label=class_names[c]) for c in sorted(present)]
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (2.2 * columns + 1.6), 1))
+    with atomic_write(path, description="picture") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
