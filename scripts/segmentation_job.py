@@ -22,8 +22,9 @@ from hcast.models.segmentation_heads import CASTSegmenter
 from hcast.ops import superpixels
 from hcast.ops.segmentation_metrics import SegmentationIoU
 from hcast.train.segmentation import (SEGMENTATION_RECIPES, SegmentationTensors, evaluate_segmentation,
-                                      finetune_segmentation, predict_segmentation, save_segmentation_picture)
-from hcast.weights.folder import write_json
+                                      finetune_segmentation, predict_segmentation, save_segmentation_picture,
+                                      save_segmenter)
+from hcast.weights.folder import atomic_write, write_json
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="runs/segmentation_job")
@@ -60,8 +61,9 @@ s_val = superpixels(x_val, num_segments=args.superpixels, method="seeds")
 print(f"data: {len(train)} train / {len(val)} held-out {args.size}x{args.size} images, {train.num_classes} classes, "
       f"SEEDS {args.superpixels} superpixels; {time.time() - t0:.0f} s")
 
-encoder = timm.create_model("cast_seg_tiny", embed_dim=args.embed_dim, num_heads=3, depths=tuple(args.depths),
-                            num_clusters=tuple(args.clusters), img_size=args.size)
+model_args = dict(embed_dim=args.embed_dim, num_heads=3, depths=tuple(args.depths), num_clusters=tuple(args.clusters),
+                  img_size=args.size)
+encoder = timm.create_model("cast_seg_tiny", num_classes=0, **model_args)
 model = CASTSegmenter(encoder, train.num_classes, head="softmax")
 config = SEGMENTATION_RECIPES["garment-scenes"]
 config.time_budget_s = args.cpu_budget or None
@@ -97,3 +99,12 @@ save_segmentation_picture(out / "segmentation.png", x_val[show], [s_val[show], l
                           list(train.classes), y_val[show])
 print(f"picture: {out / 'segmentation.png'}; training {result['seconds']:.0f} s on the clock, "
       f"{result['cpu_seconds']:.0f} CPU s ({result['steps']} steps); whole run {time.time() - t0:.0f} s")
+
+save_segmenter(model, out / "segmenter.pth", "cast_seg_tiny", model_args, list(train.classes))
+(out / "images").mkdir(exist_ok=True)
+from PIL import Image  # noqa: E402
+
+for i in range(3):  # held-out images for `hcast segment`
+    with atomic_write(out / "images" / f"val{i}.png", description="image") as tmp:
+        Image.fromarray(val.images[i]).save(tmp, format="PNG")
+print(f"segmenter: {out / 'segmenter.pth'}")

@@ -10,6 +10,7 @@ from skimage import data as skdata
 
 from hcast.data import create_dataset
 from hcast.data.segmentation import VOC_CLASSES, SegmentationTransform
+from segmentation_fixtures import make_voc, save_palette_png
 from hcast.ops.segmentation_metrics import (
     SegmentationIoU,
     iou_from_confusion_matrix,
@@ -18,38 +19,9 @@ from hcast.ops.segmentation_metrics import (
 )
 
 
-def _voc_palette() -> list:
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def _save_palette_png(path, labels: np.ndarray) -> None:
-    img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    img.putpalette(_voc_palette())
-    img.save(path)
-
-
 @pytest.fixture()
 def voc_root(tmp_path):
-    voc = tmp_path / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (voc / sub).mkdir(parents=True)
-    photo = skdata.coffee()[:48, :64]
-    labels = np.zeros((48, 64), np.uint8)
-    labels[10:30, 20:40] = 15  # person
-    labels[10:30, 19] = 255  # border
-    Image.fromarray(photo).save(voc / "JPEGImages" / "2007_000032.jpg")
-    _save_palette_png(voc / "SegmentationClass" / "2007_000032.png", labels)
-    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000032\n")
+    voc, labels = make_voc(tmp_path)
     return tmp_path, voc, labels
 
 
@@ -69,12 +41,12 @@ def test_voc_bad_labels_name_the_file(voc_root):
     Image.fromarray(rgb).save(label_path)  # a colour rendering, not indices
     with pytest.raises(ValueError, match=r"2007_000032\.png.*mode 'RGB'"):
         create_dataset("voc2012", root, split="val")[0]
-    _save_palette_png(label_path, labels[:40])
+    save_palette_png(label_path, labels[:40])
     with pytest.raises(ValueError, match=r"2007_000032\.png.*64x40.*64x48"):
         create_dataset("voc2012", root, split="val")[0]
     bad = labels.copy()
     bad[0, 0] = 21
-    _save_palette_png(label_path, bad)
+    save_palette_png(label_path, bad)
     with pytest.raises(ValueError, match=r"2007_000032\.png.*\[21\].*21 classes"):
         create_dataset("voc2012", root, split="val")[0]
     (voc / "JPEGImages" / "2007_000032.jpg").unlink()

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from hcast.ops.segmentation_metrics import SegmentationIoU
 
 __all__ = ["SegmentationConfig", "SEGMENTATION_RECIPES", "SegmentationTensors", "finetune_segmentation",
-           "evaluate_segmentation", "predict_segmentation", "save_segmentation_picture"]
+           "evaluate_segmentation", "predict_segmentation", "save_segmentation_picture", "save_segmenter",
+           "load_segmenter", "segment_images", "evaluate_segmentation_dataset"]
 
 
 @dataclasses.dataclass
@@ -284,3 +285,128 @@ def save_segmentation_picture(path, images: torch.Tensor, hierarchy: List[torch.
     with atomic_write(path, description="picture") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------
+# Saved segmenters (what the job writes and `hcast segment` / `hcast evaluate` read)
+# ---------------------------------------------------------------------------------------
+
+
+def save_segmenter(model: nn.Module, path, model_name: str, model_args: Dict[str, Any],
+                   class_names: List[str]) -> None:
+    """Write a :class:`hcast.models.segmentation_heads.CASTSegmenter` as one ``.pth`` file
+    (weights, the encoder's name and arguments, the head, class names), atomically."""
+    from hcast.weights.folder import save_checkpoint
+
+    save_checkpoint(dict(format="hcast-segmenter", model_name=model_name, model_args=dict(model_args),
+                         head=model.head_type, num_classes=model.num_classes, class_names=list(class_names),
+                         state_dict=model.state_dict()), path)
+
+
+def load_segmenter(source: str, device: str = "cpu") -> Tuple[nn.Module, List[str]]:
+    """A segmenter and its class names from a file written by :func:`save_segmenter`, or a
+    ``cast_seg_*`` timm name / tag (its own head, per pixel: ``forward_dense``; with no
+    head, ``num_classes=0``, only the hierarchical segments are meaningful).
+
+    Raises:
+        ValueError: a file that is not a saved segmenter; a name that is not a CAST
+            segmentation encoder.
+    """
+    import timm
+
+    from hcast.models.cast_seg import CASTSeg
+    from hcast.models.segmentation_heads import CASTSegmenter
+    from hcast.weights.safe_load import load_checkpoint_file
+
+    if source.endswith((".pth", ".pt")):
+        ckpt = load_checkpoint_file(source)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != "hcast-segmenter":
+            raise ValueError(f"{source!r} is not a segmenter saved by hcast.train.segmentation.save_segmenter "
+                             f"(no 'format': 'hcast-segmenter' entry).")
+        encoder = timm.create_model(ckpt["model_name"], num_classes=0, **ckpt["model_args"])
+        model = CASTSegmenter(encoder, ckpt["num_classes"], ckpt["head"])
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(device).eval(), list(ckpt["class_names"])
+    model = timm.create_model(source, pretrained=bool(timm.get_pretrained_cfg(source) and
+                                                     timm.get_pretrained_cfg(source).has_weights))
+    if not isinstance(model, CASTSeg):
+        raise ValueError(f"{source!r} is not a CAST segmentation encoder (cast_seg_*) nor a saved segmenter (.pth).")
+    return _DenseWrapper(model).to(device).eval(), [str(i) for i in range(model.num_classes)]
+
+
+class _DenseWrapper(nn.Module):
+    """A :class:`~hcast.models.cast_seg.CASTSeg` as ``model(images, segments) -> (B, K, H, W)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.num_classes = model, model.num_classes
+
+    def forward(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.encoder.forward_dense(images, segments)
+
+
+def segment_images(model: nn.Module, class_names: List[str], paths: List[str], out_dir,
+                   size: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Per-pixel labels and a picture for image files.
+
+    For each image: ``<out_dir>/<stem>_labels.png`` (uint8 class ids, the image's size, or
+    ``size`` on the longer side) and ``<stem>_segmentation.png`` (the image, CAST's
+    hierarchical segments, the semantic map with a legend), written atomically.
+
+    Raises:
+        OSError / ValueError: an unreadable image (named).
+    """
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from hcast.data.segmentation import SegmentationTransform
+    from hcast.weights.folder import atomic_write
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = model.encoder
+    transform = SegmentationTransform(resize=size)
+    results = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except OSError as e:
+            raise ValueError(f"{path!r}: not a readable image ({e}).") from e
+        x, _ = transform(image, np.zeros((image.size[1], image.size[0]), np.int64))
+        x = x[None]
+        with torch.no_grad():
+            segments = encoder.check_segments(x, None)
+            labels = model(x, segments).argmax(1) if model.num_classes else torch.zeros_like(segments)
+            levels = encoder.forward_segments(x, segments)["segmentations"]
+        stem = Path(path).stem
+        label_path = out_dir / f"{stem}_labels.png"
+        with atomic_write(label_path, description="label map") as tmp:
+            Image.fromarray(labels[0].numpy().astype(np.uint8), mode="L").save(tmp, format="PNG")
+        picture = out_dir / f"{stem}_segmentation.png"
+        save_segmentation_picture(picture, x, [segments, levels[1], levels[2]], labels, class_names)
+        present = sorted(int(v) for v in labels.unique())
+        results.append(dict(image=str(path), labels=str(label_path), picture=str(picture),
+                            classes=[class_names[c] if c < len(class_names) else str(c) for c in present]))
+    return results
+
+
+@torch.no_grad()
+def evaluate_segmentation_dataset(model: nn.Module, dataset: Dataset, num_classes: int,
+                                  class_names: Optional[List[str]] = None, convention: str = "mmseg",
+                                  ignore_index: int = 255, progress: bool = False) -> SegmentationIoU:
+    """Single-scale, whole-image evaluation of a segmenter on ``(image, labels)`` items
+    (:class:`hcast.data.PascalVOC`, :class:`hcast.data.ADE20K`): superpixels computed per
+    image as the model's config says, one image at a time (sizes differ)."""
+    model.eval()
+    device = next(model.parameters()).device
+    metric = SegmentationIoU(num_classes, ignore_index, convention, class_names)
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        logits = model(image[None].to(device), None)
+        metric.update(logits.argmax(1).cpu(), target[None])
+        if progress and (i + 1) % 100 == 0:
+            print(f"{i + 1}/{len(dataset)} images", flush=True)
+    return metric
