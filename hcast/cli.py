@@ -564,6 +564,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="segmentation data (voc2012, voc2012-aug, ade20k): the mean-IoU convention (default: spml "
                         "for VOC, as CAST's VOC numbers; mmseg for ADE20K); MODEL is then a segmenter .pth written by "
                         "hcast.train.segmentation.save_segmenter or a cast_seg_* name")
+    p.add_argument("--slide", type=int, nargs=2, default=None, metavar=("CROP", "STRIDE"),
+                   help="segmentation data: sliding-window inference (Segmenter's ADE20K / Context protocol: 512 341) "
+                        "instead of whole images")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -901,8 +904,9 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
     names = list(getattr(getattr(dataset, "dataset", dataset), "classes", class_names))
     with user_input(f"data {args.data!r}"):  # a bad label file is named by the loader
         metric = evaluate_segmentation_dataset(model, dataset, model.num_classes, names, convention,
-                                               progress=not args.no_progress)
-    print(f"{args.model} on {name} ({args.split}, {len(dataset)} images, single scale):")
+                                               progress=not args.no_progress, window=args.slide)
+    mode = f"sliding {args.slide[0]}/{args.slide[1]}" if args.slide else "whole images"
+    print(f"{args.model} on {name} ({args.split}, {len(dataset)} images, single scale, {mode}):")
     print(metric.table())
     scores = metric.compute()
     print(f"mIoU: {100 * float(scores['miou']):.1f}")

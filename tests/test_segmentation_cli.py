@@ -55,3 +55,23 @@ def test_evaluate_on_voc_layout(tmp_path, capsys):
     _segmenter(tmp_path / "three.pth", 3, ["a", "b", "c"])
     assert main(["evaluate", str(tmp_path / "three.pth"), "voc2012", "--data-root", str(tmp_path / "data")]) == 2
     assert "21" in capsys.readouterr().err
+
+
+def test_sliding_window_averages_overlaps():
+    from hcast.train.segmentation import sliding_window_logits
+
+    class Position(torch.nn.Module):  # logits = the window's left offset, so overlaps show
+        calls = []
+
+        def forward(self, images, segments=None):
+            self.calls.append(tuple(images.shape[-2:]))
+            return torch.full((1, 2, *images.shape[-2:]), float(len(self.calls)))
+
+    model = Position()
+    out = sliding_window_logits(model, torch.zeros(3, 10, 16), crop=10, stride=4)
+    # windows at columns 0, 4 and 6 (flush right): values 1, 2, 3
+    assert model.calls == [(10, 10)] * 3
+    # columns 0-3: 1; 4-5: (1 + 2) / 2; 6-9: (1 + 2 + 3) / 3; 10-13: (2 + 3) / 2; 14-15: 3
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([1., 1, 1, 1, 1.5, 1.5, 2, 2, 2, 2, 2.5, 2.5, 2.5, 2.5, 3, 3]))
+    single = sliding_window_logits(model, torch.zeros(1, 3, 8, 8), crop=10, stride=4)
+    assert single.shape == (1, 2, 8, 8) and model.calls[-1] == (8, 8)

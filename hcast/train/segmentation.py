@@ -32,7 +32,7 @@ from hcast.ops.segmentation_metrics import SegmentationIoU
 
 __all__ = ["SegmentationConfig", "SEGMENTATION_RECIPES", "SegmentationTensors", "finetune_segmentation",
            "evaluate_segmentation", "predict_segmentation", "save_segmentation_picture", "save_segmenter",
-           "load_segmenter", "segment_images", "evaluate_segmentation_dataset"]
+           "load_segmenter", "segment_images", "evaluate_segmentation_dataset", "sliding_window_logits"]
 
 
 @dataclasses.dataclass
@@ -394,18 +394,61 @@ def segment_images(model: nn.Module, class_names: List[str], paths: List[str], o
 
 
 @torch.no_grad()
+def sliding_window_logits(model: nn.Module, image: torch.Tensor, crop: int = 512, stride: int = 341) -> torch.Tensor:
+    """Sliding-window inference (MMSegmentation's ``slide`` mode, as Segmenter's ADE20K /
+    Context evaluation): logits of ``crop`` x ``crop`` windows every ``stride`` pixels
+    (the last window flush with the border), superpixels computed per window by the
+    model, averaged where windows overlap. An image no larger than ``crop`` is one window.
+
+    Args:
+        model: ``model(images, segments=None) -> (1, K, h, w)``.
+        image (Tensor[3, H, W] or Tensor[1, 3, H, W]): normalised.
+        crop, stride: window side and step (pixels).
+
+    Returns:
+        Tensor[1, K, H, W] averaged logits.
+    """
+    if image.ndim == 3:
+        image = image[None]
+    height, width = image.shape[-2:]
+
+    def starts(size: int) -> List[int]:
+        if size <= crop:
+            return [0]
+        out = list(range(0, size - crop, stride))
+        return out + [size - crop]
+
+    total, count = None, torch.zeros(1, 1, height, width, device=image.device)
+    for top in starts(height):
+        for left in starts(width):
+            window = image[..., top:top + crop, left:left + crop]
+            logits = model(window, None)
+            if total is None:
+                total = torch.zeros(1, logits.shape[1], height, width, dtype=logits.dtype, device=image.device)
+            total[..., top:top + crop, left:left + crop] += logits
+            count[..., top:top + crop, left:left + crop] += 1
+    return total / count
+
+
+@torch.no_grad()
 def evaluate_segmentation_dataset(model: nn.Module, dataset: Dataset, num_classes: int,
                                   class_names: Optional[List[str]] = None, convention: str = "mmseg",
-                                  ignore_index: int = 255, progress: bool = False) -> SegmentationIoU:
-    """Single-scale, whole-image evaluation of a segmenter on ``(image, labels)`` items
-    (:class:`hcast.data.PascalVOC`, :class:`hcast.data.ADE20K`): superpixels computed per
-    image as the model's config says, one image at a time (sizes differ)."""
+                                  ignore_index: int = 255, progress: bool = False,
+                                  window: Optional[Tuple[int, int]] = None) -> SegmentationIoU:
+    """Single-scale evaluation of a segmenter on ``(image, labels)`` items
+    (:class:`hcast.data.PascalVOC`, :class:`hcast.data.ADE20K`), one image at a time (sizes
+    differ): the whole image (SPML's VOC protocol at 512), or ``window=(crop, stride)``
+    sliding windows (:func:`sliding_window_logits`; Segmenter's ADE20K / Context: 512,
+    341). Superpixels are computed per image or window as the model's config says."""
     model.eval()
     device = next(model.parameters()).device
     metric = SegmentationIoU(num_classes, ignore_index, convention, class_names)
     for i in range(len(dataset)):
         image, target = dataset[i]
-        logits = model(image[None].to(device), None)
+        if window is None:
+            logits = model(image[None].to(device), None)
+        else:
+            logits = sliding_window_logits(model, image.to(device), *window)
         metric.update(logits.argmax(1).cpu(), target[None])
         if progress and (i + 1) % 100 == 0:
             print(f"{i + 1}/{len(dataset)} images", flush=True)
