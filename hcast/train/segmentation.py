@@ -19,7 +19,6 @@ int64)``; the loss is pixel cross-entropy with ``ignore_index``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
