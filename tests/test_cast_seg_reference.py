@@ -149,3 +149,9 @@ def test_dense_output_copies_superpixel_outputs(photos_and_segments):
     assert dense.shape == (1, 5, 128, 128)
     ys, xs = torch.nonzero(segments[0] == 7, as_tuple=True)
     torch.testing.assert_close(dense[0, :, ys, xs], per_sp[0, 7][:, None].expand(-1, len(ys)))
+
+
+def test_from_pretrained_recognises_a_segmentation_checkpoint(moco_file):
+    path, _ = moco_file
+    model = hcast.from_pretrained(str(path))
+    assert type(model).__name__ == "CASTSeg" and model.embed_dim == 384

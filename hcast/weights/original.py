@@ -323,7 +323,7 @@ def guess_model_name(state_dict: Mapping[str, torch.Tensor]) -> str:
 
     CAST-like checkpoints (``blocksK.``/``poolK.`` or hcast's ``stages.``) give
     ``cast_*`` / ``hcast_*`` by width (384: small, 768: base) and first-stage depth
-    (6: ``_deep``); ViT checkpoints with level heads give ``hier_vit_small``.
+    (6: ``_deep``), ``cast_seg_*`` when they hold the segmentation encoder's fusion; ViT checkpoints with level heads give ``hier_vit_small``.
 
     Raises:
         ValueError: no known architecture matches; pass ``model_name``.
@@ -339,6 +339,8 @@ def guess_model_name(state_dict: Mapping[str, torch.Tensor]) -> str:
         if not first:
             first = {int(m.group(1)) for k in keys if (m := re.match(r"stages\.0\.blocks\.(\d+)\.", k))}
         deep = len(first) == 6
+        if size is not None and any(k.startswith(("block_fusion.", "fusion.")) for k in keys) and not deep:
+            return f"cast_seg_{size}"  # the segmentation encoder (cast_seg.py / cast_seg_deit.py)
         if size is not None and not (hierarchical and deep):
             return f"{'hcast' if hierarchical else 'cast'}_{size}{'_deep' if deep else ''}"
     elif hierarchical and width == 384 and "patch_embed.proj.weight" in state_dict:
