@@ -100,7 +100,8 @@ pred = predict_segmentation(model, x_val[show], s_val[show])
 with torch.no_grad():
     levels = encoder.forward_segments(x_val[show], s_val[show])["segmentations"]
 save_segmentation_picture(out / "segmentation.png", x_val[show], [s_val[show], levels[1], levels[2]], pred,
-                          list(train.classes), y_val[show])
+                          list(train.classes), y_val[show], hierarchy_names=[
+                              "superpixels", f"CAST regions ({args.clusters[1]})", f"CAST regions ({args.clusters[2]})"])
 print(f"picture: {out / 'segmentation.png'}; training {result['seconds']:.0f} s on the clock, "
       f"{result['cpu_seconds']:.0f} CPU s ({result['steps']} steps); whole run {time.time() - t0:.0f} s")
 

@@ -236,7 +236,8 @@ def evaluate_segmentation(model: nn.Module, data: Dataset, num_classes: int, bat
 
 def save_segmentation_picture(path, images: torch.Tensor, hierarchy: List[torch.Tensor], predicted: torch.Tensor,
                               class_names: List[str], target: Optional[torch.Tensor] = None,
-                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> None:
+                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                              hierarchy_names: Optional[List[str]] = None) -> None:
     """One row per image: the image, CAST's hierarchical segments (one panel per level
     given, region boundaries on the image), the predicted semantic map (and the ground
     truth when given), with a legend of the classes present. Written atomically (PNG).
@@ -247,6 +248,7 @@ def save_segmentation_picture(path, images: torch.Tensor, hierarchy: List[torch.
         hierarchy: (N, H, W) int64 region maps (e.g. ``forward_segments``' levels).
         predicted, target (Tensor[N, H, W] int64): class ids (255 in ``target``: ignored).
         class_names: names in id order.
+        hierarchy_names: panel titles of the region maps (default "level 1", ...).
     """
     import matplotlib
 
@@ -266,7 +268,8 @@ def save_segmentation_picture(path, images: torch.Tensor, hierarchy: List[torch.
     for i in range(len(rgb)):
         panels = [("image", rgb[i], None)]
         for level, regions in enumerate(hierarchy):
-            panels.append((f"CAST level {level + 1}", mark_boundaries(rgb[i], regions[i].cpu().numpy(),
+            title = hierarchy_names[level] if hierarchy_names else f"level {level + 1}"
+            panels.append((title, mark_boundaries(rgb[i], regions[i].cpu().numpy(),
                                                                    color=(1, 1, 0)), None))
         maps = [("prediction", predicted[i])] + ([("ground truth", target[i])] if target is not None else [])
         for title, labels in maps:
@@ -385,7 +388,8 @@ def segment_images(model: nn.Module, class_names: List[str], paths: List[str], o
         with atomic_write(label_path, description="label map") as tmp:
             Image.fromarray(labels[0].numpy().astype(np.uint8), mode="L").save(tmp, format="PNG")
         picture = out_dir / f"{stem}_segmentation.png"
-        save_segmentation_picture(picture, x, [segments, levels[1], levels[2]], labels, class_names)
+        save_segmentation_picture(picture, x, [segments, levels[1], levels[2]], labels, class_names,
+                                  hierarchy_names=["superpixels", "CAST stage 2 regions", "CAST stage 3 regions"])
         present = sorted(int(v) for v in labels.unique())
         results.append(dict(image=str(path), labels=str(label_path), picture=str(picture),
                             classes=[class_names[c] if c < len(class_names) else str(c) for c in present]))
