@@ -155,3 +155,16 @@ def test_from_pretrained_recognises_a_segmentation_checkpoint(moco_file):
     path, _ = moco_file
     model = hcast.from_pretrained(str(path))
     assert type(model).__name__ == "CASTSeg" and model.embed_dim == 384
+
+
+def test_bad_inputs_are_named():
+    model = timm.create_model("cast_seg_tiny").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="height and width"):
+        model.forward_superpixels(x, torch.zeros(1, 16, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model.forward_superpixels(x, torch.zeros(1, 32, 32))
+    with pytest.raises(ValueError, match=">= 0"):
+        model.forward_superpixels(x, torch.full((1, 32, 32), -1))
+    with pytest.raises(ValueError, match="model_stage"):
+        timm.create_model("cast_seg_tiny", model_stage="finetune")
