@@ -2,8 +2,9 @@
 # The real-input segmentation job: install hcast, build a small segmentation set from all
 # 10 Fashion-MNIST garments pasted on crops of scikit-image photographs (held-out garments
 # and background regions for validation), train a small CAST segmenter from scratch on the
-# CPU within a time budget, print per-class IoU and `mIoU: NN.N`, and draw a picture
-# (image, CAST's hierarchical segments, predicted and true semantic maps with a legend).
+# CPU within a budget, print per-class IoU and `mIoU: NN.N`, draw a picture (image, CAST's
+# hierarchical segments, predicted and true semantic maps with a legend), and segment three
+# held-out images with `hcast segment`.
 #
 #   bash scripts/segmentation_job.sh                     # 2 idle cores: ~7 minutes of training
 #                        (the budget is 840 CPU seconds: on a machine shared with other jobs it takes
@@ -30,5 +31,7 @@ echo "load: $(uptime)"
 THREADS=${THREADS:-$(nproc)}
 echo "== build the data, train, evaluate the held-out split"
 OMP_WAIT_POLICY=PASSIVE "$PY" scripts/segmentation_job.py --out "$OUT" --threads "$THREADS" "$@"
+echo "== hcast segment on three held-out images"
+"$PY" -m hcast.cli segment "$OUT/segmenter.pth" "$OUT"/images/val*.png --out "$OUT/segments" --threads "$THREADS"
 echo "load: $(uptime)"
 echo "the whole job took $(( $(date +%s) - START )) s"
