@@ -190,8 +190,9 @@ def finetune_segmentation(model: nn.Module, train_data: Dataset, config: Segment
             # fit the schedule into the budget, re-measured as the machine's speed settles
             fit = max(step + 1, int(config.time_budget_s / (elapsed / step)))
             if fit != total and (fit < config.steps or total < config.steps):
+                changed = abs(min(fit, config.steps) - total) > 0.02 * total
                 total = min(fit, config.steps)
-                if log:
+                if log and changed:
                     log(f"{config.budget_clock} time budget {config.time_budget_s:.0f} s: {total} of {config.steps} "
                         f"steps ({elapsed / step:.2f} {config.budget_clock} s/step so far)")
         if config.log_every and (step % config.log_every == 0 or step == total):
