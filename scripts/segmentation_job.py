@@ -28,7 +28,7 @@ from hcast.weights.folder import atomic_write, write_json
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="runs/segmentation_job")
-parser.add_argument("--train-images", type=int, default=10000)
+parser.add_argument("--train-images", type=int, default=4000)
 parser.add_argument("--val-images", type=int, default=500)
 parser.add_argument("--size", type=int, default=64)
 parser.add_argument("--superpixels", type=int, default=49)
