@@ -7,6 +7,8 @@
     hcast predict runs/fmnist shirt.png --segment shirt_segments.png
     hcast convert hcast_living17.pth runs/living17 --model hcast_small
     hcast push runs/fmnist my-user/hcast-tiny-fashion-mnist
+    hcast segment runs/segmentation_job/segmenter.pth photo.png --out segments
+    hcast evaluate runs/voc/segmenter.pth voc2012 --data-root /data --split val
 
 MODEL arguments take a timm model name (``hcast_small``), a hub id
 (``hf-hub:user/repo``) or a folder written by ``hcast finetune`` / ``hcast convert``
@@ -605,6 +607,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     _add_precision(p)
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the metrics as JSON")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--miou", dest="miou_convention", default=None, choices=("mmseg", "spml"),
+                   help="segmentation data (voc2012, voc2012-aug, ade20k): the mean-IoU convention (default: spml "
+                        "for VOC, as CAST's VOC numbers; mmseg for ADE20K); MODEL is then a segmenter .pth written by "
+                        "hcast.train.segmentation.save_segmenter or a cast_seg_* name")
+    p.add_argument("--slide", type=int, nargs=2, default=None, metavar=("CROP", "STRIDE"),
+                   help="segmentation data: sliding-window inference (Segmenter's ADE20K / Context protocol: 512 341) "
+                        "instead of whole images")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -619,6 +628,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_output(args.json_out, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from hcast.data.dataset_factory import segmentation_dataset_name
+
+    if segmentation_dataset_name(args.data) is not None:
+        return _evaluate_segmentation(args)
     ctx = engine.init_distributed(args.device)
     with user_input(f"model {args.model!r}"):
         model, taxonomy, _, weights = load_model_for_inference(args.model, str(ctx.device), args.taxonomy,
@@ -1026,6 +1039,80 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _evaluate_segmentation(args: argparse.Namespace) -> int:
+    """``hcast evaluate`` on a segmentation dataset: per-class IoU and mIoU, single scale."""
+    from torch.utils.data import Subset
+
+    from hcast.data import create_dataset
+    from hcast.data.dataset_factory import segmentation_dataset_name
+    from hcast.train.segmentation import evaluate_segmentation_dataset, load_segmenter
+    from hcast.weights.folder import write_json
+
+    name = segmentation_dataset_name(args.data)
+    with user_input(f"model {args.model!r}"):
+        model, class_names = load_segmenter(args.model, "cpu" if args.device == "auto" else args.device)
+    with user_input(f"data {args.data!r}"):
+        dataset = create_dataset(name, args.data_root, split=args.split)
+    if model.num_classes != dataset.num_classes:
+        raise UsageError(f"model {args.model!r} has {model.num_classes} classes, {name} has {dataset.num_classes}; "
+                         f"evaluate a segmenter trained on {name}.")
+    if args.num_samples:
+        dataset = Subset(dataset, range(min(args.num_samples, len(dataset))))
+    convention = args.miou_convention or ("spml" if name.startswith("voc") else "mmseg")
+    names = list(getattr(getattr(dataset, "dataset", dataset), "classes", class_names))
+    with user_input(f"data {args.data!r}"):  # a bad label file is named by the loader
+        metric = evaluate_segmentation_dataset(model, dataset, model.num_classes, names, convention,
+                                               progress=not args.no_progress, window=args.slide)
+    mode = f"sliding {args.slide[0]}/{args.slide[1]}" if args.slide else "whole images"
+    print(f"{args.model} on {name} ({args.split}, {len(dataset)} images, single scale, {mode}):")
+    print(metric.table())
+    scores = metric.compute()
+    print(f"mIoU: {100 * float(scores['miou']):.1f}")
+    if args.json_out:
+        write_json(dict(model=args.model, data=name, split=args.split, convention=convention,
+                        miou=float(scores["miou"]), iou=dict(zip(names, map(float, scores["iou"]))),
+                        pixel_accuracy=float(scores["pixel_accuracy"])), args.json_out)
+        print(f"metrics written to {args.json_out}")
+    return 0
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="per-pixel label maps and a picture (image, hierarchical segments, semantic map) for images",
+        description=("Segment IMAGEs with MODEL (a segmenter .pth written by hcast.train.segmentation.save_segmenter, "
+                     "e.g. by scripts/segmentation_job.sh, or a cast_seg_* timm name): writes OUT/<name>_labels.png "
+                     "(uint8 class ids per pixel) and OUT/<name>_segmentation.png (the image, CAST's hierarchical "
+                     "segments, the semantic map with a legend)."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--out", default="segments", help="output folder")
+    p.add_argument("--size", type=int, default=None, help="resize so the longer side is SIZE pixels (default: as is)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_segment)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import torch
+
+    from hcast.train.segmentation import load_segmenter, segment_images
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with user_input(f"model {args.model!r}"):
+        model, class_names = load_segmenter(args.model)
+    for path in args.images:
+        if not Path(path).is_file():
+            raise UsageError(f"image {path!r}: no such file.")
+    with user_input("images"):
+        results = segment_images(model, class_names, args.images, args.out, args.size)
+    for r in results:
+        print(f"{r['image']}: {', '.join(r['classes'])} -> {r['labels']}, {r['picture']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hcast`` argument parser (sub-commands finetune, evaluate, predict, convert, push, export,
     benchmark)."""
@@ -1039,7 +1126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_finetune, _add_evaluate, _add_predict, _add_convert, _add_push, _add_export,
-                _add_benchmark):
+                _add_benchmark, _add_segment):
         add(sub)
     return parser
 

@@ -17,6 +17,9 @@
   layout with labels in the authors' order: :class:`BREEDS` (Entity-13/30,
   Living-17, Non-Living-26 over ImageNet-1k), :class:`CUB200`, :class:`FGVCAircraft`,
   :class:`INat21Mini`, :class:`ImageNet1k`, :class:`CIFAR100`.
+* Semantic segmentation in native layouts: :class:`PascalVOC` (``VOCdevkit/VOC2012``),
+  :class:`ADE20K` (``ADEChallengeData2016``), with :class:`SegmentationTransform`
+  (:mod:`hcast.data.segmentation`).
 * :func:`create_dataset` / :func:`create_train_val_datasets`: datasets from a
   ``--data`` argument (a benchmark name, ``"fashion-mnist"`` or a folder), e.g.
   ``create_dataset("breeds-living17", "/data/imagenet", split="val", transform=tf)``.
@@ -34,6 +37,7 @@ from hcast.data.aircraft import FGVCAircraft
 from hcast.data.inat import INat21Mini
 from hcast.data.imagenet import ImageNet1k
 from hcast.data.cifar import CIFAR100
+from hcast.data.segmentation import ADE20K, PascalVOC, SegmentationTransform
 from hcast.data.dataset_factory import (
     BENCHMARK_DATASETS,
     benchmark_dataset_name,
@@ -46,7 +50,10 @@ from hcast.data.dataset_factory import (
 
 __all__ = [
     "BENCHMARK_DATASETS",
+    "ADE20K",
     "BREEDS",
+    "PascalVOC",
+    "SegmentationTransform",
     "CIFAR100",
     "CUB200",
     "FGVCAircraft",

@@ -8,6 +8,8 @@
   ``root`` in the dataset's native layout, labels in the H-CAST authors' order
   (:mod:`hcast.data.breeds`, :mod:`~hcast.data.cub`, :mod:`~hcast.data.aircraft`,
   :mod:`~hcast.data.inat`, :mod:`~hcast.data.imagenet`, :mod:`~hcast.data.cifar`);
+* a segmentation dataset name (:data:`SEGMENTATION_DATASETS`): ``"voc2012"``,
+  ``"voc2012-aug"`` (SBD's train+), ``"ade20k"`` (:mod:`hcast.data.segmentation`);
 * ``"fashion-mnist"`` (the built-in loader, :class:`~hcast.data.fashion_mnist.FashionMNIST`);
 * a folder of images laid out as :class:`~hcast.data.image_folder.HierarchicalImageFolder`
   expects, optionally split into ``train/`` and ``val/`` (or ``test/``) sub-folders.
@@ -30,10 +32,11 @@ from hcast.data.fashion_mnist import FashionMNIST, stratified_indices
 from hcast.data.image_folder import HierarchicalImageFolder
 from hcast.data.imagenet import ImageNet1k
 from hcast.data.inat import INat21Mini
+from hcast.data.segmentation import ADE20K, PascalVOC
 from hcast.hierarchy import Taxonomy
 
-__all__ = ["BENCHMARK_DATASETS", "FASHION_MNIST", "benchmark_dataset_name", "create_benchmark_dataset",
-           "is_fashion_mnist", "create_dataset", "create_train_val_datasets", "dataset_targets"]
+__all__ = ["BENCHMARK_DATASETS", "SEGMENTATION_DATASETS", "FASHION_MNIST", "benchmark_dataset_name",
+           "segmentation_dataset_name", "create_benchmark_dataset", "is_fashion_mnist", "create_dataset", "create_train_val_datasets", "dataset_targets"]
 
 FASHION_MNIST = "fashion-mnist"
 _SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation", "test"), "test": ("test", "val", "validation")}
@@ -51,6 +54,15 @@ BENCHMARK_DATASETS: Dict[str, Tuple[type, Dict[str, Any], Dict[str, str]]] = {
     "imagenet-1k": (ImageNet1k, {}, {"train": "train", "val": "val", "test": "val"}),
     "cifar100": (CIFAR100, {}, {"train": "train", "val": "test", "test": "test"}),
 }
+
+#: Semantic segmentation datasets for ``data`` (:mod:`hcast.data.segmentation`), as
+#: :data:`BENCHMARK_DATASETS`: items are ``(image, (H, W) int64 label map)``, no taxonomy.
+SEGMENTATION_DATASETS: Dict[str, Tuple[type, Dict[str, Any], Dict[str, str]]] = {
+    "voc2012": (PascalVOC, {}, {"train": "train", "val": "val", "test": "val"}),
+    "voc2012-aug": (PascalVOC, {}, {"train": "train_aug", "val": "val", "test": "val"}),
+    "ade20k": (ADE20K, {}, {"train": "training", "val": "validation", "test": "validation"}),
+}
+_SEGMENTATION_ALIASES = {"voc": "voc2012", "pascal-voc": "voc2012", "voc-aug": "voc2012-aug", "ade": "ade20k"}
 _BENCHMARK_ALIASES = {
     "living17": "breeds-living17", "nonliving26": "breeds-nonliving26", "entity13": "breeds-entity13",
     "entity30": "breeds-entity30", "cub": "cub200", "cub-200-2011": "cub200", "aircraft": "fgvc-aircraft",
@@ -67,6 +79,15 @@ def benchmark_dataset_name(data: Union[str, Path]) -> Optional[str]:
     key = data.strip().lower().replace("_", "-")
     key = _BENCHMARK_ALIASES.get(key, key)
     return key if key in BENCHMARK_DATASETS else None
+
+
+def segmentation_dataset_name(data: Union[str, Path]) -> Optional[str]:
+    """The :data:`SEGMENTATION_DATASETS` name ``data`` stands for, or ``None``."""
+    if not isinstance(data, str):
+        return None
+    key = data.strip().lower().replace("_", "-")
+    key = _SEGMENTATION_ALIASES.get(key, key)
+    return key if key in SEGMENTATION_DATASETS else None
 
 
 def create_benchmark_dataset(name: str, root: Optional[Union[str, Path]], split: str = "test",
@@ -91,10 +112,11 @@ def create_benchmark_dataset(name: str, root: Optional[Union[str, Path]], split:
         FileNotFoundError: ``root`` does not hold the dataset (the message names the file
             looked for and the layout expected).
     """
-    key = benchmark_dataset_name(name)
+    key = benchmark_dataset_name(name) or segmentation_dataset_name(name)
     if key is None:
-        raise ValueError(f"data: expected one of {', '.join(BENCHMARK_DATASETS)}, got {name!r}.")
-    cls, fixed, splits = BENCHMARK_DATASETS[key]
+        raise ValueError(f"data: expected one of {', '.join(list(BENCHMARK_DATASETS) + list(SEGMENTATION_DATASETS))}, "
+                         f"got {name!r}.")
+    cls, fixed, splits = BENCHMARK_DATASETS.get(key) or SEGMENTATION_DATASETS[key]
     if split not in splits:
         raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}.")
     if root is None:
@@ -187,8 +209,10 @@ def create_dataset(
     if split not in _SPLIT_FOLDERS:
         raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}.")
     benchmark = benchmark_dataset_name(data)
-    if benchmark is not None:
-        dataset: Dataset = create_benchmark_dataset(benchmark, root, split, transform)
+    if segmentation_dataset_name(data) is not None:
+        dataset: Dataset = create_benchmark_dataset(segmentation_dataset_name(data), root, split, transform)
+    elif benchmark is not None:
+        dataset = create_benchmark_dataset(benchmark, root, split, transform)
         _check_taxonomy(dataset, taxonomy, benchmark)
     elif is_fashion_mnist(data):
         fm_split = "train" if split == "train" else "test"

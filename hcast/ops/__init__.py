@@ -4,6 +4,7 @@ farthest point sampling and hierarchical segmentation."""
 from hcast.ops.farthest_point_sampling import farthest_point_sampling
 from hcast.ops.hierarchical_segmentation import hierarchical_segmentation
 from hcast.ops.superpixel_pool import resize_segments, superpixel_pool
+from hcast.ops.upsampled_superpixel_pool import upsampled_superpixel_pool
 from hcast.ops.superpixels import (
     SuperpixelTransform,
     enforce_connectivity,
@@ -22,6 +23,7 @@ __all__ = [
     "SuperpixelTransform",
     "superpixel_pool",
     "resize_segments",
+    "upsampled_superpixel_pool",
     "farthest_point_sampling",
     "hierarchical_segmentation",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "strip_prefixes",
     "rename_level_heads",
     "cast_keys_to_hcast",
+    "cast_seg_keys_to_hcast",
     "has_level_heads",
     "head_counts",
     "guess_model_name",
@@ -124,7 +125,8 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     )
 
 
-def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = False) -> Dict[str, torch.Tensor]:
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = False,
+                   keep_projector: bool = False) -> Dict[str, torch.Tensor]:
     """Keys of the model alone: wrapper prefixes removed, training-only networks dropped.
 
     Removes DDP's ``module.``; drops every format's :attr:`~OriginalFormat.other_modules`
@@ -137,6 +139,9 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = F
         state_dict: a flat state dict (see :func:`unwrap_state_dict`).
         ddp_only: only remove DDP's ``module.`` prefix and keep every key (Hier-ViT's
             filter: its checkpoints come from DeiT's script alone).
+        keep_projector: keep the encoder's :attr:`~OriginalFormat.encoder_drop` parts
+            (MoCo's projection MLP ``head.*``), for a model that uses them as its head
+            (``cast_seg_*`` with ``head_type='moco'``).
 
     Returns:
         A new dict; values are the same tensors.
@@ -150,7 +155,8 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor], *, ddp_only: bool = F
         prefix = fmt.encoder_prefix
         if prefix and any(k.startswith(prefix) for k in keys):
             return {k[len(prefix):]: v for k, v in keys.items()
-                    if k.startswith(prefix) and not k[len(prefix):].startswith(fmt.encoder_drop)}
+                    if k.startswith(prefix)
+                    and (keep_projector or not k[len(prefix):].startswith(fmt.encoder_drop))}
     return keys
 
 
@@ -196,12 +202,14 @@ _CAST_UNUSED_KEYS = ("pe_token", "pre_logits", "dist_token")
 _CAST_UNUSED_PREFIXES = ("head_dist.",)
 
 
-def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[int]) -> Dict[str, torch.Tensor]:
+def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[int],
+                       keep_last_update: bool = False) -> Dict[str, torch.Tensor]:
     """Rename original CAST keys to hcast's layout (:class:`hcast.models.cast.CAST`).
 
     ``blocksK.N`` -> ``stages.{K-1}.blocks.{N - first index of stage K}`` (slicing an
     ``nn.Sequential`` keeps the global block index N; the duplicate ``blocks.N`` copies of
-    the same modules are dropped), ``poolK.pool_block.centroid_fc`` ->
+    the same modules are dropped; ``cast_seg.py``'s per-stage ``blocksK.{0, 1, ...}``
+    keep their local index), ``poolK.pool_block.centroid_fc`` ->
     ``stages.{K-1}.pool.assign``, ``fc1.0/fc1.1/fc2.0/fc2.1`` ->
     ``fc1_norm/fc1/fc2_norm/fc2``, the last stage's unused ``fc1``/``fc2`` dropped, MoCo's
     ``pe_token`` joined to the front of its ``pos_embed``, the coarser level heads
@@ -211,19 +219,32 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
     Args:
         state_dict: a flat state dict without prefixes (:func:`strip_prefixes`).
         depths: blocks per stage of the model.
+        keep_last_update: keep the last pooling's ``fc1``/``fc2`` (renamed as the
+            others'): the segmentation encoder (``cast_seg.py``) updates its class token
+            with them.
     """
     if any(k.startswith("stages.") for k in state_dict):
         return dict(state_dict)
     has_stage_blocks = any(re.match(r"blocks\d+\.", k) for k in state_dict)
     starts = [sum(depths[:i]) for i in range(len(depths))]
+    # Slicing an nn.Sequential keeps the global block indices (cast.py, cast_deit.py,
+    # cast_seg_deit.py: blocks2.3 is stage 2's first block); cast_seg.py builds a new
+    # Sequential per stage, with local indices (blocks2.0). Global indices are never below
+    # the stage's first, so a smaller one means local.
+    first_index: Dict[int, int] = {}
+    for key in state_dict:
+        m = re.match(r"blocks(\d+)\.(\d+)\.", key)
+        if m:
+            stage = int(m.group(1)) - 1
+            first_index[stage] = min(first_index.get(stage, int(m.group(2))), int(m.group(2)))
     coarser_heads = tuple(name + "." for name in _level_head_names() if name != "head")
     out = {}
     for key, value in state_dict.items():
         m = re.match(r"blocks(\d+)\.(\d+)\.(.*)", key)
         if m:
-            # Slicing an nn.Sequential keeps the global indices: blocks2.3 is stage 2's first.
             stage = int(m.group(1)) - 1
-            out[f"stages.{stage}.blocks.{int(m.group(2)) - starts[stage]}.{m.group(3)}"] = value
+            offset = 0 if first_index[stage] < starts[stage] else starts[stage]
+            out[f"stages.{stage}.blocks.{int(m.group(2)) - offset}.{m.group(3)}"] = value
             continue
         m = re.match(r"blocks\.(\d+)\.(.*)", key)
         if m:
@@ -236,7 +257,7 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
         m = re.match(r"pool(\d+)\.pool_block\.(.*)", key)
         if m:
             stage, rest = int(m.group(1)) - 1, m.group(2)
-            if stage == len(depths) - 1 and rest.startswith(("fc1.", "fc2.")):
+            if stage == len(depths) - 1 and rest.startswith(("fc1.", "fc2.")) and not keep_last_update:
                 continue  # the last pooling's centroid update feeds nothing
             for old, new in _CAST_POOL_RENAMES:
                 if rest.startswith(old):
@@ -250,6 +271,29 @@ def cast_keys_to_hcast(state_dict: Mapping[str, torch.Tensor], depths: Sequence[
     if "pe_token" in state_dict and "pos_embed" in out:
         out["pos_embed"] = torch.cat([state_dict["pe_token"].reshape(1, 1, -1).to(out["pos_embed"]),
                                       out["pos_embed"]], dim=1)
+    return out
+
+
+# The segmentation encoder's fusion (cast_models/modules.py BlockFusion): original -> hcast.
+_CAST_SEG_RENAMES = (
+    ("block_fusion.proj_blocks.0.norm.", "fusion.norm."),
+    ("block_fusion.proj_blocks.2.", "fusion.proj."),
+)
+
+
+def cast_seg_keys_to_hcast(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename the original segmentation encoder's fusion keys
+    (``block_fusion.proj_blocks.0.norm.*`` BatchNorm1d, ``block_fusion.proj_blocks.2.*``
+    Linear; github:twke18/CAST ``cast_models/modules.py``) to hcast's
+    :class:`hcast.models.cast_seg.BlockFusion` (``fusion.norm``, ``fusion.proj``); other
+    keys pass through (apply after :func:`cast_keys_to_hcast`)."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in _CAST_SEG_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
     return out
 
 
@@ -279,7 +323,7 @@ def guess_model_name(state_dict: Mapping[str, torch.Tensor]) -> str:
 
     CAST-like checkpoints (``blocksK.``/``poolK.`` or hcast's ``stages.``) give
     ``cast_*`` / ``hcast_*`` by width (384: small, 768: base) and first-stage depth
-    (6: ``_deep``); ViT checkpoints with level heads give ``hier_vit_small``.
+    (6: ``_deep``), ``cast_seg_*`` when they hold the segmentation encoder's fusion; ViT checkpoints with level heads give ``hier_vit_small``.
 
     Raises:
         ValueError: no known architecture matches; pass ``model_name``.
@@ -295,6 +339,8 @@ def guess_model_name(state_dict: Mapping[str, torch.Tensor]) -> str:
         if not first:
             first = {int(m.group(1)) for k in keys if (m := re.match(r"stages\.0\.blocks\.(\d+)\.", k))}
         deep = len(first) == 6
+        if size is not None and any(k.startswith(("block_fusion.", "fusion.")) for k in keys) and not deep:
+            return f"cast_seg_{size}"  # the segmentation encoder (cast_seg.py / cast_seg_deit.py)
         if size is not None and not ((hierarchical or size == "tiny") and deep):
             return f"{'hcast' if hierarchical else 'cast'}_{size}{'_deep' if deep else ''}"
     elif hierarchical and width in (192, 384) and "patch_embed.proj.weight" in state_dict:
