@@ -1046,7 +1046,7 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
     from hcast.data import create_dataset
     from hcast.data.dataset_factory import segmentation_dataset_name
     from hcast.train.segmentation import evaluate_segmentation_dataset, load_segmenter
-    from hcast.weights.folder import write_json
+    from hcast._io import write_json
 
     name = segmentation_dataset_name(args.data)
     with user_input(f"model {args.model!r}"):

@@ -25,7 +25,7 @@ RANKS = {
     "hcast.export": 5,
     "hcast.precision": 5,
     "hcast.visualize": 5,
-    "hcast.inference": 5,
+    "hcast.inference": 6,
     "hcast.train": 6,
     "hcast.cli": 7,
 }

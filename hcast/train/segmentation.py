@@ -258,7 +258,7 @@ def save_segmentation_picture(path, images: torch.Tensor, hierarchy: List[torch.
     from matplotlib.patches import Patch
     from skimage.segmentation import mark_boundaries
 
-    from hcast.weights.folder import atomic_write
+    from hcast._io import atomic_write
 
     rgb = (images.cpu() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
     rgb = rgb.permute(0, 2, 3, 1).numpy()
@@ -365,7 +365,7 @@ def segment_images(model: nn.Module, class_names: List[str], paths: List[str], o
     from PIL import Image
 
     from hcast.data.segmentation import SegmentationTransform
-    from hcast.weights.folder import atomic_write
+    from hcast._io import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
