@@ -17,7 +17,17 @@ from hcast.metric_learning.hier import (
     poincare_distance_matrix,
     to_poincare,
 )
-from hcast.metric_learning.retrieval import RecallAtK, recall_at_k
+
+
+def __getattr__(name: str):
+    # retrieval's RecallAtK imports torchmetrics (and through it scipy and matplotlib):
+    # loaded when first used, so that `import hcast` stays light
+    if name in ("RecallAtK", "recall_at_k"):
+        from hcast.metric_learning import retrieval
+
+        return getattr(retrieval, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "HIERLoss",
