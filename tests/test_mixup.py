@@ -108,14 +108,24 @@ def test_per_element_modes(mode):
     images, segments, targets = _batch()
     np.random.seed(5)
     mix = HierarchicalMixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, mode=mode, level_classes=TAX.num_classes)
-    out, seg_out, level_t = mix(images, targets, segments)
+    images, segments = images.clone(), segments.clone()  # (the batch is mixed in place)
+    out, seg_out, level_t = mix(images.clone(), targets, segments.clone())
     assert out.shape == images.shape and seg_out.shape == segments.shape
     for l, t in enumerate(level_t):
         assert torch.allclose(t.sum(1), torch.ones(4), atol=1e-6)
         assert torch.allclose(t, _aggregate(level_t[0], l), atol=1e-6)
+    pasted = 0
     for b in range(4):
-        ids = seg_out[b].unique()
-        assert ids.min() >= 0
+        s = seg_out[b]
+        changed = (out[b] != images[b]).any(0)  # the pasted box (cutmix), or every pixel (blend)
+        if bool(changed.all()) or not bool(changed.any()):  # blended or untouched: the image's own partition
+            pairs = torch.stack([segments[b].flatten(), s.flatten()], 1).unique(dim=0)
+            assert len(pairs) == len(segments[b].unique()) == len(s.unique())
+        else:  # cut and pasted: no superpixel id shared across the box's edge
+            pasted += 1
+            inside, outside = s[changed].unique(), s[~changed].unique()
+            assert not np.intersect1d(inside.numpy(), outside.numpy()).size
+    assert pasted >= 1  # the seed gives at least one cut-and-pasted element
 
 
 def test_renumber_segments_keeps_order():
