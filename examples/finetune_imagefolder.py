@@ -30,7 +30,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 import hcast  # noqa: F401  (registers the hcast models with timm)
-from hcast import train as engine
+from hcast import train
 from hcast.data import WithSuperpixels, create_train_val_datasets, create_transform
 from hcast.hierarchy import Taxonomy
 from hcast.hierarchy.losses import HCASTLoss
@@ -65,7 +65,7 @@ def main() -> None:
     from hcast.cli import parse_kwargs
 
     taxonomy = read_taxonomy(args.taxonomy)
-    device = engine.resolve_device("auto")
+    device = train.resolve_device("auto")
     model = timm.create_model(args.model, pretrained=args.pretrained, level_classes=taxonomy.num_classes,
                               **parse_kwargs(args.model_kwargs)).to(device)
     cfg = resolve_data_config({}, model=model)
@@ -83,18 +83,18 @@ def main() -> None:
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=1e-6, warmup_t=min(len(train_loader), total // 5),
                                   warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False)
     criterion = HCASTLoss(kl_weight=0.5, label_smoothing=0.1)
-    amp_dtype = engine.resolve_amp_dtype(device)
+    amp_dtype = train.resolve_training_precision(device, "auto")  # bf16 where native, else fp32
     updates = 0
     for epoch in range(args.epochs):
-        stats = engine.train_one_epoch(model, train_loader, criterion, optimizer, taxonomy, device, epoch=epoch,
+        stats = train.train_one_epoch(model, train_loader, criterion, optimizer, taxonomy, device, epoch=epoch,
                                        scheduler=scheduler, num_updates=updates, amp_dtype=amp_dtype, clip_grad=1.0)
         updates = stats["num_updates"]
-        metrics = engine.evaluate(model, val_loader, taxonomy, device, amp_dtype=amp_dtype)
+        metrics = train.evaluate(model, val_loader, taxonomy, device, amp_dtype=amp_dtype)
         print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}, {stats['images_per_s']:.0f} img/s")
-        print(engine.format_metrics_table(metrics))
-        engine.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+        print(train.format_metrics_table(metrics))
+        train.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
                                Path(args.output) / "checkpoint-latest.pth")
-        engine.save_model_folder(model, args.output, taxonomy,
+        train.save_model_folder(model, args.output, taxonomy,
                                  extra_config={"pretrained_cfg": {"num_segments": sp.num_segments}},
                                  data_config={"input_size": (3, size, size)})
     print(f"model folder: {args.output}")

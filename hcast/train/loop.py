@@ -154,7 +154,7 @@ def train_one_epoch(
         mixup: ``mixup(images, level_targets[, segments]) -> (images[, segments], soft level
             targets)`` (:class:`hcast.hierarchy.mixup.HierarchicalMixup`, which cuts the
             loader's superpixel ids with the same box), or ``None``.
-        amp_dtype: autocast dtype (:func:`resolve_amp_dtype`), ``None`` for float32.
+        amp_dtype: autocast dtype (:func:`hcast.train.resolve_training_precision`), ``None`` for float32.
         grad_scaler: a ``torch.amp.GradScaler`` for float16 AMP.
         clip_grad: max global gradient norm, ``None``/0 for no clipping.
         superpixel_fn: (B,3,H,W) -> (B,H,W) int64 superpixels computed on the device
