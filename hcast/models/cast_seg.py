@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block, global_pool_nlc
 
 from hcast.models.cast import (
+    CAST,
     CASTStage,
     ConvStem,
     GraphPooling,
@@ -64,9 +65,7 @@ from hcast.models.cast import (
     _freeze_as_buffers,
     _has_seeds,
     _resolve_tag,
-    init_linear,
     paint_tokens,
-    sincos_2d_pos_embed,
 )
 from hcast.models.factory import FromPretrainedMixin
 from hcast.ops._validation import check_finite
@@ -286,23 +285,9 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
             return moco_projector(self.embed_dim, num_classes)
         return nn.Linear(self.embed_dim, num_classes)
 
-    def init_weights(self) -> None:
-        """timm's ViT init (normal(0, 0.02) linear weights, zero biases); the sin-cos
-        table is MoCo v3's."""
-        nn.init.normal_(self.cls_token, std=0.02)
-        if self.pos_embed_type == "sincos":
-            with torch.no_grad():
-                self.pos_embed.zero_()
-                self.pos_embed[:, 1:] = sincos_2d_pos_embed(self.grid_size, self.embed_dim)
-        else:
-            nn.init.normal_(self.pos_embed, std=0.02)
-        self.apply(init_linear)
-
-    # -- timm helpers -----------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return {"pos_embed", "cls_token"}
+    # the same initialisation and timm helpers as CAST (the same attributes): one definition
+    init_weights = CAST.init_weights
+    no_weight_decay = CAST.no_weight_decay
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -311,11 +296,7 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
                                                              (r"^stages\.(\d+)\.pool", (99999,)),
                                                              (r"^fusion", (99999,))])
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+    set_grad_checkpointing = CAST.set_grad_checkpointing
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
