@@ -794,13 +794,17 @@ class CAST(FromPretrainedMixin, nn.Module):
         return cls_token, self.pos_drop(tokens), padding_mask
 
     def forward_stages(self, images: torch.Tensor, segments: Optional[torch.Tensor] = None,
-                       num_pools: int = _NUM_STAGES - 1) -> Dict[str, Any]:
-        """Run the stages and return everything a head or a segmentation needs.
+                       num_pools: Optional[int] = None, num_stages: Optional[int] = None) -> Dict[str, Any]:
+        """Run the stages and return everything a head, a feature map or a segmentation
+        needs: the one stage loop of CAST (``forward_features``, ``forward_intermediates``,
+        ``forward_segments`` and H-CAST's levels all read it).
 
         Args:
             images, segments: as for :meth:`forward`.
-            num_pools: how many of the graph poolings to run (the first three are always
-                needed; 4 adds the last stage's assignments).
+            num_stages: run the first ``num_stages`` stages (default: all).
+            num_pools: how many graph poolings to run, after stages ``0 .. num_pools - 1``
+                (default ``num_stages - 1``: each pooling that feeds a later stage; the
+                number of stages adds the last stage's assignments, for segmentations).
 
         Returns:
             dict with ``segments`` (B, h, w) int64 (the superpixels used),
@@ -811,13 +815,15 @@ class CAST(FromPretrainedMixin, nn.Module):
             ``stage_tokens``: list of 4 (B, 1 + N_l, C) outputs of each stage's blocks
             (class token first; not normalised).
         """
+        num_stages = len(self.stages) if num_stages is None else num_stages
+        num_pools = num_stages - 1 if num_pools is None else num_pools
         segments = self._segments(images, segments)
         cls_token, x, padding_mask = self.embed(images, segments)
         mask = padding_mask
         attn_mask = self._attn_mask(padding_mask)
         class_tokens, logits, sampled, stage_tokens = [], [], [], []
         cls_x = None
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages[:num_stages]):
             cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1), attn_mask if i == 0 else None)
             class_tokens.append(cls_x[:, 0])
             stage_tokens.append(cls_x)
@@ -826,7 +832,7 @@ class CAST(FromPretrainedMixin, nn.Module):
                                                        self.validate_args)
                 logits.append(logit)
                 sampled.append(inds)
-                if x is not None:
+                if x is not None:  # None after the last stage's pooling (its centroids feed nothing)
                     mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
         return dict(segments=segments, class_tokens=class_tokens, tokens=cls_x, logits=logits,
                     sampled=sampled, padding_mask=padding_mask, stage_tokens=stage_tokens)
@@ -929,31 +935,19 @@ class CAST(FromPretrainedMixin, nn.Module):
         except AssertionError as error:
             raise ValueError(f"indices must pick stages in [-{len(self.stages)}, {len(self.stages)}), got "
                              f"{indices!r}.") from error
-        segments = self._segments(images, segments)
-        cls_token, x, mask = self.embed(images, segments)
-        attn_mask = self._attn_mask(mask)
-        grid_ids = resize_segments(segments, (images.shape[-2] // 8, images.shape[-1] // 8))
-        run_to = max_index if stop_early or intermediates_only else len(self.stages) - 1
-        logits: List[torch.Tensor] = []
-        stage_tokens, intermediates = [], []
-        for i in range(run_to + 1):
-            stage = self.stages[i]
-            cls_x = stage.forward_blocks(torch.cat([cls_token, x], dim=1), attn_mask if i == 0 else None)
-            stage_tokens.append(cls_x)
-            if i in take_indices:
-                y = self.norm(cls_x) if norm else cls_x
-                feature = y[:, 1:]  # each stage runs on one class token, then its region tokens
-                if output_fmt == "NCHW":
-                    feature = paint_tokens(feature, grid_ids, logits, paint)
-                intermediates.append((feature, y[:, :1]) if return_prefix_tokens else feature)
-            if i < run_to:
-                cls_token, x, logit, _ = stage.pool(cls_x[:, :1], cls_x[:, 1:], mask, i == 0 and attn_mask is not None,
-                                                    self.validate_args)
-                logits.append(logit)
-                mask = x.new_zeros(x.shape[:2], dtype=torch.bool)
+        num_stages = max_index + 1 if stop_early or intermediates_only else len(self.stages)
+        out = self.forward_stages(images, segments, num_stages=num_stages)
+        grid_ids = resize_segments(out["segments"], (images.shape[-2] // 8, images.shape[-1] // 8))
+        intermediates = []
+        for i in (i for i in range(num_stages) if i in take_indices):  # stage order
+            y = self.norm(out["stage_tokens"][i]) if norm else out["stage_tokens"][i]
+            feature = y[:, 1:]  # each stage runs on one class token, then its region tokens
+            if output_fmt == "NCHW":  # stage i's regions: the first i poolings' assignments
+                feature = paint_tokens(feature, grid_ids, out["logits"][:i], paint)
+            intermediates.append((feature, y[:, :1]) if return_prefix_tokens else feature)
         if intermediates_only:
             return intermediates
-        return self._features(stage_tokens), intermediates
+        return self._features(out["stage_tokens"]), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
