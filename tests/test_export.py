@@ -49,6 +49,12 @@ def test_torch_export_dynamic_batch(one_torch_thread):
         images, segments, expected = eager(model, 64, batch)
         with torch.no_grad():
             torch.testing.assert_close(program.module()(images, segments), expected[0], atol=1e-5, rtol=1e-5)
+    # ids outside the exported budget are refused by the program itself, not scattered out of range
+    for bad in (64, -1):
+        wrong = segments.clone()
+        wrong[0, :4, :4] = bad
+        with pytest.raises(RuntimeError, match=r"ids in \[0, max_tokens\) = \[0, 64\)"):
+            program.module()(images, wrong)
 
 
 @pytest.mark.slow
@@ -64,6 +70,12 @@ def test_onnx_runtime_equals_eager_at_another_batch_size(name, tmp_path, one_tor
     assert len(outputs) == len(expected)
     for got, want in zip(outputs, expected):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+    # ids outside the budget: ONNX Runtime refuses them (a negative id is not read from the end)
+    for bad in (64, -1):
+        wrong = segments.clone()
+        wrong[0, :4, :4] = bad
+        with pytest.raises(Exception, match="out of data bounds"):
+            session.run(None, {"images": images.numpy(), "segments": wrong.numpy()})
 
 
 @pytest.mark.slow

@@ -789,6 +789,14 @@ class CAST(FromPretrainedMixin, nn.Module):
         if self.max_tokens is None:
             tokens, padding_mask = superpixel_pool(x, segments, validate_args=self.validate_args)
         else:  # ids checked at the boundary (_check_inputs): no host sync here
+            if torch.compiler.is_exporting():  # the exported program checks its ids itself
+                torch._assert_async(((segments >= 0) & (segments < self.max_tokens)).all(),
+                                    f"segments must hold superpixel ids in [0, max_tokens) = [0, {self.max_tokens}) "
+                                    f"(the exported token budget); compute fewer superpixels or export with a "
+                                    f"larger max_tokens")
+                # ONNX drops the assert and its scatter reads negative indices from the end:
+                # a negative id becomes max_tokens, which ONNX Runtime refuses (out of bounds)
+                segments = torch.where(segments < 0, torch.full_like(segments, self.max_tokens), segments)
             tokens, padding_mask = superpixel_pool(x, segments, self.max_tokens, validate_args=False)
         cls_token = (self.cls_token + pos_embed[:, :1]).expand(batch, -1, -1)
         return cls_token, self.pos_drop(tokens), padding_mask
