@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hcast.models.factory import FromPretrainedMixin
 from hcast.ops import farthest_point_sampling, superpixel_pool
-from hcast.ops._validation import check_finite
+from hcast._validation import check_finite
 from hcast.ops.superpixel_pool import resize_segments
 from hcast.weights import original
 from hcast.weights.builder import as_pretrained_cfg as _as_pretrained_cfg, build_model_with_hcast_cfg

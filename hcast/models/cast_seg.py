@@ -68,7 +68,7 @@ from hcast.models.cast import (
     paint_tokens,
 )
 from hcast.models.factory import FromPretrainedMixin
-from hcast.ops._validation import check_finite
+from hcast._validation import check_finite
 from hcast.ops.superpixel_pool import resize_segments
 from hcast.ops.upsampled_superpixel_pool import upsampled_superpixel_pool
 from hcast.weights import original

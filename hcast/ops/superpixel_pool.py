@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from hcast.ops import _triton
-from hcast.ops import _validation as V
+from hcast import _validation as V
 
 __all__ = ["superpixel_pool", "resize_segments"]
 
@@ -83,14 +83,15 @@ def superpixel_pool(
           resizing), as CAST's ``x_padding_mask``.
 
     Differentiable in ``features``. On CUDA tensors a Triton kernel computes the sums
-    and counts in one launch; elsewhere (and as the reference) a single
-    ``index_add_`` over the flattened batch.
+    and counts in one launch; elsewhere (and as the reference) one ``scatter_add`` of
+    the features and one of the counts over each image's grid cells.
 
     Raises:
-        TypeError: if an input is not a tensor or ``num_segments`` not an int.
-        ValueError: if ``features`` is not 4-D float, ``segments`` not 3-D integer,
-            either is empty, their batch sizes or devices differ, an id is negative,
-            or an id is ``>= num_segments``.
+        TypeError: if an input is not a tensor, ``features`` is not floating point,
+            ``segments`` not integer, or ``num_segments`` not an int.
+        ValueError: if ``features`` is not 4-D or ``segments`` not 3-D, either is
+            empty, their batch sizes or devices differ, an id is negative, or an id is
+            ``>= num_segments``.
     """
     _check_inputs(features, segments)
     if validate_args:
