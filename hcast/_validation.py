@@ -69,21 +69,19 @@ def check_rank(name: str, tensor: torch.Tensor, rank: int, layout: str) -> None:
         )
 
 
-def check_floating(name: str, tensor: torch.Tensor) -> None:
-    """:class:`TypeError` unless ``tensor`` has a floating point dtype."""
+def check_floating(name: str, tensor: torch.Tensor, how: str = "convert it with .float()") -> None:
+    """:class:`TypeError` unless ``tensor`` has a floating point dtype; ``how`` says what to do."""
     if not tensor.is_floating_point():
-        raise TypeError(
-            f"{name} must have a floating point dtype, got {tensor.dtype}; convert it with .float()."
-        )
+        raise TypeError(f"{name} must have a floating point dtype, got {tensor.dtype}; {how}.")
 
 
-def check_integer(name: str, tensor: torch.Tensor) -> None:
-    """:class:`TypeError` unless ``tensor`` holds integers (ids, labels; not bool)."""
+def check_integer(
+    name: str, tensor: torch.Tensor, how: str = "convert it with .long() after checking that the values are whole numbers"
+) -> None:
+    """:class:`TypeError` unless ``tensor`` holds integers (ids, labels; not bool); ``how``
+    says what to do."""
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TypeError(
-            f"{name} must hold integer ids (dtype torch.int64), got dtype {tensor.dtype}; "
-            f"convert it with .long() after checking that the values are whole numbers."
-        )
+        raise TypeError(f"{name} must hold integer ids (dtype torch.int64), got dtype {tensor.dtype}; {how}.")
 
 
 def check_non_empty(name: str, tensor: torch.Tensor, layout: str) -> None:
@@ -151,12 +149,20 @@ def check_same_device(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor
 
 # ----------------------------------------------------------------------------- class ids and logits
 
-def check_labels(name: str, labels: object, batch: Optional[int] = None, against: str = "logits") -> torch.Tensor:
-    """Return ``labels``, an (N,) integer tensor of class ids (N = ``batch`` when given).
+def check_labels(name: str, labels: object, batch: Optional[int] = None, against: str = "logits",
+                 num_classes: Optional[int] = None, where: str = "") -> torch.Tensor:
+    """Return ``labels``, an (N,) integer tensor of class ids.
+
+    Args:
+        name: the argument name used in messages.
+        labels: the value to check.
+        batch: N, when known (``against`` names what sets it).
+        num_classes: when given, every id must be in ``[0, num_classes)`` (a host sync;
+            see :func:`check_class_ids`, ``where`` as there).
 
     Raises:
         TypeError: not a tensor, or a float, complex or bool dtype.
-        ValueError: not 1-D, or not ``batch`` entries (``against`` names what sets N).
+        ValueError: not 1-D, not ``batch`` entries, or an id outside ``[0, num_classes)``.
     """
     check_tensor(name, labels)
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -168,6 +174,8 @@ def check_labels(name: str, labels: object, batch: Optional[int] = None, against
         raise ValueError(f"{name} must be an (N,) tensor of class ids, got shape {_shape(labels)}.")
     if batch is not None and labels.shape[0] != batch:
         raise ValueError(f"{name} has {labels.shape[0]} entries but {against} has {batch}.")
+    if num_classes is not None:
+        check_class_ids(name, labels, num_classes, where)
     return labels
 
 
@@ -178,8 +186,8 @@ def check_class_ids(name: str, ids: torch.Tensor, num_classes: int, where: str =
     if bool(bad.any()):
         i = int(bad.reshape(-1).nonzero()[0, 0])
         raise ValueError(
-            f"{name}[{i}] is {int(ids.reshape(-1)[i])}, outside [0, {num_classes}){where}; class ids "
-            f"must index the classes{where or ' of the logits'}."
+            f"{name}[{i}] is {int(ids.reshape(-1)[i])}, outside [0, {num_classes}){where}; class ids must "
+            f"be 0..{num_classes - 1}: check the label encoding or the class count."
         )
 
 

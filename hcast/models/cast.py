@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hcast.models.factory import FromPretrainedMixin
 from hcast.ops import farthest_point_sampling, superpixel_pool
-from hcast._validation import check_finite
+from hcast import _validation as V
 from hcast.ops.superpixel_pool import resize_segments
 from hcast.weights import original
 from hcast.weights.builder import as_pretrained_cfg as _as_pretrained_cfg, build_model_with_hcast_cfg
@@ -707,11 +707,10 @@ class CAST(FromPretrainedMixin, nn.Module):
                 weights outside autocast; ``segments`` not an integer tensor.
             ValueError: a wrong shape, channel count, size, or id.
         """
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            got = f"dtype {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise TypeError(f"images must be a float tensor (B, {self.patch_embed.in_chans}, H, W), normalised with "
-                            f"the model's mean/std, got {got}; convert uint8 images with timm's transforms "
-                            f"(timm.data.create_transform) or images.float().div(255) and normalise.")
+        V.check_tensor("images", images)
+        V.check_floating("images", images, f"pass float images (B, {self.patch_embed.in_chans}, H, W) normalised "
+                         f"with the model's mean/std: convert uint8 images with timm's transforms "
+                         f"(timm.data.create_transform) or images.float().div(255) and normalise")
         if images.ndim != 4 or images.shape[1] != self.patch_embed.in_chans:
             raise ValueError(f"images must have shape (B, {self.patch_embed.in_chans}, H, W), got "
                              f"{tuple(images.shape)}; convert grayscale or RGBA images to "
@@ -724,12 +723,9 @@ class CAST(FromPretrainedMixin, nn.Module):
             raise ValueError(f"images height and width must be multiples of 8 (CAST's stem stride), "
                              f"got {tuple(images.shape[-2:])}; resize or pad the images.")
         if segments is not None:
-            if not isinstance(segments, torch.Tensor) or segments.is_floating_point() or segments.is_complex():
-                got = f"dtype {segments.dtype}" if isinstance(segments, torch.Tensor) else type(segments).__name__
-                raise TypeError(f"segments must be an integer tensor (B, H, W) of superpixel ids, got {got}.")
-            if segments.ndim != 3:
-                raise ValueError(f"segments must have shape (B, H, W) holding superpixel ids, got "
-                                 f"{tuple(segments.shape)}.")
+            V.check_tensor("segments", segments)
+            V.check_integer("segments", segments, "pass the (B, H, W) superpixel ids of hcast.ops.superpixels")
+            V.check_rank("segments", segments, 3, "(B, H, W) holding superpixel ids")
             if segments.shape[0] != images.shape[0]:
                 raise ValueError(f"segments must have the batch size of images ({images.shape[0]}), got "
                                  f"{segments.shape[0]}.")
@@ -740,7 +736,7 @@ class CAST(FromPretrainedMixin, nn.Module):
                                  f"is what you want, resize them explicitly with "
                                  f"hcast.ops.resize_segments(segments, {tuple(images.shape[-2:])}).")
         if self.validate_args:
-            check_finite("images", images)
+            V.check_finite("images", images)
             if segments is not None and self.max_tokens is not None:
                 self._check_budget(segments)
             elif segments is not None and segments.numel():

@@ -68,7 +68,7 @@ from hcast.models.cast import (
     paint_tokens,
 )
 from hcast.models.factory import FromPretrainedMixin
-from hcast._validation import check_finite
+from hcast import _validation as V
 from hcast.ops.superpixel_pool import resize_segments
 from hcast.ops.upsampled_superpixel_pool import upsampled_superpixel_pool
 from hcast.weights import original
@@ -340,26 +340,26 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
         (:meth:`superpixels`) when ``segments`` is None.
 
         Raises:
-            ValueError: images not (B, C, H, W) float or not finite; segments not
-                integer (B, H, W) of the images' batch size and size, or negative.
+            TypeError: images not a float tensor; segments not an integer tensor.
+            ValueError: images not (B, C, H, W) or not finite; segments not (B, H, W)
+                of the images' batch size and size, or negative.
         """
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {got}.")
+        V.check_tensor("images", images)
+        V.check_floating("images", images)
+        V.check_rank("images", images, 4, "(B, C, H, W)")
         if segments is None:
             if self.validate_args:
-                check_finite("images", images)
+                V.check_finite("images", images)
             return self.superpixels(images).to(images.device)
-        if not isinstance(segments, torch.Tensor) or segments.ndim != 3 or segments.is_floating_point():
-            got = tuple(segments.shape) if isinstance(segments, torch.Tensor) else type(segments).__name__
-            raise ValueError(f"segments must be an integer tensor of shape (B, H, W) of superpixel ids, got {got}.")
+        V.check_tensor("segments", segments)
+        V.check_integer("segments", segments)
+        V.check_rank("segments", segments, 3, "(B, H, W)")
         if segments.shape[0] != images.shape[0] or segments.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"segments must have the images' batch size, height and width: images "
                              f"{tuple(images.shape)}, segments {tuple(segments.shape)}.")
         if self.validate_args:
-            check_finite("images", images)
-            if int(segments.min()) < 0:
-                raise ValueError("segments must hold superpixel ids >= 0.")
+            V.check_finite("images", images)
+            V.check_non_negative("segments", segments)
         return segments.to(images.device).long()
 
     # -- forward ----------------------------------------------------------------------------
