@@ -41,7 +41,7 @@ __all__ = [
 
 
 def _shape(tensor: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in tensor.shape) + ")"
+    return str(tuple(tensor.shape))
 
 
 def _describe(value: object) -> str:
