@@ -21,6 +21,8 @@ device checks read metadata only and always run.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -36,7 +38,7 @@ __all__ = [
     # per-level sequences, finest first
     "as_levels", "check_level_logits", "check_level_count",
     # Python values
-    "check_int", "check_sequence", "check_choice", "check_instance",
+    "check_int", "check_number", "check_sequence", "check_choice", "check_instance",
 ]
 
 
@@ -299,6 +301,27 @@ def check_int(name: str, value: object, low: int, high: Optional[int] = None) ->
     if value < low or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} must be {bounds}, got {value}.")
+    return value
+
+
+def check_number(name: str, value: object, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """Return ``value`` as a finite float in the interval from ``low`` to ``high`` (closed
+    unless ``low_open`` / ``high_open``; ``None``: unbounded).
+
+    Raises:
+        TypeError: not a real number (a bool, a string, a tensor).
+        ValueError: NaN, infinite, or outside the interval.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r}).")
+    value = float(value)
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or below or above:
+        interval = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", " + (
+            "inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]")
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}.")
     return value
 
 

@@ -103,6 +103,7 @@ CASES = [
     ("max-superpixels-zero", lambda: max_superpixels(0, 16), ValueError, "height"),
     ("torch-slic-uint8", lambda: torch_slic(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)), TypeError, "images"),
     ("torch-slic-4-channels", lambda: torch_slic(torch.rand(1, 4, 8, 8)), ValueError, "images"),
+    ("torch-slic-compactness", lambda: torch_slic(IMAGES, 4, compactness=0.0), ValueError, "compactness"),
     ("torch-slic-float-downsample", lambda: torch_slic(IMAGES, 4, downsample=1.5), TypeError, "downsample"),
     ("connectivity-float", lambda: enforce_connectivity(torch.zeros(1, 4, 4)), TypeError, "segments"),
     ("connectivity-2d", lambda: enforce_connectivity(torch.zeros(4, 4, dtype=torch.long)), ValueError, "segments"),
@@ -137,6 +138,8 @@ CASES = [
     ("hcast-loss-float-labels", lambda: HCASTLoss()(LOGITS, [TARGETS[0].float(), TARGETS[1]]), TypeError,
      r"targets\[0\]"),
     ("hcast-loss-label-range", lambda: HCASTLoss()(LOGITS, [TARGETS[0] + 1, TARGETS[1]]), ValueError, r"targets\[0\]"),
+    ("hcast-loss-label-smoothing", lambda: HCASTLoss(label_smoothing=1.0), ValueError, "label_smoothing"),
+    ("hcast-loss-str-kl-weight", lambda: HCASTLoss(kl_weight="0.5"), TypeError, "kl_weight"),
     ("tree-path-kl-levels", lambda: tree_path_kl(LOGITS, TARGETS[:1]), ValueError, "targets"),
     ("hxe-taxonomy", lambda: hierarchical_cross_entropy(LOGITS[0], TARGETS[0], {"parents": [[0, 0, 1]]}),
      TypeError, "taxonomy"),
@@ -144,6 +147,7 @@ CASES = [
     ("hxe-float-targets", lambda: hierarchical_cross_entropy(LOGITS[0], TARGETS[0].float(), TAX), TypeError,
      "targets"),
     ("hxe-classes", lambda: hierarchical_cross_entropy(torch.zeros(2, 4), TARGETS[0], TAX), ValueError, "logits"),
+    ("hxe-nan-alpha", lambda: HierarchicalCrossEntropyLoss(TAX, alpha=float("nan")), ValueError, "alpha"),
     ("hxe-reduction", lambda: HierarchicalCrossEntropyLoss(TAX, reduction="avg"), ValueError, "reduction"),
     ("hxe-module-float-targets", lambda: HierarchicalCrossEntropyLoss(TAX, validate_args=False)(
         LOGITS[0], TARGETS[0].float()), TypeError, "targets"),
@@ -154,6 +158,8 @@ CASES = [
     ("level-weighted-float-paths", lambda: LevelWeightedCrossEntropy()(LOGITS, torch.zeros(2, 2)), TypeError,
      "targets"),
     ("level-weighted-levels", lambda: LevelWeightedCrossEntropy()(LOGITS[:1], TARGETS), ValueError, "logits"),
+    ("level-weighted-negative-weight", lambda: LevelWeightedCrossEntropy((1.0, -0.5)), ValueError,
+     r"level_weights\[1\]"),
     ("level-weighted-coarse-logits", lambda: LevelWeightedCrossEntropy(coarse_logits="max"), ValueError,
      "coarse_logits"),
     ("hier-float-labels", lambda: HIERLoss(4, num_proxies=8)(torch.zeros(3, 4), torch.zeros(3)), TypeError, "labels"),
@@ -254,6 +260,11 @@ def test_the_table_has_unique_ids():
     (V.check_int, ("x", 1.0, 0), TypeError),
     (V.check_int, ("x", True, 0), TypeError),
     (V.check_int, ("x", -1, 0), ValueError),
+    (V.check_number, ("x", "1.0"), TypeError),
+    (V.check_number, ("x", True), TypeError),
+    (V.check_number, ("x", float("inf")), ValueError),
+    (V.check_number, ("x", 0.0, 0.0, None, True), ValueError),
+    (V.check_number, ("x", 1.0, 0.0, 1.0, False, True), ValueError),
     (V.check_sequence, ("x", torch.zeros(2)), TypeError),
     (V.check_sequence, ("x", ()), ValueError),
     (V.check_choice, ("x", "c", ("a", "b")), ValueError),
@@ -269,6 +280,7 @@ def test_checks_pass_good_values_through():
     assert V.check_int("x", __import__("numpy").int64(3), 0) == 3
     assert V.check_labels("x", torch.tensor([0, 2]), 2, num_classes=3).tolist() == [0, 2]
     assert V.check_instance("taxonomy", TAX, Taxonomy) is TAX
+    assert V.check_number("x", 1, 0.0, 1.0) == 1.0 and isinstance(V.check_number("x", 1), float)
     assert "hcast.hierarchy.Taxonomy" in _message(lambda: V.check_instance("taxonomy", 1, Taxonomy))
     assert _message(lambda: V.check_class_ids("y", torch.tensor([0, 1, 5]), 3)).startswith("y[2] is 5, outside [0, 3)")
 

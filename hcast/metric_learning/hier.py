@@ -66,10 +66,8 @@ def _ball(curvature: float):
 
 
 def _check_curvature(curvature: float) -> float:
-    curvature = float(curvature)
-    if not curvature > 0 or not math.isfinite(curvature):
-        raise ValueError(f"curvature must be a finite number > 0 (the ball has curvature -c), got {curvature!r}.")
-    return curvature
+    """``c > 0``: the ball has curvature ``-c``."""
+    return V.check_number("curvature", curvature, low=0, low_open=True)
 
 
 def _check_points(x: Tensor, arg: str) -> None:

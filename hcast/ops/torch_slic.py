@@ -81,8 +81,7 @@ def torch_slic(
     num_segments = V.check_int("num_segments", num_segments, 1)
     downsample = V.check_int("downsample", downsample, 1)
     num_iterations = V.check_int("num_iterations", num_iterations, 0)
-    if not compactness > 0:
-        raise ValueError(f"compactness must be > 0, got {compactness!r}.")
+    compactness = V.check_number("compactness", compactness, low=0, low_open=True)
     b, _, H, W = images.shape
     h, w = working_size(H, W, downsample)
     # One superpixel per working pixel at most; the grid below saturates there anyway.

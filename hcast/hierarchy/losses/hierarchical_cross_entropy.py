@@ -15,7 +15,6 @@ code ``github:fiveai/making-better-mistakes`` (``better_mistakes/model/losses.py
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +58,7 @@ def hxe_edge_weights(taxonomy: Taxonomy, alpha: float = 0.1, normalize: bool = T
         ValueError: ``alpha`` not finite.
     """
     V.check_instance("taxonomy", taxonomy, Taxonomy)
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}.")
+    alpha = V.check_number("alpha", alpha)
     L = taxonomy.num_levels
     depth = torch.arange(L, 0, -1, dtype=torch.float64)  # level l -> depth L - l
     weights = torch.exp(-alpha * depth)

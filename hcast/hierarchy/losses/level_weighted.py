@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
-from hcast.hierarchy.losses._common import FINE, _level_maps, _reduce
+from hcast.hierarchy.losses._common import FINE, _level_maps
 
 __all__ = ["ramp_weight", "LevelWeightedCrossEntropy"]
 
@@ -42,14 +41,12 @@ def _per_level(value: Optional[Sequence[float]], num_levels: int, default: float
     if value is None:
         return (float(default),) * num_levels
     if isinstance(value, (int, float)):
-        return (float(value),) * num_levels
-    value = tuple(float(v) for v in value)
+        return (V.check_number(arg, value, low=0),) * num_levels
+    value = tuple(V.check_number(f"{arg}[{l}]", v, low=0) for l, v in enumerate(value))
     if len(value) != num_levels:
         raise ValueError(
             f"{arg} has {len(value)} entries but level_weights has {num_levels}; give one value per level, finest first."
         )
-    if any(v < 0 or not math.isfinite(v) for v in value):
-        raise ValueError(f"{arg} must hold finite non-negative numbers, got {value}.")
     return value
 
 

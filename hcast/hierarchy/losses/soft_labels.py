@@ -12,7 +12,6 @@ outside the taxonomy raise ``ValueError`` naming the argument and the class id
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +53,7 @@ def soft_labels(taxonomy: Taxonomy, beta: float = 10.0) -> Tensor:
         ValueError: ``beta`` not finite.
     """
     V.check_instance("taxonomy", taxonomy, Taxonomy)
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be a finite number, got {beta!r}.")
+    beta = V.check_number("beta", beta)
     dist = taxonomy.lca_height_matrix().to(torch.float64)
     d_max = dist.max()
     if d_max > 0:  # a one-class taxonomy has only zero distances

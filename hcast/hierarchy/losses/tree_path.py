@@ -138,12 +138,8 @@ class HCASTLoss(nn.Module):
         level_weights: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
-        if kl_weight < 0:
-            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}.")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
-        self.kl_weight = float(kl_weight)
-        self.label_smoothing = float(label_smoothing)
+        self.kl_weight = V.check_number("kl_weight", kl_weight, low=0)
+        self.label_smoothing = V.check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
         self.level_weights = None if level_weights is None else tuple(float(w) for w in level_weights)
 
     def components(
