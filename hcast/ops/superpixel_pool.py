@@ -32,8 +32,15 @@ def resize_segments(segments: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 
     Returns:
         Tensor[B, H, W], int64: the resized ids (``segments`` itself if the size matches).
+
+    Raises:
+        TypeError: ``segments`` not an integer tensor, or ``size`` not two ints.
+        ValueError: ``segments`` not 3-D, or ``size`` not positive.
     """
-    size = (int(size[0]), int(size[1]))
+    V.check_tensor("segments", segments)
+    V.check_rank("segments", segments, 3, "(B, h, w)")
+    V.check_integer("segments", segments)
+    size = (V.check_int("size[0]", size[0], 1), V.check_int("size[1]", size[1], 1))
     if tuple(segments.shape[-2:]) == size:
         return segments.long()
     resized = F.interpolate(segments[:, None].float(), size=size, mode="nearest")
