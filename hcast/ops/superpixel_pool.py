@@ -125,12 +125,12 @@ def superpixel_pool(
 def _superpixel_pool_torch(
     features: torch.Tensor, segments: torch.Tensor, num_segments: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference path: one scatter-add of all B*H*W cells into B*S bins.
+    """Reference path: two batched ``scatter_add`` along the cells (the features and the
+    counts), each image's H*W cells into its S bins.
 
-    A scatter with a sum reduction (not ``index_add`` and ``bincount``, whose output size
-    depends on the values) keeps the shapes static, so torch.compile, torch.export and
-    ONNX (``ScatterElements`` with ``reduction="add"``) take it as it is; the sums run in
-    index order, as ``index_add``'s.
+    With ``num_segments`` given the output shapes do not depend on the ids (``bincount``'s
+    would), so torch.compile, torch.export and ONNX (``ScatterElements`` with
+    ``reduction="add"``) take it as it is.
     """
     batch, height, width, channels = features.shape
     flat = features.reshape(batch, height * width, channels)
