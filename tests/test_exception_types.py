@@ -54,6 +54,7 @@ from hcast.ops import (
     torch_slic,
     upsampled_superpixel_pool,
 )
+from hcast.models.segmentation_heads import SoftmaxClassifier
 from hcast.ops.segmentation_metrics import mean_iou, segmentation_confusion_matrix
 
 TAX = Taxonomy([[0, 0, 1]])  # fine 0, 1 under coarse 0; fine 2 under coarse 1
@@ -210,6 +211,10 @@ CASES = [
     ("mixup-label-range", lambda: mixup(torch.rand(2, 3, 8, 8), [TARGETS[0] + 5, TARGETS[1]]), ValueError,
      r"targets\[0\]"),
     # ---------------------------------------------------------------- models
+    ("cast-float-num-classes", lambda: timm.create_model("cast_tiny", num_classes=10.0), TypeError, "num_classes"),
+    ("cast-negative-num-classes", lambda: timm.create_model("cast_tiny", num_classes=-1), ValueError, "num_classes"),
+    ("hier-vit-float-num-classes", lambda: timm.create_model("hier_vit_small", num_classes=1.5), TypeError,
+     "num_classes"),
     ("cast-list-images", lambda: cast(IMAGES.tolist()), TypeError, "images"),
     ("cast-uint8-images", lambda: cast(IMAGES.to(torch.uint8)), TypeError, "images"),
     ("cast-float64-images", lambda: cast(IMAGES.double(), SEGMENTS), TypeError, "images"),
@@ -222,6 +227,10 @@ CASES = [
     ("hcast-size", lambda: hcast_model(torch.rand(1, 3, 12, 16)), ValueError, "images"),
     ("cast-seg-float-segments", lambda: cast_seg(IMAGES, SEGMENTS.float()), TypeError, "segments"),
     ("cast-seg-int-images", lambda: cast_seg(IMAGES.long(), SEGMENTS), TypeError, "images"),
+    ("softmax-head-int-tokens", lambda: SoftmaxClassifier(8, 3)(torch.zeros(1, 4, 8, dtype=torch.long), SEGMENTS),
+     TypeError, "tokens"),
+    ("softmax-head-float-segments", lambda: SoftmaxClassifier(8, 3)(torch.zeros(1, 4, 8), SEGMENTS.float()),
+     TypeError, "segments"),
     ("cast-seg-negative", lambda: cast_seg(IMAGES, SEGMENTS - 1), ValueError, "segments"),
 ]
 

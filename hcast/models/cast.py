@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -403,10 +402,10 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _check_num_classes(num_classes: Any) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0 (0 builds no classifier, for features), "
-                         f"got {num_classes!r}.")
+def _check_num_classes(num_classes: Any) -> int:
+    """``num_classes`` as an int: TypeError for a non-int, ValueError below 0 (0 builds no
+    classifier, for features)."""
+    return V.check_int("num_classes (0 builds no classifier, for features)", num_classes, 0)
 
 
 def paint_tokens(tokens: torch.Tensor, grid_ids: torch.Tensor, assignments: Sequence[torch.Tensor],
@@ -551,7 +550,7 @@ class CAST(FromPretrainedMixin, nn.Module):
             max_tokens: Optional[int] = None,
     ) -> None:
         super().__init__()
-        _check_num_classes(num_classes)
+        num_classes = _check_num_classes(num_classes)
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                        or max_tokens < 1):
             raise ValueError(f"max_tokens must be None or an int >= 1 (the superpixel token budget, "
@@ -671,7 +670,7 @@ class CAST(FromPretrainedMixin, nn.Module):
             if global_pool != "map":
                 self.attn_pool = None
             self.global_pool = global_pool
-        _check_num_classes(num_classes)
+        num_classes = _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 

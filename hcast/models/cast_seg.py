@@ -229,8 +229,7 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
             raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}.")
         if global_pool not in ("", "avg", "token", "max", "avgmax"):
             raise ValueError(f"global_pool must be one of '', 'avg', 'token', 'max', 'avgmax', got {global_pool!r}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0 (0: features), got {num_classes!r}.")
+        V.check_int("num_classes (0 builds no classifier, for features)", num_classes, 0)
         num_clusters = tuple(num_clusters or STAGE_CLUSTERS[model_stage])
         if len(depths) != _NUM_STAGES or len(num_clusters) != _NUM_STAGES:
             raise ValueError(f"depths and num_clusters must have {_NUM_STAGES} entries, got depths={tuple(depths)} "
@@ -309,8 +308,7 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
                 raise ValueError(f"global_pool must be one of '', 'avg', 'token', 'max', 'avgmax', got "
                                  f"{global_pool!r}.")
             self.global_pool = global_pool
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}.")
+        V.check_int("num_classes (0 builds no classifier, for features)", num_classes, 0)
         self.num_classes = num_classes
         self.head = self._make_head(num_classes)
 
