@@ -77,9 +77,10 @@ def check_floating(name: str, tensor: torch.Tensor, how: str = "convert it with 
         raise TypeError(f"{name} must have a floating point dtype, got {tensor.dtype}; {how}.")
 
 
-def check_integer(
-    name: str, tensor: torch.Tensor, how: str = "convert it with .long() after checking that the values are whole numbers"
-) -> None:
+_TO_INTEGER = "convert it with .long() after checking that the values are whole numbers"
+
+
+def check_integer(name: str, tensor: torch.Tensor, how: str = _TO_INTEGER) -> None:
     """:class:`TypeError` unless ``tensor`` holds integers (ids, labels; not bool); ``how``
     says what to do."""
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:

@@ -479,7 +479,8 @@ class HierarchicalMetrics(_Metric):
         super().__init__(**kwargs)
         V.check_instance("taxonomy", taxonomy, Taxonomy)
         self.validate_args = bool(validate_args)
-        top_k = tuple(V.check_int(f"top_k[{i}]", k, 1) for i, k in enumerate(V.check_sequence("top_k", top_k, "one k >= 1 per accuracy")))
+        top_k = V.check_sequence("top_k", top_k, "one k >= 1 per accuracy")
+        top_k = tuple(V.check_int(f"top_k[{i}]", k, 1) for i, k in enumerate(top_k))
         self.taxonomy = taxonomy
         self.top_k = top_k
         self.register_buffer("_paths", taxonomy.paths(), persistent=False)
