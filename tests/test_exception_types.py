@@ -214,6 +214,8 @@ CASES = [
     # ---------------------------------------------------------------- models
     ("cast-float-num-classes", lambda: timm.create_model("cast_tiny", num_classes=10.0), TypeError, "num_classes"),
     ("cast-negative-num-classes", lambda: timm.create_model("cast_tiny", num_classes=-1), ValueError, "num_classes"),
+    ("cast-float-max-tokens", lambda: timm.create_model("cast_tiny", max_tokens=64.0), TypeError, "max_tokens"),
+    ("cast-zero-max-tokens", lambda: timm.create_model("cast_tiny", max_tokens=0), ValueError, "max_tokens"),
     ("hier-vit-float-num-classes", lambda: timm.create_model("hier_vit_small", num_classes=1.5), TypeError,
      "num_classes"),
     ("cast-list-images", lambda: cast(IMAGES.tolist()), TypeError, "images"),

@@ -551,10 +551,8 @@ class CAST(FromPretrainedMixin, nn.Module):
     ) -> None:
         super().__init__()
         num_classes = _check_num_classes(num_classes)
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                       or max_tokens < 1):
-            raise ValueError(f"max_tokens must be None or an int >= 1 (the superpixel token budget, "
-                             f"above the largest superpixel id), got {max_tokens!r}.")
+        if max_tokens is not None:  # the superpixel token budget, above the largest superpixel id
+            max_tokens = V.check_int("max_tokens", max_tokens, 1)
         self.max_tokens = max_tokens
         if len(depths) != _NUM_STAGES or len(num_clusters) != _NUM_STAGES:
             raise ValueError(
