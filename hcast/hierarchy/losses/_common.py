@@ -14,7 +14,7 @@ __all__: list[str] = []
 #: the ``reduction`` values every loss takes, as torch's losses
 REDUCTIONS = ("mean", "sum", "none")
 #: what fine targets index, for messages
-FINE = " (the taxonomy's fine classes)"
+FINE_CLASSES = " (the taxonomy's fine classes)"
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:

@@ -24,7 +24,7 @@ from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
 from hcast.hierarchy.losses._common import (
     REDUCTIONS,
-    FINE,
+    FINE_CLASSES,
     _reduce,
     _level_maps,
 )
@@ -138,7 +138,7 @@ def hierarchical_cross_entropy(
     V.check_choice("reduction", reduction, REDUCTIONS)
     V.check_logits("logits", logits, taxonomy.num_fine)
     V.check_labels("targets", targets, logits.shape[0], num_classes=taxonomy.num_fine if validate_args else None,
-                   where=FINE)
+                   where=FINE_CLASSES)
     maps = _level_maps(taxonomy).to(logits.device)
     loss = _hxe(logits, targets.long(), maps, hxe_edge_weights(taxonomy, alpha, normalize).to(logits.device))
     return _reduce(loss, reduction)
@@ -185,7 +185,7 @@ class HierarchicalCrossEntropyLoss(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         V.check_logits("logits", logits, self.num_fine)
         V.check_labels("targets", targets, logits.shape[0], num_classes=self.num_fine if self.validate_args else None,
-                       where=FINE)
+                       where=FINE_CLASSES)
         return _reduce(_hxe(logits, targets.long(), self.level_maps, self.edge_weights), self.reduction)
 
     def extra_repr(self) -> str:

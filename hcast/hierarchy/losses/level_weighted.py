@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
-from hcast.hierarchy.losses._common import FINE, _level_maps
+from hcast.hierarchy.losses._common import FINE_CLASSES, _level_maps
 
 __all__ = ["ramp_weight", "LevelWeightedCrossEntropy"]
 
@@ -185,7 +185,7 @@ class LevelWeightedCrossEntropy(nn.Module):
                     )
                 targets = [targets]
             else:
-                V.check_labels("targets", targets, n, num_classes=self.num_classes[0], where=FINE)
+                V.check_labels("targets", targets, n, num_classes=self.num_classes[0], where=FINE_CLASSES)
                 maps = self.level_maps.to(targets.device)
                 return [maps[l][targets.long()] for l in range(self.num_levels)]
         if torch.is_tensor(targets) and targets.dim() == 2:

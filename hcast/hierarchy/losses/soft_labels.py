@@ -21,7 +21,7 @@ from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
 from hcast.hierarchy.losses._common import (
     REDUCTIONS,
-    FINE,
+    FINE_CLASSES,
     _reduce,
 )
 
@@ -100,7 +100,7 @@ def soft_label_cross_entropy(
     matrix = soft_labels(taxonomy, beta)
     V.check_logits("logits", logits, taxonomy.num_fine)
     V.check_labels("targets", targets, logits.shape[0], num_classes=taxonomy.num_fine if validate_args else None,
-                   where=FINE)
+                   where=FINE_CLASSES)
     matrix = matrix.to(logits.device)
     return _reduce(_soft_ce(logits, targets.long(), matrix), reduction)
 
@@ -133,13 +133,14 @@ class SoftLabelCrossEntropyLoss(nn.Module):
 
     def soft_targets(self, targets: Tensor) -> Tensor:
         """(N, num_fine) soft targets for (N,) int64 fine class ids."""
-        V.check_labels("targets", targets, num_classes=self.num_fine if self.validate_args else None, where=FINE)
+        V.check_labels("targets", targets, num_classes=self.num_fine if self.validate_args else None,
+                       where=FINE_CLASSES)
         return self.soft_labels[targets.long()]
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         V.check_logits("logits", logits, self.num_fine)
         V.check_labels("targets", targets, logits.shape[0], num_classes=self.num_fine if self.validate_args else None,
-                       where=FINE)
+                       where=FINE_CLASSES)
         return _reduce(_soft_ce(logits, targets.long(), self.soft_labels), self.reduction)
 
     def extra_repr(self) -> str:
