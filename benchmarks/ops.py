@@ -27,7 +27,7 @@ from skimage import data as skdata
 from skimage.measure import label as cc_label
 from skimage.transform import resize
 
-from hcast.ops.superpixels import explained_variation, superpixels
+from hcast.ops import explained_variation, superpixels
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "cat",
           "hubble_deep_field", "motorcycle_left" if hasattr(skdata, "motorcycle_left") else "coffee")

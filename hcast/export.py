@@ -21,8 +21,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from hcast.ops.superpixels import max_token_budget
+from hcast import _validation as V
 from hcast._io import atomic_write, check_output_path
+from hcast.ops.superpixels import max_token_budget
 
 __all__ = ["EXPORT_FORMATS", "check_img_size", "prepare_for_export", "example_inputs", "export_program", "export_onnx",
            "export_model"]
@@ -66,7 +67,7 @@ def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None,
         logits tuple from ``forward`` (``set_level_outputs(True)``), as the exported program does.
 
     Raises:
-        TypeError: ``model`` is not a CAST model.
+        TypeError: ``model`` is not a CAST model; ``max_tokens`` not an int.
         ValueError: ``max_tokens`` below 1 or above the input's pixel count; a bad ``img_size``.
     """
     from hcast.models.cast import CAST
@@ -77,8 +78,7 @@ def prepare_for_export(model: torch.nn.Module, max_tokens: Optional[int] = None,
     if max_tokens is None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         max_tokens = model.max_tokens or cfg.get("num_segments") or 196
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}.")
+    max_tokens = V.check_int("max_tokens", max_tokens, 1)
     height, width = check_img_size(model, img_size)
     ceiling = max_token_budget(height, width)
     if max_tokens > ceiling:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from hcast import _validation as V
 from hcast.precision import PRECISIONS, choose_precision
 
 __all__ = ["InferenceModule", "OptimizationWarning", "benchmark_inference", "optimize_for_inference",
@@ -337,10 +338,10 @@ def benchmark_inference(model: nn.Module, images: torch.Tensor, segments: Option
         relative difference (Frobenius norm, any output) with float32 eager.
 
     Raises:
+        TypeError: ``repeats`` not an int.
         ValueError: ``repeats`` < 1.
     """
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}.")
+    repeats = V.check_int("repeats", repeats, 1)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     fp32 = InferenceModule(copy.deepcopy(model).eval().requires_grad_(False), torch.float32, path="fp32 eager")

@@ -122,16 +122,16 @@ CASES: dict[str, Case] = {
     # Negative class counts.
     "cast_num_classes_negative": Case(
         lambda: timm.create_model("cast_tiny", num_classes=-3), ValueError,
-        r"num_classes must be an integer >= 0.*got -3"),
+        r"num_classes \(0 builds no classifier.*\) must be >= 0, got -3"),
     "cast_reset_classifier_negative": Case(
         lambda: model("cast_tiny").reset_classifier(-1), ValueError,
-        r"num_classes must be an integer >= 0.*got -1"),
+        r"num_classes \(0 builds no classifier.*\) must be >= 0, got -1"),
     "hcast_num_classes_negative": Case(
         lambda: timm.create_model("hcast_tiny", level_classes=(4, 2), num_classes=-3), ValueError,
-        r"num_classes must be an integer >= 0.*got -3"),
+        r"num_classes \(0 builds no classifier.*\) must be >= 0, got -3"),
     "hier_vit_num_classes_negative": Case(
         lambda: timm.create_model("hier_vit_small", num_classes=-3), ValueError,
-        r"num_classes must be an integer >= 0.*got -3"),
+        r"num_classes \(0 builds no classifier.*\) must be >= 0, got -3"),
     # NaN images are reported as images, where the user passed them.
     "cast_nan_images_with_segments": Case(
         lambda: run_model("cast_tiny", with_nan(photo("chelsea", 64)), photo_segments("chelsea", 64)),

@@ -307,7 +307,7 @@ def test_bad_inputs_raise_clear_errors(model):
         model(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="multiples of 8"):
         model(torch.zeros(1, 3, 60, 64))
-    with pytest.raises(TypeError, match="segments must be an integer tensor"):
+    with pytest.raises(TypeError, match="segments must hold integer ids"):
         model(torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64))
     with pytest.raises(ValueError, match="batch size"):
         model(torch.zeros(2, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.long))

@@ -162,7 +162,7 @@ def test_bad_inputs_are_named():
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(ValueError, match="height and width"):
         model.forward_superpixels(x, torch.zeros(1, 16, 16, dtype=torch.long))
-    with pytest.raises(ValueError, match="integer tensor"):
+    with pytest.raises(TypeError, match="segments must hold integer ids"):
         model.forward_superpixels(x, torch.zeros(1, 32, 32))
     with pytest.raises(ValueError, match=">= 0"):
         model.forward_superpixels(x, torch.full((1, 32, 32), -1))

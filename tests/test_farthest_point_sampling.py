@@ -144,7 +144,7 @@ def test_gradient_free_and_keeps_input():
         (torch.tensor([[[0.0], [float("inf")]]]), 1, 0, ValueError, r"points must be finite"),
         (torch.randn(0, 5, 3), 1, 0, ValueError, r"points must not be empty.*got shape \(0, 5, 3\)"),
         (torch.randn(2, 0, 3), 1, 0, ValueError, r"points must not be empty.*got shape \(2, 0, 3\)"),
-        (torch.randint(0, 3, (2, 5, 3)), 2, 0, ValueError, r"points must have a floating point dtype"),
+        (torch.randint(0, 3, (2, 5, 3)), 2, 0, TypeError, r"points must have a floating point dtype"),
         (torch.randn(2, 5, 3), 2.0, 0, TypeError, r"num_samples must be an int"),
         (np.zeros((2, 5, 3)), 2, 0, TypeError, r"points must be a torch.Tensor"),
     ],

@@ -162,7 +162,9 @@ def test_hier_loss_errors():
         hier(torch.full((3, 4), 10.0), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="dimension 5"):
         hier(torch.zeros(3, 5), torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"labels must be an integer tensor of shape \(3,\)"):
+    with pytest.raises(TypeError, match=r"labels must be an integer \(N,\) tensor"):
         hier(torch.zeros(3, 4), torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"labels has 2 entries but embeddings has 3"):
+        hier(torch.zeros(3, 4), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="curvature"):
         ToPoincare(curvature=0.0)

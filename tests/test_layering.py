@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "hcast"
 # lower imports nothing above it; equal ranks do not import each other
 RANKS = {
     "hcast._io": 0,
+    "hcast._validation": 0,
     "hcast.ops": 1,
     "hcast.hierarchy": 2,
     "hcast.metric_learning": 2,

@@ -111,18 +111,21 @@ def test_kl_is_zero_for_a_perfect_match_and_positive_otherwise():
 
 
 @pytest.mark.parametrize(
-    "targets, match",
+    "targets, error, match",
     [
-        ([torch.tensor([1, 3]), torch.tensor([0, 1])], r"targets\[0\]\[1\] is 3, outside \[0, 3\) for level 0"),
-        ([torch.tensor([1, 2]), torch.tensor([-1, 1])], r"targets\[1\]\[0\] is -1, outside \[0, 2\)"),
-        ([torch.tensor([1, 2])], r"targets has 1 levels but logits has 2"),
-        ([torch.tensor([1, 2]), torch.zeros(2, 3)], r"targets\[1\] has shape \(2, 3\) but logits\[1\] has shape \(2, 2\)"),
-        ([torch.tensor([1.0, 2.0]), torch.tensor([0, 1])], r"hard labels must be integer"),
+        ([torch.tensor([1, 3]), torch.tensor([0, 1])], ValueError,
+         r"targets\[0\]\[1\] is 3, outside \[0, 3\) for level 0"),
+        ([torch.tensor([1, 2]), torch.tensor([-1, 1])], ValueError, r"targets\[1\]\[0\] is -1, outside \[0, 2\)"),
+        ([torch.tensor([1, 2])], ValueError, r"targets has 1 levels but logits has 2"),
+        ([torch.tensor([1, 2]), torch.zeros(2, 3)], ValueError,
+         r"targets\[1\] has shape \(2, 3\) but logits\[1\] has shape \(2, 2\)"),
+        # a wrong dtype is a TypeError, as everywhere in hcast
+        ([torch.tensor([1.0, 2.0]), torch.tensor([0, 1])], TypeError, r"targets\[0\] must be an integer \(N,\) tensor"),
     ],
 )
-def test_bad_targets_raise(targets, match):
+def test_bad_targets_raise(targets, error, match):
     logits = [torch.tensor(FINE), torch.tensor(COARSE)]
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         HCASTLoss()(logits, targets)
 
 

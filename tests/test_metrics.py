@@ -192,9 +192,9 @@ def test_input_errors():
         full_path_accuracy(PREDS[:2], TARGETS)
     with pytest.raises(TypeError, match="one tensor per level"):
         full_path_accuracy(PREDS[0], TARGETS[0])
-    with pytest.raises(ValueError, match=r"targets\[1\] has 3 entries but preds have 4"):
+    with pytest.raises(ValueError, match=r"targets\[1\] has 3 entries but preds has 4"):
         full_path_accuracy(PREDS, [TARGETS[0], TARGETS[1][:3], TARGETS[2]])
-    with pytest.raises(ValueError, match=r"targets\[0\] is 7, outside the taxonomy's fine classes"):
+    with pytest.raises(ValueError, match=r"targets\[0\] is 7, outside \[0, 6\) \(the taxonomy.s fine classes\)"):
         mistake_severity(PREDS, [torch.tensor([7, 0, 0, 0])], TAX)
     with pytest.raises(ValueError, match="preds has 2 levels but the taxonomy has 3"):
         tree_inconsistency_error(PREDS[:2], TAX)

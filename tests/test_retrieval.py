@@ -83,11 +83,15 @@ def test_errors():
     x, y = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
     with pytest.raises(ValueError, match="k=4 exceeds the 3 gallery items"):
         recall_at_k(x, y, k=4)
-    with pytest.raises(ValueError, match=r"query_labels must be an integer tensor of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"query_labels has 3 entries but query has 4"):
         recall_at_k(x, y[:3])
+    with pytest.raises(TypeError, match=r"query_labels must be an integer \(N,\) tensor"):
+        recall_at_k(x, y.float())
     with pytest.raises(ValueError, match="gallery and gallery_labels must be given together"):
         recall_at_k(x, y, gallery=x)
     with pytest.raises(ValueError, match="metric must be one of"):
         recall_at_k(x, y, metric="manhattan")
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         recall_at_k(x, y, k=0)
+    with pytest.raises(TypeError, match="k must be an int"):
+        recall_at_k(x, y, k=1.5)

@@ -150,21 +150,22 @@ def test_slic_on_real_photo_gives_numpy_segment_means():
 
 
 @pytest.mark.parametrize(
-    "features, segments, kwargs, match",
+    "features, segments, kwargs, error, match",
     [
-        (torch.randn(4, 4, 3), torch.zeros(1, 4, 4, dtype=torch.long), {}, r"features must have shape \(B, H, W, C\).*got shape \(4, 4, 3\)"),
-        (torch.randn(1, 4, 4, 3), torch.zeros(4, 4, dtype=torch.long), {}, r"segments must have shape \(B, h, w\).*got shape \(4, 4\)"),
-        (torch.randn(2, 4, 4, 3), torch.zeros(3, 8, 8, dtype=torch.long), {}, r"same batch size.*\(2, 4, 4, 3\).*\(3, 8, 8\)"),
-        (torch.randn(1, 4, 4, 3), -torch.ones(1, 4, 4, dtype=torch.long), {}, r"segments must hold ids >= 0"),
-        (torch.randn(1, 4, 4, 3), torch.zeros(1, 4, 4), {}, r"segments must hold integer ids.*torch.float32"),
-        (torch.zeros(1, 4, 4, 3, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long), {}, r"features must have a floating point dtype"),
-        (torch.randn(0, 4, 4, 3), torch.zeros(0, 4, 4, dtype=torch.long), {}, r"features must not be empty.*got shape \(0, 4, 4, 3\)"),
-        (torch.randn(1, 4, 4, 3), torch.zeros(1, 0, 4, dtype=torch.long), {}, r"segments must not be empty"),
-        (torch.randn(1, 4, 4, 3), torch.zeros(1, 4, 4, dtype=torch.long), {"num_segments": 0}, r"num_segments must be >= 1"),
+        (torch.randn(4, 4, 3), torch.zeros(1, 4, 4, dtype=torch.long), {}, ValueError, r"features must have shape \(B, H, W, C\).*got shape \(4, 4, 3\)"),
+        (torch.randn(1, 4, 4, 3), torch.zeros(4, 4, dtype=torch.long), {}, ValueError, r"segments must have shape \(B, h, w\).*got shape \(4, 4\)"),
+        (torch.randn(2, 4, 4, 3), torch.zeros(3, 8, 8, dtype=torch.long), {}, ValueError, r"same batch size.*\(2, 4, 4, 3\).*\(3, 8, 8\)"),
+        (torch.randn(1, 4, 4, 3), -torch.ones(1, 4, 4, dtype=torch.long), {}, ValueError, r"segments must hold ids >= 0"),
+        (torch.randn(1, 4, 4, 3), torch.zeros(1, 4, 4), {}, TypeError, r"segments must hold integer ids.*torch.float32"),
+        (torch.zeros(1, 4, 4, 3, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long), {}, TypeError, r"features must have a floating point dtype"),
+        (torch.randn(0, 4, 4, 3), torch.zeros(0, 4, 4, dtype=torch.long), {}, ValueError, r"features must not be empty.*got shape \(0, 4, 4, 3\)"),
+        (torch.randn(1, 4, 4, 3), torch.zeros(1, 0, 4, dtype=torch.long), {}, ValueError, r"segments must not be empty"),
+        (torch.randn(1, 4, 4, 3), torch.zeros(1, 4, 4, dtype=torch.long), {"num_segments": 0}, ValueError, r"num_segments must be >= 1"),
+        (torch.randn(1, 4, 4, 3), torch.zeros(1, 4, 4, dtype=torch.long), {"num_segments": 2.0}, TypeError, r"num_segments must be an int"),
     ],
 )
-def test_bad_input_raises_value_error(features, segments, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_raises(features, segments, kwargs, error, match):
+    with pytest.raises(error, match=match):
         superpixel_pool(features, segments, **kwargs)
 
 

@@ -11,7 +11,8 @@ from skimage.transform import resize
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from hcast.ops import SuperpixelTransform, explained_variation, superpixels
-from hcast.ops.superpixels import SEEDS_ITERATIONS, SEEDS_SETTINGS, enforce_connectivity
+from hcast.ops import enforce_connectivity
+from hcast.ops.superpixels import SEEDS_ITERATIONS, SEEDS_SETTINGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -201,16 +202,16 @@ class _TransformDataset(torch.utils.data.Dataset):
         return self.transform(self.images[i])
 
 
-@pytest.mark.parametrize("images, match", [
-    (torch.rand(3, 32, 32), "images"),  # no batch dimension
-    (torch.rand(2, 4, 32, 32), "images"),  # 4 channels
-    (torch.zeros(2, 32, 32, 4, dtype=torch.uint8), "images"),  # uint8 not channels-last RGB
-    (torch.zeros(2, 3, 32, 32, dtype=torch.int32), "images"),  # wrong dtype
-    (torch.rand(0, 3, 32, 32), "images"),  # empty batch
-    (torch.full((1, 3, 32, 32), float("nan")), "images"),
+@pytest.mark.parametrize("images, error, match", [
+    (torch.rand(3, 32, 32), ValueError, "images must be a 4-D batch"),  # no batch dimension
+    (torch.rand(2, 4, 32, 32), ValueError, r"images of a float dtype must be channels-first \(B, 3, H, W\)"),
+    (torch.zeros(2, 32, 32, 4, dtype=torch.uint8), ValueError, r"images of dtype uint8 must be channels-last"),
+    (torch.zeros(2, 3, 32, 32, dtype=torch.int32), TypeError, "images must have dtype uint8 .* got torch.int32"),
+    (torch.rand(0, 3, 32, 32), ValueError, "images must not be empty"),
+    (torch.full((1, 3, 32, 32), float("nan")), ValueError, "images must be finite"),
 ])
-def test_bad_images(images, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_images(images, error, match):
+    with pytest.raises(error, match=match):
         superpixels(images, 16, method="torch_slic")
 
 
@@ -218,7 +219,7 @@ def test_bad_arguments():
     x = torch.rand(1, 3, 32, 32)
     with pytest.raises(ValueError, match="num_segments.*>= 1.*0"):
         superpixels(x, 0)
-    with pytest.raises(ValueError, match="num_segments"):
+    with pytest.raises(TypeError, match="num_segments must be an int"):
         superpixels(x, 2.5)
     with pytest.raises(ValueError, match="method.*'felzenszwalb'"):
         superpixels(x, 16, method="felzenszwalb")
@@ -228,8 +229,10 @@ def test_bad_arguments():
         superpixels(torch.rand(1, 3, 8, 8), 4, method="seeds")
     with pytest.raises(TypeError, match="images"):
         superpixels([[1, 2, 3]], 16)
-    with pytest.raises(ValueError, match="image"):
+    with pytest.raises(ValueError, match=r"image must be a \(3, H, W\)"):
         SuperpixelTransform(16, method="torch_slic")(torch.rand(1, 3, 8, 8))
+    with pytest.raises(TypeError, match="image must have a floating point dtype"):
+        SuperpixelTransform(16, method="torch_slic")(torch.zeros(3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="method"):
         SuperpixelTransform(16, method="SEEDS")
 

@@ -43,5 +43,9 @@ def test_shared_table_and_bad_inputs():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="mode"):
         upsampled_superpixel_pool(table, segments, "nearest")
-    with pytest.raises(ValueError, match="segments"):
+    with pytest.raises(TypeError, match="segments must hold integer ids"):
         upsampled_superpixel_pool(table, segments.float(), "bilinear")
+    with pytest.raises(TypeError, match="features must have a floating point dtype"):
+        upsampled_superpixel_pool(table.long(), segments, "bilinear")
+    with pytest.raises(ValueError, match=r"segments must have shape \(B, H, W\)"):
+        upsampled_superpixel_pool(table, segments[0], "bilinear")

@@ -15,7 +15,7 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
-from hcast.hierarchy._validation import check_level_logits
+from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
 
 __all__ = ["argmax_decode", "consistent_decode", "path_log_probs"]
@@ -31,7 +31,7 @@ def argmax_decode(logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         TypeError: ``logits`` is one tensor, or holds non-tensors.
         ValueError: an entry that is not 2-D, or batch sizes that differ.
     """
-    return [x.argmax(dim=-1) for x in check_level_logits(logits, floating=False)]
+    return [x.argmax(dim=-1) for x in V.check_level_logits(logits, floating=False)]
 
 
 def path_log_probs(logits: Sequence[torch.Tensor], taxonomy: Taxonomy) -> torch.Tensor:
@@ -50,7 +50,8 @@ def path_log_probs(logits: Sequence[torch.Tensor], taxonomy: Taxonomy) -> torch.
         ValueError: level or class counts that do not match the taxonomy, batch
             sizes that differ.
     """
-    logits = check_level_logits(logits, taxonomy=taxonomy, floating=False)
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
+    logits = V.check_level_logits(logits, num_classes=taxonomy.num_classes, floating=False)
     paths = taxonomy.paths().to(logits[0].device)
     score = None
     for l, x in enumerate(logits):
@@ -58,22 +59,6 @@ def path_log_probs(logits: Sequence[torch.Tensor], taxonomy: Taxonomy) -> torch.
         lp = F.log_softmax(x.to(dtype), dim=-1).index_select(1, paths[:, l])
         score = lp if score is None else score + lp
     return score
-
-
-def _check_scores(logits: list[torch.Tensor]) -> None:
-    """ValueError naming the level and sample of the first NaN or +inf logit (both make log_softmax NaN)."""
-    for l, x in enumerate(logits):
-        if not x.is_floating_point():
-            continue
-        bad = torch.isnan(x) | torch.isposinf(x)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            what = "NaN" if bool(torch.isnan(x[i]).any()) else "+inf"
-            raise ValueError(
-                f"logits[{l}] holds {what} scores (first at sample {i}); the path scores would be NaN and the "
-                f"decoded path arbitrary. Check the model's output (a diverged run, NaN inputs), or pass "
-                f"validate_args=False to skip this check."
-            )
 
 
 def consistent_decode(
@@ -99,9 +84,11 @@ def consistent_decode(
         ValueError: level or class counts that do not match the taxonomy; NaN or
             +inf logits (when ``validate_args``).
     """
-    checked = check_level_logits(logits, taxonomy=taxonomy, floating=False)
-    if validate_args:
-        _check_scores(checked)
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
+    checked = V.check_level_logits(logits, num_classes=taxonomy.num_classes, floating=False)
+    if validate_args:  # NaN or +inf logits make log_softmax NaN: the decoded path would be arbitrary
+        for level, x in enumerate(checked):
+            V.check_scores(f"logits[{level}]", x, posinf=True)
     scores = path_log_probs(checked, taxonomy)
     best_score, fine = scores.max(dim=1)
     paths = taxonomy.paths().to(fine.device)[fine]

@@ -36,7 +36,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from hcast.hierarchy._validation import as_levels, check_level_count, check_taxonomy
+from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
 
 __all__ = [
@@ -57,50 +57,28 @@ LevelTensors = Sequence[torch.Tensor]
 # ---------------------------------------------------------------------------- input handling
 
 
-def _check_no_nan(x: torch.Tensor, name: str) -> None:
-    """ValueError naming ``name`` and the first sample if the scores ``x`` hold a NaN (its argmax is meaningless)."""
-    if x.is_floating_point():
-        nan = torch.isnan(x)
-        if bool(nan.any()):
-            i = int(nan.nonzero()[0, 0])
-            raise ValueError(
-                f"{name} holds NaN scores (first at sample {i}); an argmax over NaN picks an arbitrary class. "
-                f"Check the model's output (a diverged run, NaN inputs) before computing metrics, or pass "
-                f"validate_args=False to skip this check."
-            )
-
-
 def _labels(x: torch.Tensor, name: str, validate_args: bool = True) -> torch.Tensor:
     """(N,) int64 labels from (N,) ids or (N, C) scores (NaN scores rejected when ``validate_args``)."""
     if x.dim() == 2:
         if validate_args:
-            _check_no_nan(x, name)
+            V.check_scores(name, x)
         return x.argmax(dim=1)
-    if x.dim() == 1 and not x.is_floating_point():
-        return x.long()
-    raise ValueError(
-        f"{name} must be (N,) integer class ids or (N, C) logits, got shape {tuple(x.shape)} dtype {x.dtype}."
-    )
+    if x.dim() == 1:
+        return V.check_labels(name, x).long()
+    raise ValueError(f"{name} must be (N,) integer class ids or (N, C) logits, got shape {tuple(x.shape)}.")
 
 
 def _check_targets(targets: list[torch.Tensor], n: int) -> list[torch.Tensor]:
-    out = []
-    for l, t in enumerate(targets):
-        if t.dim() != 1 or t.is_floating_point():
-            raise ValueError(f"targets[{l}] must be a (N,) integer tensor, got shape {tuple(t.shape)} dtype {t.dtype}.")
-        if t.shape[0] != n:
-            raise ValueError(f"targets[{l}] has {t.shape[0]} entries but preds have {n}.")
-        out.append(t.long())
-    return out
+    """Per-level (N,) integer targets as int64, N = ``n`` (the predictions' batch size)."""
+    return [V.check_labels(f"targets[{l}]", t, n, "preds").long() for l, t in enumerate(targets)]
 
 
 def _pair(
     preds: LevelTensors, targets: LevelTensors, validate_args: bool = True
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    p = as_levels(preds, "preds")
-    t = as_levels(targets, "targets")
-    if len(p) != len(t):
-        raise ValueError(f"preds has {len(p)} levels but targets has {len(t)}; give one tensor per level, finest first.")
+    p = V.as_levels(preds, "preds")
+    t = V.as_levels(targets, "targets")
+    V.check_level_count("preds", len(p), len(t), of="targets")
     labels = [_labels(x, f"preds[{l}]", validate_args) for l, x in enumerate(p)]
     n = labels[0].shape[0]
     for l, x in enumerate(labels):
@@ -111,19 +89,14 @@ def _pair(
 
 def _fine(x: Union[torch.Tensor, LevelTensors], name: str) -> torch.Tensor:
     """The finest level of ``x`` (a tensor is taken as the fine level itself)."""
-    return x if torch.is_tensor(x) else as_levels(x, name)[0]
-
-
-def _check_ids(x: torch.Tensor, num_classes: int, name: str, allowed: str) -> None:
-    """ValueError naming the first id of ``x`` outside ``[0, num_classes)``; ``allowed`` describes the range."""
-    bad = (x < 0) | (x >= num_classes)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name}[{i}] is {int(x[i])}, outside {allowed}.")
+    return x if torch.is_tensor(x) else V.as_levels(x, name)[0]
 
 
 def _check_level_preds(raw: list[torch.Tensor], taxonomy: Taxonomy, validate_args: bool = True) -> None:
-    """Per-level preds against the taxonomy: logits need C_l columns; ids (if ``validate_args``) ``[0, C_l)``."""
+    """Per-level preds against the taxonomy: one per level; logits need C_l columns; ids
+    (if ``validate_args``) in ``[0, C_l)``."""
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
+    V.check_level_count("preds", len(raw), taxonomy.num_levels)
     for l, (x, c) in enumerate(zip(raw, taxonomy.num_classes)):
         if x.dim() == 2 and x.shape[1] != c:
             raise ValueError(
@@ -131,17 +104,17 @@ def _check_level_preds(raw: list[torch.Tensor], taxonomy: Taxonomy, validate_arg
                 f"tensor per level, finest first, with the taxonomy's class counts."
             )
         if x.dim() == 1 and validate_args and not x.is_floating_point():
-            _check_ids(x, c, f"preds[{l}]", f"[0, {c}) at level {l} of the taxonomy")
+            V.check_class_ids(f"preds[{l}]", x, c, f" at level {l} of the taxonomy")
 
 
 def _check_level_targets(targets: list[torch.Tensor], taxonomy: Taxonomy) -> None:
     """ValueError naming the level and sample of the first target outside ``[0, C_l)``."""
     for l, (y, c) in enumerate(zip(targets, taxonomy.num_classes)):
-        _check_ids(y, c, f"targets[{l}]", f"[0, {c}) at level {l} of the taxonomy")
+        V.check_class_ids(f"targets[{l}]", y, c, f" at level {l} of the taxonomy")
 
 
 def _check_fine_range(x: torch.Tensor, taxonomy: Taxonomy, name: str) -> None:
-    _check_ids(x, taxonomy.num_fine, name, f"the taxonomy's fine classes [0, {taxonomy.num_fine})")
+    V.check_class_ids(name, x, taxonomy.num_fine, " (the taxonomy's fine classes)")
 
 
 # ---------------------------------------------------------------------------- _update / _compute helpers
@@ -275,17 +248,17 @@ def level_accuracy(
         ValueError: level counts or batch sizes that differ, ``top_k < 1``,
             ``top_k > 1`` with class ids, or NaN scores.
     """
-    p = as_levels(preds, "preds")
-    t = as_levels(targets, "targets")
-    if len(p) != len(t):
-        raise ValueError(f"preds has {len(p)} levels but targets has {len(t)}.")
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    p = V.as_levels(preds, "preds")
+    t = V.as_levels(targets, "targets")
+    V.check_level_count("preds", len(p), len(t), of="targets")
+    top_k = V.check_int("top_k", top_k, 1)
     out = []
     for l, (x, y) in enumerate(zip(p, t)):
-        y = _check_targets([y], x.shape[0])[0]
-        if validate_args:
-            _check_no_nan(x, f"preds[{l}]")
+        y = V.check_labels(f"targets[{l}]", y, x.shape[0], f"preds[{l}]").long()
+        if x.dim() == 1:
+            V.check_labels(f"preds[{l}]", x)
+        elif validate_args:
+            V.check_scores(f"preds[{l}]", x)
         correct = _topk_correct(x, y, [top_k], f"preds[{l}]")[0]
         out.append(_ratio(correct, torch.tensor(y.shape[0])))
     return out
@@ -329,8 +302,7 @@ def tree_inconsistency_error(preds: LevelTensors, taxonomy: Taxonomy, validate_a
         ValueError: a level count or a level's class count that does not match the
             taxonomy, ids outside it, NaN scores.
     """
-    raw = as_levels(preds, "preds")
-    check_level_count(len(raw), taxonomy, "preds")
+    raw = V.as_levels(preds, "preds")
     _check_level_preds(raw, taxonomy, validate_args)
     p = [_labels(x, f"preds[{l}]", validate_args) for l, x in enumerate(raw)]
     inconsistent, total = _tree_inconsistency_update(p, taxonomy)
@@ -355,8 +327,10 @@ def mistake_severity(
         0-d float64 tensor in [1, num_levels], or 0 when there is no mistake.
 
     Raises:
+        TypeError: ``taxonomy`` not a Taxonomy; float ids, non-integer targets.
         ValueError: ids outside the taxonomy's fine classes, batch sizes that differ.
     """
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
     p = _labels(_fine(preds, "preds"), "preds", validate_args)
     t = _check_targets([_fine(targets, "targets")], p.shape[0])[0]
     if validate_args:
@@ -388,17 +362,21 @@ def average_hierarchical_distance(
         0-d float64 tensor in [0, num_levels] (0 for an empty batch).
 
     Raises:
+        TypeError: ``taxonomy`` not a Taxonomy, ``k`` not an int, float ids, non-integer
+            targets.
         ValueError: ``k`` outside ``[1, C_0]``, ``k > 1`` with class ids, ids
             outside the taxonomy's fine classes.
     """
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
     x = _fine(logits, "logits")
     t = _check_targets([_fine(targets, "targets")], x.shape[0])[0]
+    if x.dim() == 1:
+        V.check_labels("logits", x)
     if validate_args:
         _check_fine_range(t, taxonomy, "targets")
         if x.dim() == 2:
-            _check_no_nan(x, "logits")
-    if x.dim() == 2 and not 1 <= k <= x.shape[1]:
-        raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}.")
+            V.check_scores("logits", x)
+    k = V.check_int("k", k, 1, x.shape[1] if x.dim() == 2 else None)
     top = _top_fine(x, k, "logits")
     if validate_args:
         _check_fine_range(top.flatten(), taxonomy, "logits")
@@ -434,10 +412,9 @@ def hierarchical_precision_recall_f1(
         ValueError: level or class counts that differ from each other or from the
             taxonomy, ids outside it, NaN scores.
     """
-    raw = as_levels(preds, "preds")
-    p, t = _pair(raw, targets, validate_args)
-    check_level_count(len(p), taxonomy, "preds")
+    raw = V.as_levels(preds, "preds")
     _check_level_preds(raw, taxonomy, validate_args)
+    p, t = _pair(raw, targets, validate_args)
     if validate_args:
         _check_level_targets(t, taxonomy)
     return _precision_recall_f1_compute(_hierarchical_set_counts(p, t, taxonomy))
@@ -500,11 +477,10 @@ class HierarchicalMetrics(_Metric):
     ) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
-        check_taxonomy(taxonomy)
+        V.check_instance("taxonomy", taxonomy, Taxonomy)
         self.validate_args = bool(validate_args)
-        top_k = tuple(int(k) for k in top_k)
-        if not top_k or min(top_k) < 1:
-            raise ValueError(f"top_k must be a non-empty sequence of ks >= 1, got {top_k}.")
+        top_k = V.check_sequence("top_k", top_k, "one k >= 1 per accuracy")
+        top_k = tuple(V.check_int(f"top_k[{i}]", k, 1) for i, k in enumerate(top_k))
         self.taxonomy = taxonomy
         self.top_k = top_k
         self.register_buffer("_paths", taxonomy.paths(), persistent=False)
@@ -519,13 +495,12 @@ class HierarchicalMetrics(_Metric):
         self.add_state("hier_counts", default=_zeros(3), dist_reduce_fx="sum")
 
     def update(self, preds: LevelTensors, targets: LevelTensors) -> None:
-        raw = as_levels(preds, "preds")
-        labels, t = _pair(raw, targets, self.validate_args)
-        check_level_count(len(labels), self.taxonomy, "preds")
         # Validate everything before touching the states, so a bad batch leaves them as they were.
+        raw = V.as_levels(preds, "preds")
+        _check_level_preds(raw, self.taxonomy, self.validate_args)
+        labels, t = _pair(raw, targets, self.validate_args)
         if self.validate_args:
             _check_level_targets(t, self.taxonomy)
-        _check_level_preds(raw, self.taxonomy, self.validate_args)
         for l, x in enumerate(raw):
             if x.dim() == 1 and max(self.top_k) > 1:
                 raise ValueError(
@@ -599,7 +574,7 @@ class TreeInconsistencyError(_Metric):
     def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
-        check_taxonomy(taxonomy)
+        V.check_instance("taxonomy", taxonomy, Taxonomy)
         self.taxonomy = taxonomy
         self.validate_args = bool(validate_args)
         self.add_state("inconsistent", default=_zeros(), dist_reduce_fx="sum")
@@ -607,8 +582,7 @@ class TreeInconsistencyError(_Metric):
 
     def update(self, preds: LevelTensors, targets: Optional[LevelTensors] = None) -> None:
         """``targets`` is accepted (and ignored) so the metric fits a MetricCollection."""
-        raw = as_levels(preds, "preds")
-        check_level_count(len(raw), self.taxonomy, "preds")
+        raw = V.as_levels(preds, "preds")
         _check_level_preds(raw, self.taxonomy, self.validate_args)
         p = [_labels(x, f"preds[{l}]", self.validate_args) for l, x in enumerate(raw)]
         inconsistent, total = _tree_inconsistency_update(p, self.taxonomy)
@@ -632,7 +606,7 @@ class MistakeSeverity(_Metric):
     def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
         _require_torchmetrics(type(self).__name__)
         super().__init__(**kwargs)
-        check_taxonomy(taxonomy)
+        V.check_instance("taxonomy", taxonomy, Taxonomy)
         self.taxonomy = taxonomy
         self.validate_args = bool(validate_args)
         self.register_buffer("_paths", taxonomy.paths(), persistent=False)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from timm.data.mixup import Mixup, cutmix_bbox_and_lam, mixup_target
 
+from hcast import _validation as V
+
 __all__ = ["HierarchicalMixup", "renumber_segments"]
 
 
@@ -77,9 +79,11 @@ class HierarchicalMixup(Mixup):
           to pass to :class:`~hcast.hierarchy.losses.HCASTLoss`.
 
     Raises:
+        TypeError: images that are not a float tensor, targets that are not integer
+            tensors (one per level), segments that are not an integer tensor.
         ValueError: an odd batch size, a level count that does not match
-            ``level_classes``, labels outside ``[0, C_l)``, or segments whose shape
-            does not match the images.
+            ``level_classes``, labels outside ``[0, C_l)``, or images or segments of the
+            wrong rank, or segments whose shape does not match the images.
     """
 
     def __init__(
@@ -101,8 +105,7 @@ class HierarchicalMixup(Mixup):
                 f"level_classes must give the class count of every level, finest first (e.g. "
                 f"taxonomy.num_classes), got {level_classes}."
             )
-        if mode not in ("batch", "pair", "elem"):
-            raise ValueError(f"mode must be 'batch', 'pair' or 'elem', got {mode!r}.")
+        V.check_choice("mode", mode, ("batch", "pair", "elem"))
         if cutmix_minmax is not None and len(cutmix_minmax) != 2:
             raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}.")
         if mixup_alpha <= 0 and cutmix_alpha <= 0 and cutmix_minmax is None:
@@ -178,32 +181,22 @@ class HierarchicalMixup(Mixup):
         return torch.tensor(lam_batch, device=x.device, dtype=x.dtype).unsqueeze(1)
 
     def _check(self, x: torch.Tensor, targets: Sequence[torch.Tensor], segments: Optional[torch.Tensor]) -> list:
-        if not torch.is_tensor(x) or x.dim() != 4:
-            raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x))}.")
+        V.check_tensor("images", x)
+        V.check_rank("images", x, 4, "(N, C, H, W)")
+        V.check_floating("images", x)
         if len(x) % 2 != 0:
             raise ValueError(f"the batch size must be even for mixup/cutmix (as timm's Mixup), got {len(x)}; "
                              f"use drop_last=True in the DataLoader.")
-        if torch.is_tensor(targets):
-            targets = [targets] if len(self.level_classes) == 1 else targets
-        targets = list(targets)
-        if len(targets) != len(self.level_classes):
-            raise ValueError(
-                f"targets has {len(targets)} levels but level_classes={self.level_classes} has "
-                f"{len(self.level_classes)}; give one (N,) label tensor per level, finest first."
-            )
+        if torch.is_tensor(targets) and len(self.level_classes) == 1:
+            targets = [targets]
+        targets = V.as_levels(targets, "targets")
+        V.check_level_count("targets", len(targets), len(self.level_classes), of=f"level_classes={self.level_classes}")
         for l, (t, c) in enumerate(zip(targets, self.level_classes)):
-            if not torch.is_tensor(t) or t.dim() != 1 or t.shape[0] != len(x) or t.is_floating_point():
-                raise ValueError(
-                    f"targets[{l}] must be a ({len(x)},) int64 label tensor, got "
-                    f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}."
-                )
-            bad = (t < 0) | (t >= c)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(f"targets[{l}][{i}] is {int(t[i])}, outside [0, {c}) for level {l}.")
+            V.check_labels(f"targets[{l}]", t, len(x), "images", num_classes=c, where=f" for level {l}")
         if segments is not None:
-            if not torch.is_tensor(segments) or segments.dim() != 3 or segments.is_floating_point():
-                raise ValueError(f"segments must be a (N, H, W) int64 tensor, got {getattr(segments, 'shape', type(segments))}.")
+            V.check_tensor("segments", segments)
+            V.check_rank("segments", segments, 3, "(N, H, W)")
+            V.check_integer("segments", segments)
             if segments.shape[0] != x.shape[0] or segments.shape[-2:] != x.shape[-2:]:
                 raise ValueError(
                     f"segments has shape {tuple(segments.shape)} but images {tuple(x.shape)}; the superpixel "

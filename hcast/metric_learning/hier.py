@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hcast import _validation as V
+
 __all__ = [
     "to_poincare",
     "ToPoincare",
@@ -64,16 +66,14 @@ def _ball(curvature: float):
 
 
 def _check_curvature(curvature: float) -> float:
-    curvature = float(curvature)
-    if not curvature > 0 or not math.isfinite(curvature):
-        raise ValueError(f"curvature must be a finite number > 0 (the ball has curvature -c), got {curvature!r}.")
-    return curvature
+    """``c > 0``: the ball has curvature ``-c``."""
+    return V.check_number("curvature", curvature, low=0, low_open=True)
 
 
 def _check_points(x: Tensor, arg: str) -> None:
-    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() != 2:
-        what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"{arg} must be a 2-D floating-point tensor (N, D), got {what}.")
+    V.check_tensor(arg, x)
+    V.check_floating(arg, x)
+    V.check_rank(arg, x, 2, "(N, D)")
 
 
 class _RiemannianGradient(torch.autograd.Function):
@@ -358,8 +358,9 @@ class HIERLoss(nn.Module):
         to fall outside of).
 
     Raises:
+        TypeError: embeddings not a floating point tensor, labels not an integer tensor.
         ValueError: embeddings not (N, D), outside the ball of radius ``1/sqrt(c)``
-            (map them with :class:`ToPoincare` first), or labels not (N,) integers.
+            (map them with :class:`ToPoincare` first), or labels not (N,).
     """
 
     def __init__(
@@ -409,12 +410,7 @@ class HIERLoss(nn.Module):
             )
         n = embeddings.shape[0]
         if labels is not None:
-            if not torch.is_tensor(labels) or labels.dtype.is_floating_point or labels.shape != (n,):
-                raise ValueError(
-                    f"labels must be an integer tensor of shape ({n},), got "
-                    f"{labels.dtype if torch.is_tensor(labels) else type(labels).__name__} "
-                    f"{tuple(labels.shape) if torch.is_tensor(labels) else ''}."
-                )
+            V.check_labels("labels", labels, n, "embeddings")
         proxies = self.proxies.to(embeddings.dtype)
         c = self.curvature
         with torch.no_grad():

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hcast import _validation as V
 from hcast.metric_learning.hier import poincare_distance_matrix
 
 __all__ = ["recall_at_k", "RecallAtK"]
@@ -29,21 +30,16 @@ _METRICS = ("cosine", "euclidean", "poincare")
 
 
 def _check_ks(k: Union[int, Sequence[int]]) -> tuple[list[int], bool]:
-    scalar = isinstance(k, int)
-    ks = [k] if scalar else list(k)
-    if not ks or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in ks):
-        raise ValueError(f"k must be a positive int or a non-empty sequence of them, got {k!r}.")
-    return ks, scalar
+    scalar = not isinstance(k, (list, tuple))
+    ks = [k] if scalar else list(V.check_sequence("k", k, "one k >= 1 per recall"))
+    return [V.check_int("k", v, 1) for v in ks], scalar
 
 
 def _check_embeddings(x: Tensor, y: Tensor, arg: str, arg_labels: str) -> None:
-    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() != 2:
-        raise ValueError(f"{arg} must be a 2-D float tensor (N, D), got {getattr(x, 'shape', type(x).__name__)}.")
-    if not torch.is_tensor(y) or y.is_floating_point() or y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{arg_labels} must be an integer tensor of shape ({x.shape[0]},), got "
-            f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}."
-        )
+    V.check_tensor(arg, x)
+    V.check_floating(arg, x)
+    V.check_rank(arg, x, 2, "(N, D)")
+    V.check_labels(arg_labels, y, x.shape[0], arg)
 
 
 def _similarity(q: Tensor, g: Tensor, metric: str, curvature: float) -> Tensor:
@@ -85,8 +81,11 @@ def recall_at_k(
         Ties in similarity are broken by ``torch.topk``'s order.
 
     Raises:
+        TypeError: embeddings not floating point tensors, labels not integer tensors,
+            ``k`` not an int (or a list of ints).
         ValueError: bad shapes, a gallery without labels (or the reverse), an
-            unknown metric, K larger than the number of candidates, or no queries.
+            unknown metric, K below 1 or larger than the number of candidates, or no
+            queries.
     """
     ks, scalar = _check_ks(k)
     if metric not in _METRICS:

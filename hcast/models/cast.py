@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -55,7 +54,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hcast.models.factory import FromPretrainedMixin
 from hcast.ops import farthest_point_sampling, superpixel_pool
-from hcast.ops._validation import check_finite
+from hcast import _validation as V
 from hcast.ops.superpixel_pool import resize_segments
 from hcast.weights import original
 from hcast.weights.builder import as_pretrained_cfg as _as_pretrained_cfg, build_model_with_hcast_cfg
@@ -403,10 +402,10 @@ def init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _check_num_classes(num_classes: Any) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0 (0 builds no classifier, for features), "
-                         f"got {num_classes!r}.")
+def _check_num_classes(num_classes: Any) -> int:
+    """``num_classes`` as an int: TypeError for a non-int, ValueError below 0 (0 builds no
+    classifier, for features)."""
+    return V.check_int("num_classes (0 builds no classifier, for features)", num_classes, 0)
 
 
 def paint_tokens(tokens: torch.Tensor, grid_ids: torch.Tensor, assignments: Sequence[torch.Tensor],
@@ -551,11 +550,9 @@ class CAST(FromPretrainedMixin, nn.Module):
             max_tokens: Optional[int] = None,
     ) -> None:
         super().__init__()
-        _check_num_classes(num_classes)
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                       or max_tokens < 1):
-            raise ValueError(f"max_tokens must be None or an int >= 1 (the superpixel token budget, "
-                             f"above the largest superpixel id), got {max_tokens!r}.")
+        num_classes = _check_num_classes(num_classes)
+        if max_tokens is not None:  # the superpixel token budget, above the largest superpixel id
+            max_tokens = V.check_int("max_tokens", max_tokens, 1)
         self.max_tokens = max_tokens
         if len(depths) != _NUM_STAGES or len(num_clusters) != _NUM_STAGES:
             raise ValueError(
@@ -671,7 +668,7 @@ class CAST(FromPretrainedMixin, nn.Module):
             if global_pool != "map":
                 self.attn_pool = None
             self.global_pool = global_pool
-        _check_num_classes(num_classes)
+        num_classes = _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -707,11 +704,10 @@ class CAST(FromPretrainedMixin, nn.Module):
                 weights outside autocast; ``segments`` not an integer tensor.
             ValueError: a wrong shape, channel count, size, or id.
         """
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            got = f"dtype {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise TypeError(f"images must be a float tensor (B, {self.patch_embed.in_chans}, H, W), normalised with "
-                            f"the model's mean/std, got {got}; convert uint8 images with timm's transforms "
-                            f"(timm.data.create_transform) or images.float().div(255) and normalise.")
+        V.check_tensor("images", images)
+        V.check_floating("images", images, f"pass float images (B, {self.patch_embed.in_chans}, H, W) normalised "
+                         f"with the model's mean/std: convert uint8 images with timm's transforms "
+                         f"(timm.data.create_transform) or images.float().div(255) and normalise")
         if images.ndim != 4 or images.shape[1] != self.patch_embed.in_chans:
             raise ValueError(f"images must have shape (B, {self.patch_embed.in_chans}, H, W), got "
                              f"{tuple(images.shape)}; convert grayscale or RGBA images to "
@@ -724,12 +720,9 @@ class CAST(FromPretrainedMixin, nn.Module):
             raise ValueError(f"images height and width must be multiples of 8 (CAST's stem stride), "
                              f"got {tuple(images.shape[-2:])}; resize or pad the images.")
         if segments is not None:
-            if not isinstance(segments, torch.Tensor) or segments.is_floating_point() or segments.is_complex():
-                got = f"dtype {segments.dtype}" if isinstance(segments, torch.Tensor) else type(segments).__name__
-                raise TypeError(f"segments must be an integer tensor (B, H, W) of superpixel ids, got {got}.")
-            if segments.ndim != 3:
-                raise ValueError(f"segments must have shape (B, H, W) holding superpixel ids, got "
-                                 f"{tuple(segments.shape)}.")
+            V.check_tensor("segments", segments)
+            V.check_integer("segments", segments, "pass the (B, H, W) superpixel ids of hcast.ops.superpixels")
+            V.check_rank("segments", segments, 3, "(B, H, W) holding superpixel ids")
             if segments.shape[0] != images.shape[0]:
                 raise ValueError(f"segments must have the batch size of images ({images.shape[0]}), got "
                                  f"{segments.shape[0]}.")
@@ -740,7 +733,7 @@ class CAST(FromPretrainedMixin, nn.Module):
                                  f"is what you want, resize them explicitly with "
                                  f"hcast.ops.resize_segments(segments, {tuple(images.shape[-2:])}).")
         if self.validate_args:
-            check_finite("images", images)
+            V.check_finite("images", images)
             if segments is not None and self.max_tokens is not None:
                 self._check_budget(segments)
             elif segments is not None and segments.numel():

@@ -68,7 +68,7 @@ from hcast.models.cast import (
     paint_tokens,
 )
 from hcast.models.factory import FromPretrainedMixin
-from hcast.ops._validation import check_finite
+from hcast import _validation as V
 from hcast.ops.superpixel_pool import resize_segments
 from hcast.ops.upsampled_superpixel_pool import upsampled_superpixel_pool
 from hcast.weights import original
@@ -229,8 +229,7 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
             raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}.")
         if global_pool not in ("", "avg", "token", "max", "avgmax"):
             raise ValueError(f"global_pool must be one of '', 'avg', 'token', 'max', 'avgmax', got {global_pool!r}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0 (0: features), got {num_classes!r}.")
+        V.check_int("num_classes (0 builds no classifier, for features)", num_classes, 0)
         num_clusters = tuple(num_clusters or STAGE_CLUSTERS[model_stage])
         if len(depths) != _NUM_STAGES or len(num_clusters) != _NUM_STAGES:
             raise ValueError(f"depths and num_clusters must have {_NUM_STAGES} entries, got depths={tuple(depths)} "
@@ -309,8 +308,7 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
                 raise ValueError(f"global_pool must be one of '', 'avg', 'token', 'max', 'avgmax', got "
                                  f"{global_pool!r}.")
             self.global_pool = global_pool
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}.")
+        V.check_int("num_classes (0 builds no classifier, for features)", num_classes, 0)
         self.num_classes = num_classes
         self.head = self._make_head(num_classes)
 
@@ -340,26 +338,26 @@ class CASTSeg(FromPretrainedMixin, nn.Module):
         (:meth:`superpixels`) when ``segments`` is None.
 
         Raises:
-            ValueError: images not (B, C, H, W) float or not finite; segments not
-                integer (B, H, W) of the images' batch size and size, or negative.
+            TypeError: images not a float tensor; segments not an integer tensor.
+            ValueError: images not (B, C, H, W) or not finite; segments not (B, H, W)
+                of the images' batch size and size, or negative.
         """
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {got}.")
+        V.check_tensor("images", images)
+        V.check_floating("images", images)
+        V.check_rank("images", images, 4, "(B, C, H, W)")
         if segments is None:
             if self.validate_args:
-                check_finite("images", images)
+                V.check_finite("images", images)
             return self.superpixels(images).to(images.device)
-        if not isinstance(segments, torch.Tensor) or segments.ndim != 3 or segments.is_floating_point():
-            got = tuple(segments.shape) if isinstance(segments, torch.Tensor) else type(segments).__name__
-            raise ValueError(f"segments must be an integer tensor of shape (B, H, W) of superpixel ids, got {got}.")
+        V.check_tensor("segments", segments)
+        V.check_integer("segments", segments)
+        V.check_rank("segments", segments, 3, "(B, H, W)")
         if segments.shape[0] != images.shape[0] or segments.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"segments must have the images' batch size, height and width: images "
                              f"{tuple(images.shape)}, segments {tuple(segments.shape)}.")
         if self.validate_args:
-            check_finite("images", images)
-            if int(segments.min()) < 0:
-                raise ValueError("segments must hold superpixel ids >= 0.")
+            V.check_finite("images", images)
+            V.check_non_negative("segments", segments)
         return segments.to(images.device).long()
 
     # -- forward ----------------------------------------------------------------------------

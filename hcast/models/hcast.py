@@ -91,7 +91,7 @@ class HCAST(CAST):
     def __init__(self, level_classes: Optional[Sequence[int]] = None, taxonomy: Any = None,
                  num_classes: Optional[int] = None, **kwargs: Any) -> None:
         if num_classes is not None:
-            _check_num_classes(num_classes)
+            num_classes = _check_num_classes(num_classes)
         taxonomy = _as_taxonomy(taxonomy)
         if level_classes is None and taxonomy is None:
             if not num_classes:

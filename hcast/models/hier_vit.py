@@ -19,7 +19,6 @@ other heads initialised as in the original code).
 """
 from __future__ import annotations
 
-import numbers
 import operator
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -34,6 +33,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
+from hcast import _validation as V
 from hcast.models.factory import FromPretrainedMixin
 from hcast.weights.builder import build_model_with_hcast_cfg
 from hcast.weights.original import rename_level_heads, strip_prefixes
@@ -62,9 +62,8 @@ def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
 
 def _resolve_level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any,
                            num_classes: Optional[int]) -> Tuple[int, ...]:
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
-                                    or num_classes < 0):
-        raise ValueError(f"num_classes must be an integer >= 0 (0 builds no classifier), got {num_classes!r}.")
+    if num_classes is not None:
+        V.check_int("num_classes (0 builds no classifier)", num_classes, 0)
     if taxonomy is not None:
         counts = tuple(int(c) for c in taxonomy.num_classes)
         if level_classes is not None and tuple(level_classes) != counts:

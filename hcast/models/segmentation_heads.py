@@ -30,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
+from hcast import _validation as V
+
 __all__ = [
     "CASTSegmenter",
     "SoftmaxClassifier",
@@ -57,14 +59,17 @@ def paint_superpixels(values: torch.Tensor, segments: torch.Tensor) -> torch.Ten
     return torch.gather(values, 1, index).transpose(1, 2).reshape(batch, channels, *segments.shape[-2:])
 
 
-def _check(tokens: torch.Tensor, segments: Optional[torch.Tensor]) -> None:
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or not tokens.is_floating_point():
-        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens must be a float tensor of shape (B, S, C), got {got}.")
+def _check(tokens: torch.Tensor, segments: Optional[torch.Tensor], name: str = "tokens") -> None:
+    """(B, S, C) float per-superpixel ``tokens`` (named ``name`` in messages) and (B, H, W)
+    integer ``segments`` of the same batch size."""
+    V.check_tensor(name, tokens)
+    V.check_floating(name, tokens)
+    V.check_rank(name, tokens, 3, "(B, S, C)")
     if segments is not None:
-        if segments.ndim != 3 or segments.is_floating_point() or segments.shape[0] != tokens.shape[0]:
-            raise ValueError(f"segments must be integer superpixel ids of shape (B, H, W) with the tokens' batch "
-                             f"size {tokens.shape[0]}, got {tuple(segments.shape)} of {segments.dtype}.")
+        V.check_tensor("segments", segments)
+        V.check_integer("segments", segments)
+        V.check_rank("segments", segments, 3, "(B, H, W)")
+        V.check_same_batch(name, tokens, "segments", segments)
 
 
 class SoftmaxClassifier(nn.Module):
@@ -307,7 +312,7 @@ class SegSortRetrieval(nn.Module):
     def add(self, features: torch.Tensor, segments: torch.Tensor, logits, labels: torch.Tensor) -> None:
         """Store labelled regions. features (B, S, C) per superpixel, segments (B, H, W),
         logits: the model's assignment logits, labels (B, H, W) int64 ground truth."""
-        _check(features, segments)
+        _check(features, segments, "features")
         if labels.shape != segments.shape:
             raise ValueError(f"labels must have the shape of segments {tuple(segments.shape)}, got {tuple(labels.shape)}.")
         protos, flat_region, counts, num_regions = self._prototypes(features, segments, logits)
@@ -324,7 +329,7 @@ class SegSortRetrieval(nn.Module):
     @torch.no_grad()
     def forward(self, features: torch.Tensor, segments: torch.Tensor, logits) -> torch.Tensor:
         """Per-pixel labels (B, H, W) int64 for features (B, S, C), segments (B, H, W)."""
-        _check(features, segments)
+        _check(features, segments, "features")
         protos, flat_region, _, _ = self._prototypes(features, segments, logits)
         labels = knn_vote(protos, self.memory, self.memory_labels, self.k)
         batch, num = features.shape[:2]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from hcast.ops import _triton
-from hcast.ops import _validation as V
+from hcast import _validation as V
 
 __all__ = ["farthest_point_sampling"]
 
@@ -129,9 +129,9 @@ def farthest_point_sampling(
     exact arithmetic); all other inputs are used as given.
 
     Raises:
-        TypeError: if ``points`` is not a tensor or ``num_samples`` / ``start_idx``
+        TypeError: if ``points`` is not a float tensor or ``num_samples`` / ``start_idx``
             not ints.
-        ValueError: if ``points`` is not 3-D float, is empty, holds NaN or infinity
+        ValueError: if ``points`` is not 3-D, is empty, holds NaN or infinity
             (with ``validate_args``), or ``num_samples`` / ``start_idx`` are out of range.
     """
     num_samples, start_idx = _check_inputs(points, num_samples, start_idx, validate_args)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hcast.ops import _validation as V
+from hcast import _validation as V
 
 __all__ = ["hierarchical_segmentation"]
 
@@ -23,13 +23,18 @@ def _stage_labels(name: str, assignment: torch.Tensor, batch: int,
                   validate_args: bool = True) -> torch.Tensor:
     """(B, S, K) logits -> (B, S) argmax labels; (B, S) integer labels pass through."""
     V.check_tensor(name, assignment)
-    if assignment.dim() == 3 and assignment.is_floating_point():
+    if assignment.dim() == 3:
+        if not assignment.is_floating_point():
+            raise TypeError(
+                f"{name} of shape (B, S_l, K_l) must be float logits, got dtype {assignment.dtype}; "
+                f"pass the logits as float, or hard labels of shape (B, S_l)."
+            )
         V.check_non_empty(name, assignment, "(B, S_l, K_l)")
         if validate_args:
             # argmax over NaN scores picks the NaN's index: a label built from nothing.
             V.check_finite(name, assignment)
         labels = assignment.argmax(dim=-1)
-    elif assignment.dim() == 2 and not assignment.is_floating_point():
+    elif assignment.dim() == 2:
         V.check_integer(name, assignment)
         V.check_non_empty(name, assignment, "(B, S_l)")
         if validate_args:
@@ -38,8 +43,7 @@ def _stage_labels(name: str, assignment: torch.Tensor, batch: int,
     else:
         raise ValueError(
             f"{name} must be float logits of shape (B, S_l, K_l) or integer labels of "
-            f"shape (B, S_l), got shape {tuple(assignment.shape)} and dtype "
-            f"{assignment.dtype}."
+            f"shape (B, S_l), got shape {tuple(assignment.shape)}."
         )
     if labels.shape[0] != batch:
         raise ValueError(
@@ -72,9 +76,10 @@ def hierarchical_segmentation(
         the stage-``l`` cluster (in ``[0, K_l)``) of each pixel.
 
     Raises:
-        TypeError: if ``assignments`` is not a list or tuple of tensors.
-        ValueError: on wrong ranks or dtypes, batch mismatch, NaN or infinite logits,
-            negative or non-integer ids, or ids / labels that do not index the next stage.
+        TypeError: if ``assignments`` is not a list or tuple of tensors, ``segments``
+            or a label tensor is not integer, or (B, S_l, K_l) logits are not float.
+        ValueError: on wrong ranks, an empty tensor, batch mismatch, NaN or infinite
+            logits, negative ids, or ids / labels that do not index the next stage.
     """
     V.check_sequence("assignments", assignments)
     V.check_tensor("segments", segments)

@@ -21,6 +21,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from hcast import _validation as V
+
 __all__ = ["segmentation_confusion_matrix", "iou_from_confusion_matrix", "mean_iou", "SegmentationIoU",
            "MIOU_CONVENTIONS"]
 
@@ -51,11 +53,18 @@ def segmentation_confusion_matrix(preds: torch.Tensor, target: torch.Tensor, num
         Tensor[K, K], int64.
 
     Raises:
+        TypeError: ``preds`` or ``target`` not a tensor, ``target`` (or label ``preds``)
+            not integer.
         ValueError: shapes that differ, or (``validate_args``) targets or predictions
             outside ``[0, K)`` other than ``ignore_index``.
     """
+    V.check_tensor("preds", preds)
+    V.check_tensor("target", target)
+    V.check_integer("target", target)
     if preds.is_floating_point():
+        V.check_rank("preds", preds, 4, "(B, K, H, W) scores")
         preds = preds.argmax(dim=1)
+    V.check_integer("preds", preds)
     if preds.shape != target.shape:
         raise ValueError(f"preds and target must have the same (B, H, W) shape, got {tuple(preds.shape)} and "
                          f"{tuple(target.shape)}.")
@@ -79,8 +88,7 @@ def iou_from_confusion_matrix(confmat: torch.Tensor, convention: str = "mmseg") 
     """Per-class IoU (K,) float64 in [0, 1] from a (K, K) confusion matrix (rows targets).
 
     ``'mmseg'``: NaN where the union is empty; ``'spml'``: ``TP / (union + 1e-12)`` (0 there)."""
-    if convention not in MIOU_CONVENTIONS:
-        raise ValueError(f"convention must be one of {MIOU_CONVENTIONS}, got {convention!r}.")
+    V.check_choice("convention", convention, MIOU_CONVENTIONS)
     confmat = confmat.to(torch.float64)
     tp = confmat.diagonal()
     union = confmat.sum(0) + confmat.sum(1) - tp
@@ -117,8 +125,7 @@ class SegmentationIoU(_Metric):
             raise ImportError("SegmentationIoU needs torchmetrics; pip install hcast[train]. "
                               "segmentation_confusion_matrix and mean_iou work without it.")
         super().__init__(**kwargs)
-        if convention not in MIOU_CONVENTIONS:
-            raise ValueError(f"convention must be one of {MIOU_CONVENTIONS}, got {convention!r}.")
+        V.check_choice("convention", convention, MIOU_CONVENTIONS)
         self.num_classes, self.ignore_index, self.convention = num_classes, ignore_index, convention
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.validate_args = validate_args

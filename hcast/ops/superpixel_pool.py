@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from hcast.ops import _triton
-from hcast.ops import _validation as V
+from hcast import _validation as V
 
 __all__ = ["superpixel_pool", "resize_segments"]
 
@@ -32,8 +32,15 @@ def resize_segments(segments: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 
     Returns:
         Tensor[B, H, W], int64: the resized ids (``segments`` itself if the size matches).
+
+    Raises:
+        TypeError: ``segments`` not an integer tensor, or ``size`` not two ints.
+        ValueError: ``segments`` not 3-D, or ``size`` not positive.
     """
-    size = (int(size[0]), int(size[1]))
+    V.check_tensor("segments", segments)
+    V.check_rank("segments", segments, 3, "(B, h, w)")
+    V.check_integer("segments", segments)
+    size = (V.check_int("size[0]", size[0], 1), V.check_int("size[1]", size[1], 1))
     if tuple(segments.shape[-2:]) == size:
         return segments.long()
     resized = F.interpolate(segments[:, None].float(), size=size, mode="nearest")
@@ -83,14 +90,15 @@ def superpixel_pool(
           resizing), as CAST's ``x_padding_mask``.
 
     Differentiable in ``features``. On CUDA tensors a Triton kernel computes the sums
-    and counts in one launch; elsewhere (and as the reference) a single
-    ``index_add_`` over the flattened batch.
+    and counts in one launch; elsewhere (and as the reference) one ``scatter_add`` of
+    the features and one of the counts over each image's grid cells.
 
     Raises:
-        TypeError: if an input is not a tensor or ``num_segments`` not an int.
-        ValueError: if ``features`` is not 4-D float, ``segments`` not 3-D integer,
-            either is empty, their batch sizes or devices differ, an id is negative,
-            or an id is ``>= num_segments``.
+        TypeError: if an input is not a tensor, ``features`` is not floating point,
+            ``segments`` not integer, or ``num_segments`` not an int.
+        ValueError: if ``features`` is not 4-D or ``segments`` not 3-D, either is
+            empty, their batch sizes or devices differ, an id is negative, or an id is
+            ``>= num_segments``.
     """
     _check_inputs(features, segments)
     if validate_args:
@@ -117,12 +125,12 @@ def superpixel_pool(
 def _superpixel_pool_torch(
     features: torch.Tensor, segments: torch.Tensor, num_segments: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference path: one scatter-add of all B*H*W cells into B*S bins.
+    """Reference path: two batched ``scatter_add`` along the cells (the features and the
+    counts), each image's H*W cells into its S bins.
 
-    A scatter with a sum reduction (not ``index_add`` and ``bincount``, whose output size
-    depends on the values) keeps the shapes static, so torch.compile, torch.export and
-    ONNX (``ScatterElements`` with ``reduction="add"``) take it as it is; the sums run in
-    index order, as ``index_add``'s.
+    With ``num_segments`` given the output shapes do not depend on the ids (``bincount``'s
+    would), so torch.compile, torch.export and ONNX (``ScatterElements`` with
+    ``reduction="add"``) take it as it is.
     """
     batch, height, width, channels = features.shape
     flat = features.reshape(batch, height * width, channels)

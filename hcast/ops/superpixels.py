@@ -10,29 +10,30 @@ Three methods behind one call, :func:`superpixels`:
 * ``"slic"``: scikit-image SLIC (Achanta et al., TPAMI 2012) with connectivity
   enforcement. CPU only, one image at a time.
 * ``"torch_slic"``: a batched SLIC written in torch that runs on the images' device,
-  with batched connectivity enforcement. See :func:`torch_slic`.
+  with batched connectivity enforcement: :func:`hcast.ops.torch_slic` in
+  :mod:`hcast.ops.torch_slic`.
 
-:class:`SuperpixelTransform` wraps the call for data loaders, and
-:func:`explained_variation` scores a segmentation.
+:class:`SuperpixelTransform` wraps the call for data loaders;
+:func:`max_superpixels` says how many superpixels each method can place on an image.
+Connectivity is :mod:`hcast.ops.connectivity`, the quality metric
+(:func:`~hcast.ops.explained_variation`) :mod:`hcast.ops.superpixel_metrics`.
 """
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from hcast import _validation as V
+from hcast.ops.torch_slic import torch_slic, working_size
 
 __all__ = [
     "superpixels",
-    "torch_slic",
-    "enforce_connectivity",
     "max_superpixels",
     "max_token_budget",
-    "explained_variation",
     "SuperpixelTransform",
 ]
 
@@ -52,34 +53,29 @@ def _check_images(images: ImageLike, validate_args: bool = True) -> torch.Tensor
     ``validate_args``, that float pixels are finite)."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(
-            f"images: expected a torch.Tensor (B,3,H,W) float or (B,H,W,3) uint8, "
-            f"received {type(images).__name__}.")
+    V.check_tensor("images", images)
     if images.dim() != 4:
         raise ValueError(
-            f"images: expected a 4-D batch, (B,3,H,W) normalised float or (B,H,W,3) "
-            f"uint8, received shape {tuple(images.shape)}; add a batch dimension with "
+            f"images must be a 4-D batch, (B, 3, H, W) normalised float or (B, H, W, 3) "
+            f"uint8, got shape {tuple(images.shape)}; add a batch dimension with "
             f"images[None] for a single image.")
     if images.dtype == torch.uint8:
         if images.shape[-1] != 3:
             raise ValueError(
-                f"images: uint8 images must be channels-last (B,H,W,3) RGB, received "
+                f"images of dtype uint8 must be channels-last (B, H, W, 3) RGB, got "
                 f"shape {tuple(images.shape)}.")
     elif images.is_floating_point():
         if images.shape[1] != 3:
             raise ValueError(
-                f"images: float images must be channels-first (B,3,H,W), ImageNet-"
-                f"normalised RGB, received shape {tuple(images.shape)}.")
-        if validate_args and not torch.isfinite(images).all():
-            raise ValueError("images: expected finite values, received NaN or inf.")
+                f"images of a float dtype must be channels-first (B, 3, H, W), ImageNet-"
+                f"normalised RGB, got shape {tuple(images.shape)}.")
     else:
-        raise ValueError(
-            f"images: expected dtype uint8 (B,H,W,3) or a floating dtype (B,3,H,W), "
-            f"received {images.dtype}.")
-    if images.shape[0] == 0:
-        raise ValueError(f"images: expected a non-empty batch, received shape "
-                         f"{tuple(images.shape)}.")
+        raise TypeError(
+            f"images must have dtype uint8 (B, H, W, 3) or a floating dtype (B, 3, H, W), "
+            f"got {images.dtype}; convert 0-255 pixels with .to(torch.uint8).")
+    V.check_non_empty("images", images, "(B, 3, H, W) or (B, H, W, 3)")
+    if validate_args and images.is_floating_point():
+        V.check_finite("images", images)
     return images
 
 
@@ -87,23 +83,19 @@ def _check_settings(num_segments: int, method: str, mean: Sequence[float],
                     std: Sequence[float]) -> int:
     """Check the arguments shared by :func:`superpixels` and :class:`SuperpixelTransform`;
     returns ``num_segments`` as an int."""
-    if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) \
-            or num_segments < 1:
-        raise ValueError(f"num_segments: expected an integer >= 1, received "
-                         f"{num_segments!r}.")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, received {method!r}.")
+    num_segments = V.check_int("num_segments", num_segments, 1)
+    V.check_choice("method", method, METHODS)
     _check_mean_std(mean, std)
-    return int(num_segments)
+    return num_segments
 
 
 def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> None:
     for name, value in (("mean", mean), ("std", std)):
         if len(value) != 3:
-            raise ValueError(f"{name}: expected 3 per-channel values (RGB), received "
+            raise ValueError(f"{name} must hold 3 per-channel values (RGB), got "
                              f"{len(value)}: {tuple(value)}.")
     if any(s <= 0 for s in std):
-        raise ValueError(f"std: expected positive values, received {tuple(std)}.")
+        raise ValueError(f"std must hold positive values, got {tuple(std)}.")
 
 
 def _seeds_grid(height: int, width: int, num_segments: int) -> Tuple[int, int]:
@@ -182,19 +174,16 @@ def max_superpixels(height: int, width: int, method: str = "seeds", downsample: 
         none).
 
     Raises:
-        ValueError: for an unknown ``method``, a size under 1 or ``downsample`` under 1.
+        TypeError: a size or ``downsample`` that is not an int.
+        ValueError: an unknown ``method``, a size under 1 or ``downsample`` under 1.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, received {method!r}.")
-    height, width = int(height), int(width)
-    if height < 1 or width < 1:
-        raise ValueError(f"height, width: expected sizes >= 1, received {height} x {width}.")
+    V.check_choice("method", method, METHODS)
+    height, width = V.check_int("height", height, 1), V.check_int("width", width, 1)
     if method == "slic":
         return height * width
     if method == "torch_slic":
-        if int(downsample) < 1:
-            raise ValueError(f"downsample: expected an integer >= 1, received {downsample!r}.")
-        return max(1, height // int(downsample)) * max(1, width // int(downsample))
+        h, w = working_size(height, width, V.check_int("downsample", downsample, 1))
+        return h * w
     low, high = _seeds_range(height, width)
     return high if low <= high else 0
 
@@ -208,9 +197,7 @@ def max_token_budget(height: int, width: int) -> int:
     asks for gigabytes before the first image). The CLI (``--max-tokens``), the export and
     model folders' ``config.json`` are checked against it.
     """
-    if height < 1 or width < 1:
-        raise ValueError(f"height, width: expected a positive image size, got {height}x{width}.")
-    return int(height) * int(width)
+    return V.check_int("height", height, 1) * V.check_int("width", width, 1)
 
 
 def _check_seeds_fit(num_segments: int, height: int, width: int) -> None:
@@ -307,11 +294,12 @@ def superpixels(
         does not guarantee connectivity.
 
     Raises:
-        ValueError: bad shape, dtype, ``method`` or ``mean``/``std``; NaN or infinite
-            pixels; ``num_segments`` below 1, or for ``"seeds"`` above
+        TypeError: ``images`` is not a tensor or array, or neither uint8 nor floating
+            point; ``num_segments`` is not an int.
+        ValueError: bad shape, ``method`` or ``mean``/``std``; an empty batch; NaN or
+            infinite pixels; ``num_segments`` below 1, or for ``"seeds"`` above
             :func:`max_superpixels` for the image size (checked before OpenCV is called:
             beyond it SEEDS segfaults or hangs).
-        TypeError: ``images`` is not a tensor or array.
         ImportError: ``"seeds"`` without OpenCV contrib installed.
     """
     images = _check_images(images, validate_args)
@@ -388,354 +376,6 @@ def _skimage_slic(images: torch.Tensor, num_segments: int, mean, std, **kwargs
     return out
 
 
-# ----------------------------------------------------------------------------- torch SLIC
-
-def _rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """(B,3,H,W) sRGB in [0,1] -> (B,3,H,W) CIE LAB (D65), as skimage.color.rgb2lab."""
-    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055).pow(2.4), rgb / 12.92)
-    m = rgb.new_tensor([[0.412453, 0.357580, 0.180423],
-                        [0.212671, 0.715160, 0.072169],
-                        [0.019334, 0.119193, 0.950227]])
-    white = rgb.new_tensor([0.95047, 1.0, 1.08883])
-    xyz = torch.einsum("ij,bjhw->bihw", m / white[:, None], lin)
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12).pow(1 / 3),
-                    7.787 * xyz + 16 / 116)
-    fx, fy, fz = f.unbind(1)
-    return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), 1)
-
-
-def _grid_shape(h: int, w: int, num_segments: int) -> Tuple[int, int]:
-    """Rows and columns of a grid of about ``num_segments`` square cells on h x w."""
-    step = math.sqrt(h * w / num_segments)
-    gy = min(h, max(1, round(h / step)))
-    gx = min(w, max(1, round(w / step)))
-    while gy * gx > num_segments:  # rounding up both sides can exceed the request
-        if gy >= gx:
-            gy -= 1
-        else:
-            gx -= 1
-    return gy, gx
-
-
-def _slic_assign(feat: torch.Tensor, valid: torch.Tensor, gy: int, gx: int,
-                 num_iterations: int) -> torch.Tensor:
-    """Batched SLIC iterations.
-
-    ``feat`` (B,5,gy*cy,gx*cx) holds scaled (L,a,b,y,x) per pixel, with even cell sizes
-    cy, cx; ``valid`` (gy*cy,gx*cx) bool marks pixels inside the image. Each quarter of a
-    grid cell is compared with the 2x2 centres nearest to it, which covers SLIC's
-    2S x 2S search window around every centre; all distances are dense broadcast ops on
-    the image layout. Centres are updated with one ``index_add_`` per iteration.
-    Returns (B, gy*cy, gx*cx) int64 centre index in [0, gy*gx).
-    """
-    b, c, hp, wp = feat.shape
-    qy, qx = 2 * gy, 2 * gx  # quarter-cells
-    sy, sx = hp // qy, wp // qx
-    g = gy * gx
-    dev = feat.device
-    # layout (5, pixel of quarter, B, qy, qx): centres broadcast over the pixel dim and
-    # channels are summed over the outer dim, so every op runs over contiguous rows
-    fq = feat.view(b, c, qy, sy, qx, sx).permute(1, 3, 5, 0, 2, 4).reshape(c, sy * sx, b, qy, qx)
-    vq = valid.view(qy, sy, qx, sx).permute(1, 3, 0, 2).reshape(sy * sx, 1, qy, qx)
-    # initial centres: mean of each cell's valid pixels
-    vf = vq.to(feat.dtype)
-    cnt0 = vf.sum(0).view(gy, 2, gx, 2).sum((1, 3))
-    sum0 = (fq * vf).sum(1).view(c, b, gy, 2, gx, 2).sum((3, 5)).transpose(0, 1)
-    centres = sum0 / cnt0.clamp_min(1)  # (B,5,gy,gx)
-    # candidate (a, b) of quarter (q, r) is padded centre ((q+1)//2 + a, (r+1)//2 + b),
-    # that is element (q + 1 + 2a, r + 1 + 2b) of the padded grid repeated twice per axis
-    far = 1e4  # centres outside the grid: never the nearest
-    ids = F.pad(torch.arange(g, device=dev).view(gy, gx), (1, 1, 1, 1))
-    ids = ids.repeat_interleave(2, 0).repeat_interleave(2, 1)
-    shifts = [(1 + 2 * a, 1 + 2 * b_) for a in (0, 1) for b_ in (0, 1)]
-    cand_ids = [ids[i:i + qy, j:j + qx] for i, j in shifts]
-    flat = fq.reshape(c, -1)
-    offs = (torch.arange(b, device=dev) * g).view(1, b, 1, 1)
-    for it in range(num_iterations + 1):
-        rep = F.pad(centres, (1, 1, 1, 1), value=far).repeat_interleave(2, 2).repeat_interleave(2, 3)
-        best_d = best = None
-        for (i, j), lab in zip(shifts, cand_ids):
-            cen = rep[:, :, i:i + qy, j:j + qx].transpose(0, 1).unsqueeze(1)  # (5,1,B,qy,qx)
-            sq = (fq - cen).square_()
-            d = sq[0] + sq[1]  # (P,B,qy,qx); explicit adds beat sum(0) on CPU
-            for k in range(2, c):
-                d += sq[k]
-            if best_d is None:
-                best_d, best = d, lab.expand_as(d)
-            else:
-                closer = d < best_d
-                best_d = torch.where(closer, d, best_d)
-                best = torch.where(closer, lab, best)
-        if it == num_iterations:
-            break
-        idx = torch.where(vq, best + offs, b * g).reshape(-1)  # padding -> spare bin
-        sums = torch.stack([torch.bincount(idx, weights=f, minlength=b * g + 1) for f in flat])
-        cnts = torch.bincount(idx, minlength=b * g + 1).to(feat.dtype)
-        sums = sums[:, :-1].to(feat.dtype).view(c, b, gy, gx).transpose(0, 1)
-        cnts = cnts[:-1].view(b, 1, gy, gx)
-        centres = torch.where(cnts > 0, sums / cnts.clamp_min(1), centres)
-    # back to image layout
-    return best.reshape(sy, sx, b, qy, qx).permute(2, 3, 0, 4, 1).reshape(b, hp, wp)
-
-
-def _run_starts(segments: torch.Tensor, dim: int) -> torch.Tensor:
-    """Flat index of the first pixel of each pixel's run of equal ids along ``dim``."""
-    b, h, w = segments.shape
-    idx = torch.arange(h * w, device=segments.device).view(1, h, w).expand(b, h, w)
-    start = torch.ones_like(segments, dtype=torch.bool)
-    if dim == 2:
-        start[:, :, 1:] = segments[:, :, 1:] != segments[:, :, :-1]
-    else:
-        start[:, 1:, :] = segments[:, 1:, :] != segments[:, :-1, :]
-    return torch.where(start, idx, 0).cummax(dim).values.reshape(b, h * w)
-
-
-def _connected_components(segments: torch.Tensor) -> torch.Tensor:
-    """4-connected components of equal ids, batched.
-
-    Args:
-        segments: (B,H,W) int64 ids.
-    Returns:
-        (B,H*W) int64: for each pixel, the smallest flat pixel index of its component
-        (the component's root). Each round takes the minimum label over every
-        horizontal run of equal ids, then over every vertical run (segmented min by
-        ``scatter_reduce``), then follows labels by pointer jumping; it converges in a
-        few rounds for compact regions.
-    """
-    b, h, w = segments.shape
-    n = h * w
-    runs = [_run_starts(segments, 2), _run_starts(segments, 1)]
-    comp = torch.arange(n, device=segments.device).expand(b, n).contiguous()
-    while True:
-        prev = comp
-        for run in runs:
-            run_min = torch.full_like(comp, n).scatter_reduce_(1, run, comp, "amin")
-            comp = run_min.gather(1, run)
-        # pointer jumping: a pixel's label is a pixel of the same component, follow it
-        comp = comp.gather(1, comp)
-        if torch.equal(comp, prev):
-            return comp
-
-
-def _merge_small_components(comp: torch.Tensor, h: int, w: int, min_size: Union[int, torch.Tensor],
-                            max_passes: int = 8) -> torch.Tensor:
-    """Merge components smaller than ``min_size`` pixels (an int, or a (B, 1) tensor: one
-    size per image) into a neighbouring component.
-
-    A small component joins its largest 4-neighbour when that neighbour is larger (ties
-    broken by root index), so the merges form chains towards larger components and never
-    cycles; chains are resolved by pointer jumping. Every merged region stays connected.
-    ``comp`` (B,H*W) holds root pixel indices; the result does too.
-    """
-    b, n = comp.shape
-    if n == 1 or (isinstance(min_size, int) and min_size <= 1):
-        return comp
-    offs = (torch.arange(b, device=comp.device) * n).view(b, 1)
-    for _ in range(max_passes):
-        size = torch.bincount((comp + offs).view(-1), minlength=b * n).view(b, n)
-        key = size * n + torch.arange(n, device=comp.device)  # (size, root) order
-        small = (size > 0) & (size < min_size)
-        if not bool(small.any()):
-            break
-        pix_key = key.gather(1, comp).view(b, h, w)
-        c = comp.view(b, h, w)
-        best = torch.full((b, n), -1, dtype=torch.int64, device=comp.device)
-        pairs = []
-        if w > 1:
-            pairs += [(c[:, :, :-1], pix_key[:, :, 1:]), (c[:, :, 1:], pix_key[:, :, :-1])]
-        if h > 1:
-            pairs += [(c[:, :-1, :], pix_key[:, 1:, :]), (c[:, 1:, :], pix_key[:, :-1, :])]
-        for own, other_key in pairs:
-            best.scatter_reduce_(1, own.reshape(b, -1), other_key.reshape(b, -1), "amax")
-        # neighbours of the own component have the own key: they never win (not larger)
-        target = torch.where(small & (best > key), best % n, torch.arange(n, device=comp.device))
-        while True:
-            nxt = target.gather(1, target)
-            if torch.equal(nxt, target):
-                break
-            target = nxt
-        new = target.gather(1, comp)
-        if torch.equal(new, comp):
-            break
-        comp = new
-    return comp
-
-
-def _relabel_contiguous(comp: torch.Tensor) -> torch.Tensor:
-    """(B,N) root indices -> (B,N) ids 0..S_b-1, numbered in raster order of the roots."""
-    present = torch.zeros_like(comp, dtype=torch.bool).scatter_(1, comp, True)
-    new_id = present.long().cumsum(1) - 1
-    return new_id.gather(1, comp)
-
-
-def _limit_segments(labels: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Merge each image's smallest regions into their largest neighbours until it has at
-    most ``num_segments`` ids: connectivity enforcement can split a SLIC cluster into
-    several regions, and a model's token budget relies on the count asked for.
-
-    Args:
-        labels: (B,H,W) int64 ids, contiguous per image, each id one 4-connected region.
-        num_segments: the most ids an image may have (>= 1).
-    Returns:
-        (B,H,W) int64 ids, contiguous per image, at most ``num_segments`` per image.
-    """
-    b, h, w = labels.shape
-    for _ in range(64):
-        flat = labels.reshape(b, -1)
-        count = flat.amax(1) + 1
-        excess = count - num_segments
-        if not bool((excess > 0).any()):
-            return labels
-        n = int(count.max())
-        offs = (torch.arange(b, device=labels.device) * n).view(b, 1)
-        sizes = torch.bincount((flat + offs).view(-1), minlength=b * n).view(b, n).float()
-        sizes = torch.where(torch.arange(n, device=labels.device) < count[:, None], sizes, float("inf"))
-        ordered = sizes.sort(1).values
-        # merge every region at most as large as the excess-th smallest (more on ties: fewer ids)
-        pick = ordered.gather(1, (excess.clamp_min(1) - 1).view(b, 1))
-        min_size = torch.where(excess.view(b, 1) > 0, pick + 1, torch.zeros_like(pick)).long()
-        comp = _merge_small_components(_connected_components(labels), h, w, min_size)
-        labels = _relabel_contiguous(comp).view(b, h, w)
-    raise RuntimeError(f"could not reduce the superpixels to num_segments={num_segments}; please report this.")
-
-
-def enforce_connectivity(segments: torch.Tensor, min_size: int = 1) -> torch.Tensor:
-    """Split ids into 4-connected regions, merge regions under ``min_size`` pixels.
-
-    Args:
-        segments: (B,H,W) integer ids.
-        min_size: regions with fewer pixels join their largest neighbouring region.
-    Returns:
-        (B,H,W) int64 ids, contiguous per image, each id one 4-connected region.
-    """
-    b, h, w = segments.shape
-    comp = _connected_components(segments.long())
-    comp = _merge_small_components(comp, h, w, min_size)
-    return _relabel_contiguous(comp).view(b, h, w)
-
-
-def torch_slic(
-        images: torch.Tensor,
-        num_segments: int = 196,
-        compactness: float = 10.0,
-        num_iterations: int = 5,
-        downsample: int = 2,
-        min_size_factor: float = 0.25,
-) -> torch.Tensor:
-    """Batched SLIC superpixels in torch, on the images' device.
-
-    Follows SLIC (Achanta et al., TPAMI 2012) as scikit-image implements it: CIE LAB
-    colour, distance ``d_lab^2 / compactness^2 + d_xy^2 / step^2``, centres on a regular
-    grid, each pixel compared with the centres of the 3x3 grid cells around its own, then
-    connectivity enforcement. Everything is batched: distances are one batched matmul
-    per iteration, connected components come from min-label propagation with pointer
-    jumping, components under ``min_size_factor * H*W / num_segments`` pixels join their
-    largest neighbour. No Python loop runs over pixels or images.
-
-    The clustering runs on the image average-pooled by ``downsample`` (CAST reads the ids
-    on its 1/8 token grid), and the ids are brought back to full resolution by nearest
-    neighbour, which keeps every region 4-connected.
-
-    Args:
-        images: (B,3,H,W) float RGB in [0, 1] (not normalised; :func:`superpixels`
-            converts normalised images).
-        num_segments: requested number of superpixels (>= 1); requests above one per
-            pixel of the working resolution (``max(1, H // downsample) * max(1, W //
-            downsample)``) are clamped to it.
-        compactness: SLIC's m: larger values give more square superpixels.
-        num_iterations: k-means iterations.
-        downsample: integer factor of the working resolution (1 = full resolution).
-        min_size_factor: minimum region size as a share of the mean superpixel size.
-
-    Returns:
-        (B,H,W) int64 ids, contiguous per image, each id one 4-connected region, at most
-        ``num_segments`` per image (connectivity enforcement can split a cluster: the
-        smallest regions then join their largest neighbours until the count fits).
-
-    Raises:
-        ValueError: ``images`` not (B,3,H,W) float; ``num_segments``, ``downsample``,
-            ``num_iterations`` or ``compactness`` out of range.
-    """
-    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(f"images: expected a (B,3,H,W) float RGB tensor in [0,1], "
-                         f"received shape {tuple(images.shape)} dtype {images.dtype}.")
-    if int(downsample) != downsample or downsample < 1:
-        raise ValueError(f"downsample: expected an integer >= 1, received {downsample!r}.")
-    if num_iterations < 0:
-        raise ValueError(f"num_iterations: expected >= 0, received {num_iterations!r}.")
-    if compactness <= 0:
-        raise ValueError(f"compactness: expected > 0, received {compactness!r}.")
-    if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) \
-            or num_segments < 1:
-        raise ValueError(f"num_segments: expected an integer >= 1, received "
-                         f"{num_segments!r}.")
-    b, _, H, W = images.shape
-    # One superpixel per working pixel at most; the grid below saturates there anyway.
-    num_segments = min(int(num_segments), max_superpixels(H, W, "torch_slic", int(downsample)))
-    h, w = max(1, H // downsample), max(1, W // downsample)
-    x = images.float()
-    if (h, w) != (H, W):
-        if H % downsample == 0 and W % downsample == 0:
-            r = downsample
-            x = x.view(b, 3, h, r, w, r).sum((3, 5)).div_(r * r)
-        else:
-            x = F.adaptive_avg_pool2d(x, (h, w))
-    lab = _rgb_to_lab(x)
-    gy, gx = _grid_shape(h, w, num_segments)
-    cy, cx = 2 * -(-h // (2 * gy)), 2 * -(-w // (2 * gx))  # even cell sizes
-    step = math.sqrt(h * w / (gy * gx))
-    hp, wp = gy * cy, gx * cx
-    yy = torch.arange(hp, device=x.device, dtype=x.dtype).view(1, 1, hp, 1).expand(b, 1, hp, wp)
-    xx = torch.arange(wp, device=x.device, dtype=x.dtype).view(1, 1, 1, wp).expand(b, 1, hp, wp)
-    lab = F.pad(lab, (0, wp - w, 0, hp - h))
-    feat = torch.cat((lab / compactness, yy / step, xx / step), 1).contiguous()
-    valid = torch.zeros(hp, wp, dtype=torch.bool, device=x.device)
-    valid[:h, :w] = True
-    labels = _slic_assign(feat, valid, gy, gx, num_iterations)[:, :h, :w]
-    min_size = int(min_size_factor * h * w / num_segments)
-    labels = _limit_segments(enforce_connectivity(labels, min_size), num_segments)
-    if (h * downsample, w * downsample) == (H, W):
-        r = downsample
-        labels = labels.view(b, h, 1, w, 1).expand(b, h, r, w, r).reshape(b, H, W)
-    elif (h, w) != (H, W):
-        rows = torch.arange(H, device=x.device) * h // H
-        cols = torch.arange(W, device=x.device) * w // W
-        labels = labels[:, rows][:, :, cols]
-    return labels
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def explained_variation(images: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """Explained variation of a superpixel segmentation (Moore et al., CVPR 2008).
-
-    The share of each image's colour variance that the per-segment mean colours explain:
-    ``1 - sum_p |x_p - mean_seg(p)|^2 / sum_p |x_p - mean|^2``. 1 means every segment is
-    flat-coloured.
-
-    Args:
-        images: (B,C,H,W) float (any colour space; benchmarks use RGB in [0, 1]).
-        segments: (B,H,W) non-negative int64 ids.
-    Returns:
-        (B,) float64 tensor.
-    """
-    if images.dim() != 4 or segments.shape != (images.shape[0],) + images.shape[2:]:
-        raise ValueError(f"segments: expected shape (B,H,W) = "
-                         f"{(images.shape[0],) + tuple(images.shape[2:])} matching images "
-                         f"(B,C,H,W), received {tuple(segments.shape)}.")
-    b, c = images.shape[:2]
-    x = images.double().flatten(2).transpose(1, 2)  # (B,N,C)
-    seg = segments.long().flatten(1)
-    s = int(seg.max()) + 1
-    idx = seg + torch.arange(b, device=seg.device).view(b, 1) * s
-    sums = torch.zeros(b * s, c, dtype=x.dtype, device=x.device).index_add_(0, idx.view(-1), x.reshape(-1, c))
-    cnt = torch.bincount(idx.view(-1), minlength=b * s).clamp_min(1).to(x.dtype)
-    means = (sums / cnt[:, None])[idx.view(-1)].view(b, -1, c)
-    resid = ((x - means) ** 2).sum((1, 2))
-    total = ((x - x.mean(1, keepdim=True)) ** 2).sum((1, 2))
-    return 1 - resid / total.clamp_min(1e-12)
-
-
 # ----------------------------------------------------------------------------- transform
 
 class SuperpixelTransform:
@@ -750,6 +390,12 @@ class SuperpixelTransform:
 
     Call:
         image (Tensor[3, H, W] float, normalised) -> Tensor[H, W] int64.
+
+    Raises:
+        TypeError: at construction, ``num_segments`` not an int; at call, ``image`` not
+            a floating point tensor.
+        ValueError: at construction, as :func:`superpixels`; at call, ``image`` not
+            (3, H, W), or as :func:`superpixels`.
     """
 
     def __init__(self, num_segments: int = 196, method: str = "seeds",
@@ -762,11 +408,11 @@ class SuperpixelTransform:
         self.method_kwargs = dict(method_kwargs)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3 \
-                or not image.is_floating_point():
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"image: expected a (3,H,W) normalised float tensor, "
-                             f"received {shape}.")
+        V.check_tensor("image", image)
+        V.check_floating("image", image)
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image must be a (3, H, W) normalised float tensor, got shape "
+                             f"{tuple(image.shape)}.")
         return superpixels(image[None], self.num_segments, self.method, self.mean,
                            self.std, **self.method_kwargs)[0]
 

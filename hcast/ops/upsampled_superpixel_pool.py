@@ -18,6 +18,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from hcast import _validation as V
+
 __all__ = ["interpolation_matrix", "upsampled_superpixel_pool"]
 
 _TAPS = {"bilinear": 2, "bicubic": 4}
@@ -41,8 +43,7 @@ def interpolation_matrix(in_size: int, out_size: int, mode: str = "bilinear",
     Returns:
         Tensor[out_size, in_size] of ``dtype``.
     """
-    if mode not in _TAPS:
-        raise ValueError(f"mode must be one of {tuple(_TAPS)}, got {mode!r}.")
+    V.check_choice("mode", mode, tuple(_TAPS))
     eye = torch.eye(in_size, dtype=dtype, device=device)
     # (1, in, 1, in): channel c is the unit impulse at c; interpolating width in -> out
     # (height 1 -> 1 is the identity for both modes) gives column c of the matrix.
@@ -84,22 +85,24 @@ def upsampled_superpixel_pool(
         Tensor[B, S] float pixel counts.
 
     Raises:
-        ValueError: wrong ranks, a float ``segments`` or an unknown ``mode``.
+        TypeError: an input that is not a tensor, a non-float ``features``, a
+            non-integer ``segments``, or a ``num_segments`` that is not an int.
+        ValueError: wrong ranks, batch sizes or devices, or an unknown ``mode``.
     """
-    if features.ndim != 4 or not features.is_floating_point():
-        raise ValueError(f"features must be a float tensor of shape (B, h, w, C), got "
-                         f"{tuple(features.shape)} of {features.dtype}.")
-    if segments.ndim != 3 or segments.is_floating_point():
-        raise ValueError(f"segments must be an integer tensor of shape (B, H, W), got "
-                         f"{tuple(segments.shape)} of {segments.dtype}.")
-    if mode not in _TAPS:
-        raise ValueError(f"mode must be one of {tuple(_TAPS)}, got {mode!r}.")
+    V.check_tensor("features", features)
+    V.check_tensor("segments", segments)
+    V.check_rank("features", features, 4, "(B, h, w, C)")
+    V.check_rank("segments", segments, 3, "(B, H, W)")
+    V.check_floating("features", features)
+    V.check_integer("segments", segments)
+    V.check_same_device("features", features, "segments", segments)
+    V.check_choice("mode", mode, tuple(_TAPS))
     batch, (height, width) = segments.shape[0], segments.shape[-2:]
     shared, h, w, channels = features.shape[0] == 1, features.shape[1], features.shape[2], features.shape[3]
     if not shared and features.shape[0] != batch:
         raise ValueError(f"features must have batch size 1 or that of segments ({batch}), got {features.shape[0]}.")
     segments = segments.long()
-    num = int(segments.max()) + 1 if num_segments is None else int(num_segments)
+    num = int(segments.max()) + 1 if num_segments is None else V.check_int("num_segments", num_segments, 1)
     wy, ry = _taps(interpolation_matrix(h, height, mode, features.dtype, features.device), _TAPS[mode])  # (H, ty)
     wx, rx = _taps(interpolation_matrix(w, width, mode, features.dtype, features.device), _TAPS[mode])  # (W, tx)
     # Entry (b, s, cell) of A gets wy[i, a] * wx[j, c] for every pixel (i, j) of superpixel s

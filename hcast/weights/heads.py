@@ -199,7 +199,8 @@ def plan_heads(model_cls: Callable[..., nn.Module], cfg: Any, kwargs: Mapping[st
         kwargs["num_classes"] = level_classes[0] if num_classes is None else num_classes
     else:
         kwargs.pop("level_classes", None)
-        kwargs["num_classes"] = int(num_classes) if num_classes is not None else cfg.num_classes
+        # as given: the model's own check rejects a float or a string (int() would truncate 10.5 to 10)
+        kwargs["num_classes"] = num_classes if num_classes is not None else cfg.num_classes
     # the tag's taxonomy (a benchmark name) when the model has the tag's counts
     tag_taxonomy = getattr(cfg, "taxonomy", None)
     if kwargs.get("taxonomy") is None and tag_taxonomy is not None:

@@ -15,18 +15,16 @@ code ``github:fiveai/making-better-mistakes`` (``better_mistakes/model/losses.py
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
 from hcast.hierarchy.losses._common import (
-    _check_taxonomy,
-    _check_reduction,
-    _check_logits,
-    _check_class_targets,
+    REDUCTIONS,
+    FINE_CLASSES,
     _reduce,
     _level_maps,
 )
@@ -55,10 +53,12 @@ def hxe_edge_weights(taxonomy: Taxonomy, alpha: float = 0.1, normalize: bool = T
 
     Returns:
         (num_levels,) float64 tensor, finest level first.
+    Raises:
+        TypeError: ``taxonomy`` not a :class:`~hcast.hierarchy.Taxonomy`.
+        ValueError: ``alpha`` not finite.
     """
-    _check_taxonomy(taxonomy)
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}.")
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
+    alpha = V.check_number("alpha", alpha)
     L = taxonomy.num_levels
     depth = torch.arange(L, 0, -1, dtype=torch.float64)  # level l -> depth L - l
     weights = torch.exp(-alpha * depth)
@@ -122,21 +122,23 @@ def hierarchical_cross_entropy(
         alpha: decay of the edge weights; the paper uses 0.1 to 0.9.
         normalize: normalise the weights by the tree's total weight (reference default).
         reduction: ``"mean"`` (reference), ``"sum"`` or ``"none"`` ((N,) per sample).
-        validate_args: check shapes and that targets lie in the taxonomy.
+        validate_args: check that the target ids lie in the taxonomy (a host sync); type
+            and shape checks always run.
 
     Returns:
         Scalar loss, or (N,) with ``reduction="none"``.
 
     Raises:
-        ValueError: ``logits`` not (N, num_fine); ``targets`` not (N,) or holding a
-            class id outside ``[0, num_fine)`` (the message names the id).
         TypeError: non-float logits, non-integer targets, or no Taxonomy.
+        ValueError: ``logits`` not (N, num_fine); ``targets`` not (N,) or (with
+            ``validate_args``) holding a class id outside ``[0, num_fine)`` (the message
+            names the id); an unknown ``reduction``.
     """
-    _check_taxonomy(taxonomy)
-    _check_reduction(reduction)
-    if validate_args:
-        _check_logits(logits, taxonomy.num_fine)
-        _check_class_targets(targets, taxonomy.num_fine, logits.shape[0])
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
+    V.check_choice("reduction", reduction, REDUCTIONS)
+    V.check_logits("logits", logits, taxonomy.num_fine)
+    V.check_labels("targets", targets, logits.shape[0], num_classes=taxonomy.num_fine if validate_args else None,
+                   where=FINE_CLASSES)
     maps = _level_maps(taxonomy).to(logits.device)
     loss = _hxe(logits, targets.long(), maps, hxe_edge_weights(taxonomy, alpha, normalize).to(logits.device))
     return _reduce(loss, reduction)
@@ -150,7 +152,8 @@ class HierarchicalCrossEntropyLoss(nn.Module):
         alpha: decay of the edge weights ``exp(-alpha * depth)``.
         normalize: divide the weights by the tree's total weight (reference default).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        validate_args: check shapes and target ids on every call.
+        validate_args: check the target ids on every call (a host sync); type and shape
+            checks always run.
 
     Shape:
         ``forward(logits (N, num_fine) float, targets (N,) int64) -> scalar`` (or (N,)).
@@ -169,8 +172,8 @@ class HierarchicalCrossEntropyLoss(nn.Module):
         validate_args: bool = True,
     ) -> None:
         super().__init__()
-        _check_taxonomy(taxonomy)
-        _check_reduction(reduction)
+        V.check_instance("taxonomy", taxonomy, Taxonomy)
+        V.check_choice("reduction", reduction, REDUCTIONS)
         self.num_fine = taxonomy.num_fine
         self.alpha = float(alpha)
         self.normalize = normalize
@@ -180,9 +183,9 @@ class HierarchicalCrossEntropyLoss(nn.Module):
         self.register_buffer("edge_weights", hxe_edge_weights(taxonomy, alpha, normalize), persistent=False)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if self.validate_args:
-            _check_logits(logits, self.num_fine)
-            _check_class_targets(targets, self.num_fine, logits.shape[0])
+        V.check_logits("logits", logits, self.num_fine)
+        V.check_labels("targets", targets, logits.shape[0], num_classes=self.num_fine if self.validate_args else None,
+                       where=FINE_CLASSES)
         return _reduce(_hxe(logits, targets.long(), self.level_maps, self.edge_weights), self.reduction)
 
     def extra_repr(self) -> str:

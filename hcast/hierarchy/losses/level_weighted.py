@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -16,15 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hcast.hierarchy._validation import as_levels
+from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
-from hcast.hierarchy.losses._common import (
-    _check_taxonomy,
-    _check_logits,
-    _check_class_targets,
-    _reduce,
-    _level_maps,
-)
+from hcast.hierarchy.losses._common import FINE_CLASSES, _level_maps
 
 __all__ = ["ramp_weight", "LevelWeightedCrossEntropy"]
 
@@ -48,14 +41,12 @@ def _per_level(value: Optional[Sequence[float]], num_levels: int, default: float
     if value is None:
         return (float(default),) * num_levels
     if isinstance(value, (int, float)):
-        return (float(value),) * num_levels
-    value = tuple(float(v) for v in value)
+        return (V.check_number(arg, value, low=0),) * num_levels
+    value = tuple(V.check_number(f"{arg}[{l}]", v, low=0) for l, v in enumerate(value))
     if len(value) != num_levels:
         raise ValueError(
             f"{arg} has {len(value)} entries but level_weights has {num_levels}; give one value per level, finest first."
         )
-    if any(v < 0 or not math.isfinite(v) for v in value):
-        raise ValueError(f"{arg} must hold finite non-negative numbers, got {value}.")
     return value
 
 
@@ -107,6 +98,8 @@ class LevelWeightedCrossEntropy(nn.Module):
         * ``epoch``: overrides the epoch set by :meth:`set_epoch` for this call.
 
     Raises:
+        TypeError: ``taxonomy`` not a :class:`~hcast.hierarchy.Taxonomy`; logits not
+            floating point or not tensors; hard targets not integer.
         ValueError: a level count that does not match ``level_weights``, logits not
             (N, C_l), or an integer target outside ``[0, C_l)`` (message names
             ``targets[l]`` and the id).
@@ -128,14 +121,12 @@ class LevelWeightedCrossEntropy(nn.Module):
         num_levels = len(self.level_weights)
         self.start_epochs = _per_level(start_epochs, num_levels, 0.0, "start_epochs")
         self.ramp_epochs = _per_level(ramp_epochs, num_levels, 0.0, "ramp_epochs")
-        if coarse_logits not in ("logsumexp", "sum"):
-            raise ValueError(f"coarse_logits must be 'logsumexp' or 'sum', got {coarse_logits!r}.")
-        self.coarse_logits = coarse_logits
+        self.coarse_logits = V.check_choice("coarse_logits", coarse_logits, ("logsumexp", "sum"))
         self.label_smoothing = float(label_smoothing)
         self.epoch: float = 0
         self.num_classes: Optional[tuple[int, ...]] = None
         if taxonomy is not None:
-            _check_taxonomy(taxonomy)
+            V.check_instance("taxonomy", taxonomy, Taxonomy)
             if taxonomy.num_levels != num_levels:
                 raise ValueError(
                     f"taxonomy has {taxonomy.num_levels} levels but level_weights has {num_levels} entries; "
@@ -170,7 +161,7 @@ class LevelWeightedCrossEntropy(nn.Module):
                         f"per-level logits (finest first), or a taxonomy to derive coarser logits from fine ones."
                     )
                 return [logits]
-            _check_logits(logits, self.num_classes[0])
+            V.check_logits("logits", logits, self.num_classes[0])
             out = [logits]
             for l in range(1, self.num_levels):
                 index = self.level_maps[l].to(logits.device)[None, :].expand_as(logits)
@@ -180,18 +171,8 @@ class LevelWeightedCrossEntropy(nn.Module):
                 else:
                     out.append(_scatter_logsumexp(logits, index, shape))
             return out
-        logits = as_levels(logits, "logits")
-        if len(logits) != self.num_levels:
-            raise ValueError(
-                f"logits has {len(logits)} levels but level_weights has {self.num_levels}; give one (N, C_l) tensor "
-                f"per level, finest first."
-            )
-        for l, z in enumerate(logits):
-            n_l = self.num_classes[l] if self.num_classes is not None else (z.shape[1] if torch.is_tensor(z) and z.dim() == 2 else -1)
-            _check_logits(z, n_l, f"logits[{l}]")
-            if z.shape[0] != logits[0].shape[0]:
-                raise ValueError(f"logits[{l}] has {z.shape[0]} rows but logits[0] has {logits[0].shape[0]}.")
-        return logits
+        V.check_level_count("logits", len(V.as_levels(logits, "logits")), self.num_levels, of="level_weights")
+        return V.check_level_logits(logits, "logits", self.num_classes)
 
     def _split_targets(self, targets: Union[Tensor, Sequence[Tensor]], logits: list[Tensor]) -> list[Tensor]:
         n = logits[0].shape[0]
@@ -204,31 +185,28 @@ class LevelWeightedCrossEntropy(nn.Module):
                     )
                 targets = [targets]
             else:
-                _check_class_targets(targets, self.num_classes[0], n, "targets")
+                V.check_labels("targets", targets, n, num_classes=self.num_classes[0], where=FINE_CLASSES)
                 maps = self.level_maps.to(targets.device)
                 return [maps[l][targets.long()] for l in range(self.num_levels)]
-        if torch.is_tensor(targets) and targets.dim() == 2 and not targets.is_floating_point():
+        if torch.is_tensor(targets) and targets.dim() == 2:
+            V.check_integer("targets (an (N, num_levels) tensor of paths)", targets)
             targets = targets.unbind(1)  # (N, num_levels) paths, as Taxonomy.paths()[fine]
-        elif torch.is_tensor(targets):
+        elif torch.is_tensor(targets) and targets.dim() != 1:
             raise ValueError(
                 f"targets must be (N,) fine ids (with a taxonomy), an (N, num_levels) integer tensor of paths, "
-                f"or a sequence of per-level targets; got a {targets.dtype} tensor of shape {tuple(targets.shape)}."
+                f"or a sequence of per-level targets; got a tensor of shape {tuple(targets.shape)}."
             )
-        targets = list(targets)
-        if len(targets) != self.num_levels:
-            raise ValueError(
-                f"targets has {len(targets)} levels but level_weights has {self.num_levels}; give one target tensor "
-                f"per level, finest first."
-            )
+        targets = V.as_levels(targets, "targets")
+        V.check_level_count("targets", len(targets), self.num_levels, of="level_weights")
         for l, (y, z) in enumerate(zip(targets, logits)):
-            if torch.is_tensor(y) and y.is_floating_point():
+            if y.is_floating_point() and y.dim() == 2:
                 if tuple(y.shape) != tuple(z.shape):
                     raise ValueError(
                         f"targets[{l}] holds class probabilities of shape {tuple(y.shape)}; expected "
                         f"{tuple(z.shape)}, the shape of logits[{l}]."
                     )
             else:
-                _check_class_targets(y, z.shape[1], n, f"targets[{l}]")
+                V.check_labels(f"targets[{l}]", y, n, f"logits[{l}]", num_classes=z.shape[1], where=f" at level {l}")
         return targets
 
     def forward(

@@ -12,18 +12,16 @@ outside the taxonomy raise ``ValueError`` naming the argument and the class id
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hcast import _validation as V
 from hcast.hierarchy.taxonomy import Taxonomy
 from hcast.hierarchy.losses._common import (
-    _check_taxonomy,
-    _check_reduction,
-    _check_logits,
-    _check_class_targets,
+    REDUCTIONS,
+    FINE_CLASSES,
     _reduce,
 )
 
@@ -49,10 +47,13 @@ def soft_labels(taxonomy: Taxonomy, beta: float = 10.0) -> Tensor:
 
     Returns:
         (num_fine, num_fine) float32 tensor whose rows sum to one.
+
+    Raises:
+        TypeError: ``taxonomy`` not a :class:`~hcast.hierarchy.Taxonomy`.
+        ValueError: ``beta`` not finite.
     """
-    _check_taxonomy(taxonomy)
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be a finite number, got {beta!r}.")
+    V.check_instance("taxonomy", taxonomy, Taxonomy)
+    beta = V.check_number("beta", beta)
     dist = taxonomy.lca_height_matrix().to(torch.float64)
     d_max = dist.max()
     if d_max > 0:  # a one-class taxonomy has only zero distances
@@ -86,16 +87,21 @@ def soft_label_cross_entropy(
         taxonomy: the class tree.
         beta: hardness of the soft labels.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        validate_args: check shapes and that targets lie in the taxonomy.
+        validate_args: check that the target ids lie in the taxonomy (a host sync); type and
+            shape checks always run.
 
     Raises:
-        ValueError: bad shapes, or a target id outside ``[0, num_fine)`` (named in the message).
+        TypeError: ``taxonomy`` not a :class:`~hcast.hierarchy.Taxonomy`, ``logits`` not a
+            floating tensor, ``targets`` not an integer tensor.
+        ValueError: an unknown ``reduction``, bad shapes, a non-finite ``beta``, or (with
+            ``validate_args``) a target id outside ``[0, num_fine)`` (named in the message).
     """
-    _check_reduction(reduction)
-    matrix = soft_labels(taxonomy, beta).to(logits.device)
-    if validate_args:
-        _check_logits(logits, taxonomy.num_fine)
-        _check_class_targets(targets, taxonomy.num_fine, logits.shape[0])
+    V.check_choice("reduction", reduction, REDUCTIONS)
+    matrix = soft_labels(taxonomy, beta)
+    V.check_logits("logits", logits, taxonomy.num_fine)
+    V.check_labels("targets", targets, logits.shape[0], num_classes=taxonomy.num_fine if validate_args else None,
+                   where=FINE_CLASSES)
+    matrix = matrix.to(logits.device)
     return _reduce(_soft_ce(logits, targets.long(), matrix), reduction)
 
 
@@ -106,7 +112,8 @@ class SoftLabelCrossEntropyLoss(nn.Module):
         taxonomy: the class tree.
         beta: hardness of the soft labels (larger: closer to one-hot).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        validate_args: check shapes and target ids on every call.
+        validate_args: check the target ids on every call (a host sync); type and shape
+            checks always run.
 
     Shape:
         ``forward(logits (N, num_fine) float, targets (N,) int64) -> scalar`` (or (N,)).
@@ -117,7 +124,7 @@ class SoftLabelCrossEntropyLoss(nn.Module):
         self, taxonomy: Taxonomy, beta: float = 10.0, reduction: str = "mean", validate_args: bool = True
     ) -> None:
         super().__init__()
-        _check_reduction(reduction)
+        V.check_choice("reduction", reduction, REDUCTIONS)
         self.num_fine = taxonomy.num_fine
         self.beta = float(beta)
         self.reduction = reduction
@@ -126,14 +133,14 @@ class SoftLabelCrossEntropyLoss(nn.Module):
 
     def soft_targets(self, targets: Tensor) -> Tensor:
         """(N, num_fine) soft targets for (N,) int64 fine class ids."""
-        if self.validate_args:
-            _check_class_targets(targets, self.num_fine, targets.shape[0] if torch.is_tensor(targets) else -1)
+        V.check_labels("targets", targets, num_classes=self.num_fine if self.validate_args else None,
+                       where=FINE_CLASSES)
         return self.soft_labels[targets.long()]
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if self.validate_args:
-            _check_logits(logits, self.num_fine)
-            _check_class_targets(targets, self.num_fine, logits.shape[0])
+        V.check_logits("logits", logits, self.num_fine)
+        V.check_labels("targets", targets, logits.shape[0], num_classes=self.num_fine if self.validate_args else None,
+                       where=FINE_CLASSES)
         return _reduce(_soft_ce(logits, targets.long(), self.soft_labels), self.reduction)
 
     def extra_repr(self) -> str:

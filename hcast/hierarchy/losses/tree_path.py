@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hcast.hierarchy._validation import check_level_logits
+from hcast import _validation as V
 
 __all__ = ["HCASTLoss", "tree_path_kl", "level_targets_to_probs"]
 
@@ -53,36 +53,21 @@ def level_targets_to_probs(
         list of (N, C_l) tensors of the logits' dtype, finest first.
 
     Raises:
-        TypeError: ``logits`` or ``targets`` is a single tensor (for several levels)
-            or holds non-tensors, or the logits are not floating point.
+        TypeError: ``logits`` or ``targets`` is a single tensor or holds non-tensors,
+            the logits are not floating point, or 1-D hard labels are not integer.
         ValueError: a level count, batch size or class count that does not match
             the logits, or a hard label outside ``[0, C_l)`` (naming the level and
             the offending label).
     """
-    logits = check_level_logits(logits)
-    if torch.is_tensor(targets) and len(logits) > 1:
-        raise TypeError("targets must be a sequence with one entry per level, finest first.")
-    targets = list(targets)
-    if len(targets) != len(logits):
-        raise ValueError(
-            f"targets has {len(targets)} levels but logits has {len(logits)}; give one target per level, finest first."
-        )
+    logits = V.check_level_logits(logits)
+    targets = V.as_levels(targets, "targets")
+    V.check_level_count("targets", len(targets), len(logits), of="logits")
     out = []
     for l, (x, t) in enumerate(zip(logits, targets)):
         n, c = x.shape
-        if not torch.is_tensor(t):
-            raise TypeError(f"targets[{l}] must be a tensor, got {type(t).__name__}.")
         if t.dim() == 1:
-            if t.is_floating_point() or t.dtype == torch.bool:
-                raise ValueError(f"targets[{l}] is a 1-D {t.dtype} tensor; hard labels must be integer class ids.")
-            if t.shape[0] != n:
-                raise ValueError(f"targets[{l}] has {t.shape[0]} labels but logits[{l}] has batch size {n}.")
-            bad = (t < 0) | (t >= c)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"targets[{l}][{i}] is {int(t[i])}, outside [0, {c}) for level {l} (logits[{l}] has {c} classes)."
-                )
+            V.check_labels(f"targets[{l}]", t, n, f"logits[{l}]", num_classes=c,
+                           where=f" for level {l} (logits[{l}] has {c} classes)")
             off = label_smoothing / c
             probs = torch.full((n, c), off, dtype=x.dtype, device=x.device)
             probs.scatter_(1, t.long().view(-1, 1), 1.0 - label_smoothing + off)
@@ -137,7 +122,8 @@ class HCASTLoss(nn.Module):
         level (both kinds may be mixed). Returns a scalar tensor.
 
     Raises:
-        TypeError: logits given as one tensor, non-tensor entries, integer logits.
+        TypeError: logits or targets given as one tensor, non-tensor entries, integer
+            logits, float 1-D labels.
         ValueError: level counts, shapes or labels outside ``[0, C_l)``.
 
     Example:
@@ -152,19 +138,15 @@ class HCASTLoss(nn.Module):
         level_weights: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
-        if kl_weight < 0:
-            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}.")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
-        self.kl_weight = float(kl_weight)
-        self.label_smoothing = float(label_smoothing)
+        self.kl_weight = V.check_number("kl_weight", kl_weight, low=0)
+        self.label_smoothing = V.check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
         self.level_weights = None if level_weights is None else tuple(float(w) for w in level_weights)
 
     def components(
         self, logits: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """The loss and its parts for logging: ``{"loss", "ce", "ce_level0", ..., "kl"}`` (scalars)."""
-        logits = check_level_logits(logits)
+        logits = V.check_level_logits(logits)
         probs = level_targets_to_probs(logits, targets, self.label_smoothing)
         if self.level_weights is not None and len(self.level_weights) != len(logits):
             raise ValueError(
