@@ -19,4 +19,5 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
     "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
 "$PY" -m pip install -q -e ".[test]"
-exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+# one pytest worker per core (pytest-xdist), whole test files per worker (module fixtures built once)
+exec "$PY" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-auto}" --dist loadfile "$@"

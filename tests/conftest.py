@@ -4,10 +4,20 @@ The suite reads real data that scripts/test.sh installs from Debian: Fashion-MNI
 (``dataset-fashion-mnist``) and WordNet (``wordnet-base``). A missing data set fails the
 run at once with the command that installs it, instead of silently skipping tests.
 """
+import os
+
 import pytest
 import torch
 
 from hcast.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
+
+
+def pytest_configure(config):
+    # under pytest-xdist (scripts/test.sh runs one worker per core) each worker gets its share
+    # of the cores: N workers x N torch threads would oversubscribe them
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 @pytest.fixture(scope="session", autouse=True)
