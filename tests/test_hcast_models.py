@@ -83,7 +83,7 @@ def test_backward_and_reset_classifier(batch):
     m.reset_classifier(0)
     feats = m.forward_levels(x, segments)
     assert [tuple(f.shape) for f in feats] == [(2, m.num_features)] * 3
-    with pytest.raises(ValueError, match="level counts"):
+    with pytest.raises(ValueError, match="class counts \\(one per level"):
         m.reset_classifier((3, 2))
 
 

@@ -124,7 +124,7 @@ def test_reset_classifier_and_argument_checks():
     assert [o.shape[1] for o in model.forward_levels(images())] == [SMALL["embed_dim"]] * 3
     with pytest.raises(ValueError, match="num_classes"):
         model.reset_classifier((7, 4))
-    with pytest.raises(ValueError, match="level_classes"):
+    with pytest.raises(TypeError, match="level_classes"):  # a count where a sequence is needed: a type
         make(level_classes=10)
     with pytest.raises(ValueError, match="level_blocks"):
         make(level_blocks=(8, 5, 11))

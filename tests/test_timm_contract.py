@@ -296,7 +296,7 @@ def test_hcast_forward_levels_set_level_outputs_and_num_classes(batch):
     assert model.level_classes == (4, 5) and model.get_classifier().out_features == 4
     model.reset_classifier((3, 2))
     assert [h.out_features for h in model.heads] == [3, 2]
-    with pytest.raises(ValueError, match="disagrees"):
+    with pytest.raises(ValueError, match="num_classes: got 5, but level_classes"):
         hcast_tiny(level_classes=(6, 3), num_classes=5)
 
 

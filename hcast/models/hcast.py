@@ -24,8 +24,9 @@ from timm.layers import global_pool_nlc
 from timm.models import generate_default_cfgs, register_model
 
 from hcast.hierarchy import Taxonomy, benchmark_taxonomy
-from hcast.models.cast import (CAST, _cfg, _check_global_pool, _check_num_classes, _create_cast, _variant_kwargs,
+from hcast.models.cast import (CAST, _cfg, _check_global_pool, _create_cast, _variant_kwargs,
                                convert_backbone, init_linear)
+from hcast.models.levels import LevelHeads, resolve_level_classes
 from hcast.weights.original import has_level_heads, rename_level_heads, strip_prefixes, unwrap_state_dict
 
 __all__ = ["HCAST", "checkpoint_filter_fn"]
@@ -41,23 +42,7 @@ def _as_taxonomy(taxonomy: Any) -> Any:
     return taxonomy
 
 
-def _level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any) -> Tuple[int, ...]:
-    if taxonomy is not None:
-        counts = getattr(taxonomy, "num_classes", None)
-        if counts is None:
-            raise TypeError(f"taxonomy must have a .num_classes tuple (hcast.hierarchy.Taxonomy), got "
-                            f"{type(taxonomy).__name__}.")
-        counts = tuple(int(c) for c in counts)
-        if level_classes is not None and tuple(level_classes) != counts:
-            raise ValueError(f"level_classes={tuple(level_classes)} disagrees with taxonomy.num_classes={counts}; "
-                             f"pass only one of them.")
-        return counts
-    if isinstance(level_classes, int) or not all(isinstance(c, int) and c >= 0 for c in level_classes):
-        raise ValueError(f"level_classes must be a sequence of class counts >= 0, finest first, got {level_classes!r}.")
-    return tuple(level_classes)
-
-
-class HCAST(CAST):
+class HCAST(LevelHeads, CAST):
     """H-CAST: per-level heads on the class tokens of CAST's stages.
 
     Under timm's model contract ``forward`` returns one tensor, the finest level's
@@ -90,59 +75,27 @@ class HCAST(CAST):
 
     def __init__(self, level_classes: Optional[Sequence[int]] = None, taxonomy: Any = None,
                  num_classes: Optional[int] = None, **kwargs: Any) -> None:
-        if num_classes is not None:
-            num_classes = _check_num_classes(num_classes)
         taxonomy = _as_taxonomy(taxonomy)
-        if level_classes is None and taxonomy is None:
-            if not num_classes:
-                raise ValueError("H-CAST needs level_classes=(n_fine, ..., n_coarse), taxonomy=Taxonomy(...) or "
-                                 "num_classes=N (a one-level model).")
-            level_classes = (int(num_classes),)  # a one-level model, read like CAST
-        else:
-            level_classes = _level_classes(level_classes, taxonomy)
-            if not 1 <= len(level_classes) <= 4:
-                raise ValueError(f"H-CAST needs 1 to 4 taxonomy levels (one head per stage), got "
-                                 f"level_classes={level_classes}.")
-            if num_classes == 0:
-                level_classes = (0,) * len(level_classes)  # no heads: per-level features
-            elif num_classes is not None and num_classes != level_classes[0]:
-                raise ValueError(f"num_classes={num_classes} disagrees with level_classes={level_classes} (the "
-                                 f"finest level's count); pass level_classes only, or num_classes=0 for features.")
+        level_classes = resolve_level_classes(level_classes, taxonomy, num_classes, max_levels=4, model="H-CAST")
         if kwargs.get("global_pool") == "map":
             raise ValueError("global_pool='map' is not available for H-CAST (one attention pooling would be "
                              "shared by every level); use 'token', 'avg', 'avgmax', 'max' or ''.")
         super().__init__(num_classes=0, **kwargs)
         self.taxonomy = taxonomy
         self.level_outputs = False
-        # Level l (finest first) reads stage level_stages[l] (0-based); the coarsest the last stage.
         del self.head
         self._set_heads(level_classes)
 
+    def _new_head(self, num_classes: int) -> nn.Module:
+        head = nn.Linear(self.embed_dim, num_classes)
+        init_linear(head)  # normal(0, 0.02), zero bias, as CAST's heads
+        return head
+
     def _set_heads(self, level_classes: Sequence[int]) -> None:
-        heads = nn.ModuleList(nn.Linear(self.embed_dim, n) if n > 0 else nn.Identity() for n in level_classes)
-        heads.apply(init_linear)
-        self.heads = heads
-        self.level_classes = tuple(level_classes)
-        self.num_classes = self.level_classes[0]
+        super()._set_heads(level_classes)
+        # level l (finest first) reads stage level_stages[l] (0-based); the coarsest the last stage
         self.level_stages = tuple(range(len(self.stages) - len(level_classes), len(self.stages)))
         self.num_prefix_tokens = len(level_classes)  # forward_features: one token per level, then segments
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.level_classes)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The finest level's head (``model.heads`` holds every level's)."""
-        return self.heads[0]
-
-    @torch.jit.ignore
-    def set_level_outputs(self, enable: bool = True) -> None:
-        """Make ``forward`` return the per-level logits tuple, finest first (as
-        :meth:`forward_levels`), or, with ``enable=False``, the finest level's tensor
-        (the default). For code that can only call ``forward``: DDP, ``torch.compile``,
-        export. timm's ``set_distilled_training`` is the precedent."""
-        self.level_outputs = bool(enable)
 
     def reset_classifier(self, num_classes: Union[int, Sequence[int]], global_pool: Optional[str] = None) -> None:
         """New heads. ``num_classes``: a per-level sequence of counts (finest first) replaces
@@ -158,20 +111,7 @@ class HCAST(CAST):
                 raise ValueError("global_pool='map' is not available for H-CAST; use 'token', 'avg', 'avgmax', "
                                  "'max' or ''.")
             self.global_pool = global_pool
-        if isinstance(num_classes, int) and num_classes > 0:  # the finest head only
-            _check_num_classes(num_classes)
-            head = nn.Linear(self.embed_dim, num_classes)
-            init_linear(head)
-            self.heads[0] = head
-            self.level_classes = (num_classes,) + self.level_classes[1:]
-            self.num_classes = num_classes
-        else:
-            counts = (0,) * self.num_levels if num_classes == 0 else tuple(num_classes)
-            if len(counts) != self.num_levels:
-                raise ValueError(f"num_classes must give {self.num_levels} level counts, got {counts}.")
-            self._set_heads(counts)
-        if self.level_classes != tuple(getattr(self.taxonomy, "num_classes", ())):
-            self.taxonomy = None
+        self._reset_level_heads(num_classes)
 
     def _level_feature(self, stage_tokens: Sequence[torch.Tensor], level: int) -> torch.Tensor:
         """Level ``level``'s (B, C) feature: its stage's tokens pooled as ``global_pool``

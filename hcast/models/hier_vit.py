@@ -33,8 +33,8 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as _vit_checkpoint_filter_fn
 
-from hcast import _validation as V
 from hcast.models.factory import FromPretrainedMixin
+from hcast.models.levels import LevelHeads, resolve_level_classes
 from hcast.weights.builder import build_model_with_hcast_cfg
 from hcast.weights.original import rename_level_heads, strip_prefixes
 
@@ -60,33 +60,7 @@ def default_level_blocks(depth: int, num_levels: int) -> Tuple[int, ...]:
     return blocks
 
 
-def _resolve_level_classes(level_classes: Optional[Sequence[int]], taxonomy: Any,
-                           num_classes: Optional[int]) -> Tuple[int, ...]:
-    if num_classes is not None:
-        V.check_int("num_classes (0 builds no classifier)", num_classes, 0)
-    if taxonomy is not None:
-        counts = tuple(int(c) for c in taxonomy.num_classes)
-        if level_classes is not None and tuple(level_classes) != counts:
-            raise ValueError(f"level_classes: got {tuple(level_classes)}, but the taxonomy has {counts} classes "
-                             f"per level (finest first); pass one of them.")
-        level_classes = counts
-    if level_classes is None:
-        level_classes = (1000 if num_classes is None else num_classes,)
-    if isinstance(level_classes, int) or not isinstance(level_classes, Sequence) or len(level_classes) == 0:
-        raise ValueError(f"level_classes: expected a non-empty sequence of class counts, finest level first "
-                         f"(e.g. (100, 70, 30)), got {level_classes!r}.")
-    counts = tuple(level_classes)
-    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-        raise ValueError(f"level_classes: expected non-negative integer class counts, got {counts!r}.")
-    if num_classes == 0:
-        return (0,) * len(counts)  # no heads: per-level features
-    if num_classes is not None and num_classes != counts[0]:
-        raise ValueError(f"num_classes: got {num_classes}, but level_classes={counts} puts {counts[0]} classes at "
-                         f"the finest level; pass level_classes only.")
-    return counts
-
-
-class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
+class HierVisionTransformer(LevelHeads, FromPretrainedMixin, VisionTransformer):
     """ViT with per-level classifiers on the class token of different blocks (Hier-ViT).
 
     Args:
@@ -120,7 +94,8 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
             from hcast.hierarchy import Taxonomy
 
             taxonomy = Taxonomy.from_dict(taxonomy)
-        level_classes = _resolve_level_classes(level_classes, taxonomy, num_classes)
+        level_classes = resolve_level_classes(level_classes, taxonomy, num_classes, default_classes=1000,
+                                              model="Hier-ViT")
         if kwargs.get("global_pool", "token") != "token" or not kwargs.get("class_token", True):
             raise ValueError(f"global_pool: Hier-ViT reads the class token (global_pool='token', class_token=True), "
                              f"got global_pool={kwargs.get('global_pool')!r}, class_token={kwargs.get('class_token')!r}.")
@@ -142,34 +117,12 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
         del self.head  # replaced by one head per level
         self._set_heads(level_classes)
 
-    def _set_heads(self, level_classes: Tuple[int, ...]) -> None:
+    def _new_head(self, num_classes: int) -> nn.Module:
         device = self.cls_token.device if self.cls_token is not None else None
-        heads = nn.ModuleList(
-            nn.Linear(self.embed_dim, n, device=device) if n > 0 else nn.Identity() for n in level_classes)
-        for head in heads:
-            if isinstance(head, nn.Linear):  # as the original: trunc normal (std 0.02), zero bias
-                trunc_normal_(head.weight, std=.02)
-                nn.init.zeros_(head.bias)
-        heads.train(self.training)
-        self.heads = heads
-        self.level_classes = tuple(level_classes)
-        self.num_classes = self.level_classes[0]
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.level_classes)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The finest level's head (``model.heads`` holds every level's)."""
-        return self.heads[0]
-
-    @torch.jit.ignore
-    def set_level_outputs(self, enable: bool = True) -> None:
-        """Make ``forward`` return the per-level logits tuple, finest first (as
-        :meth:`forward_levels`), or the finest level's tensor (``enable=False``, the
-        default); timm's ``set_distilled_training`` is the precedent."""
-        self.level_outputs = bool(enable)
+        head = nn.Linear(self.embed_dim, num_classes, device=device)
+        trunc_normal_(head.weight, std=.02)  # as the original: trunc normal (std 0.02), zero bias
+        nn.init.zeros_(head.bias)
+        return head.train(self.training)
 
     def reset_classifier(self, num_classes: Union[int, Sequence[int]], global_pool: Optional[str] = None) -> None:
         """New heads, as for H-CAST: a per-level sequence of counts replaces every head;
@@ -182,21 +135,7 @@ class HierVisionTransformer(FromPretrainedMixin, VisionTransformer):
         # '' with 0 classes is timm's prune_intermediate_layers() dropping the heads (features_only)
         if global_pool not in (None, "token") and not (global_pool == "" and num_classes == 0):
             raise ValueError(f"global_pool: Hier-ViT reads the class token ('token'), got {global_pool!r}.")
-        if isinstance(num_classes, int) and num_classes > 0:
-            counts = (num_classes,) + self.level_classes[1:]
-        else:
-            counts = (0,) * self.num_levels if num_classes == 0 else tuple(num_classes)
-        counts = _resolve_level_classes(counts, None, None)
-        if len(counts) != self.num_levels:
-            raise ValueError(f"num_classes: expected {self.num_levels} class counts (one per level, finest "
-                             f"first), got {counts}.")
-        old = self.heads
-        self._set_heads(counts)
-        if isinstance(num_classes, int) and num_classes > 0:
-            for level in range(1, self.num_levels):
-                self.heads[level] = old[level]  # only the finest head is new
-        if counts != tuple(getattr(self.taxonomy, "num_classes", ())):
-            self.taxonomy = None
+        self._reset_level_heads(num_classes)
 
     def _features(self, block_tokens: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """What :meth:`forward_features` returns, from the tokens after the level blocks."""
