@@ -41,7 +41,8 @@ class Recipe:
             ``--model`` is not given).
         pretrained: start from the model's pretrained weights.
         data: ``hcast finetune`` data settings the recipe fixes (``train_samples``,
-            ``val_samples``), empty for the full benchmark.
+            ``val_samples``; ``scenes``: GarmentScenes' ``garments`` and ``scale``), empty for
+            the full benchmark.
         sources: field name -> where its value comes from.
     """
 
@@ -177,7 +178,7 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in [
             segmentation_head=("mask_transformer", f"{_SEGMENTER}: mask transformer decoder")),
     _recipe("garment-scenes", "the segmentation job: a small CAST segmenter from scratch on GarmentScenes "
             "(Fashion-MNIST garments on photographs), 2 CPU cores", "cast_seg_tiny", False, _SEGMENTATION,
-            data={"train_samples": 4000, "val_samples": 500},
+            data={"train_samples": 4000, "val_samples": 500, "scenes": {"garments": (1, 2), "scale": (0.45, 0.8)}},
             steps=(3000, "segmentation job: the plan the CPU budget shortens"),
             batch_size=(32, "segmentation job"), opt=("adamw", "segmentation job"),
             lr=(2e-3, "segmentation job"), weight_decay=(0.05, "segmentation job"),
