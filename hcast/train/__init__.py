@@ -29,7 +29,7 @@ from hcast.train.distributed import (
     resolve_device,
     unwrap_model,
 )
-from hcast.train.batches import SuperpixelFn, progress_bar, unpack_batch
+from hcast.train.batches import progress_bar, unpack_batch
 from hcast.train.loop import AttentionBackendChooser, TimeBudget, level_logits, level_targets, train_one_epoch, train_steps
 from hcast.train.evaluation import evaluate, format_metrics_table
 from hcast.train.outputs import plot_learning_curves, save_model_folder, write_log
@@ -85,7 +85,6 @@ __all__ = [
     "SegmentationTensors",
     "ShardSampler",
     "superpixel_settings",
-    "SuperpixelFn",
     "SuperpixelSettings",
     "Task",
     "TimeBudget",

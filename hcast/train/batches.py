@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 
 import torch
 
-__all__ = ["SuperpixelFn", "progress_bar", "unpack_batch"]
+__all__ = ["progress_bar", "unpack_batch"]
 
 #: (B, 3, H, W) float images -> (B, H, W) int64 superpixel ids, e.g. ``hcast.ops.superpixels``
 SuperpixelFn = Callable[[torch.Tensor], torch.Tensor]

@@ -9,7 +9,7 @@
                               fresh_heads=True)
     config = get_recipe("hcast-cub").config.replace(epochs=30, batch_size=64)
     result = finetune(model, train_set, val_set, taxonomy, config, output="runs/cub")
-    print(result.best_epoch, result.best_score)
+    print(result.best_epoch, result.best_score)  # best validation FPA
 
 :func:`finetune` runs, in order (each a documented function a loop of your own, or
 ``hcast finetune``, can call alone):
@@ -482,7 +482,7 @@ class RunOutputs:
 
 
 def _budget(config: FinetuneConfig, ctx: DistributedContext, data: FinetuneData, setup: TrainingSetup,
-            state: TrainingState, task: Task) -> Optional[TimeBudget]:
+            state: TrainingState) -> Optional[TimeBudget]:
     if not config.time_budget:
         return None
     planned = config.steps or config.epochs * data.steps_per_epoch
@@ -520,7 +520,7 @@ def train_epochs(setup: TrainingSetup, data: FinetuneData, state: TrainingState,
     """
     say = _say(ctx)
     model = setup.model
-    budget = _budget(config, ctx, data, setup, state, task)
+    budget = _budget(config, ctx, data, setup, state)
     total_updates = config.steps or config.epochs * data.steps_per_epoch
 
     def should_stop(num_updates: int) -> bool:

@@ -116,9 +116,9 @@ def create_optimizer_and_scheduler(model: nn.Module, config: Any, steps_per_epoc
                                     weight_decay=config.weight_decay, momentum=config.momentum, **extra)
     total = max(1, config.steps or config.epochs * steps_per_epoch)
     warmup = config.warmup_steps if config.warmup_steps is not None else int(round(config.warmup_epochs * steps_per_epoch))
-    warmup = min(warmup, total - 1)
     if config.sched == "poly":
         return optimizer, PolyLR(optimizer, total, power=config.poly_power, warmup_t=warmup), 0
+    warmup = min(warmup, total - 1)  # the cosine needs at least one update after its warm-up
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=config.min_lr, warmup_t=warmup,
                                   warmup_lr_init=config.warmup_lr, warmup_prefix=True, t_in_epochs=False)
     scheduler.step_update(0)
