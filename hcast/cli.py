@@ -605,8 +605,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     :func:`hcast.train.finetune`."""
     import torch
 
-    from hcast.train import (check_resume, destroy_distributed, finetune, init_distributed, resume_checkpoint_path,
-                             superpixel_settings)
+    from hcast.train import (check_batch_size, check_resume, destroy_distributed, finetune, init_distributed,
+                             resume_checkpoint_path, superpixel_settings)
 
     config, settings, sources = resolve_finetune_config(args)
     if args.print_config:
@@ -632,10 +632,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         model, model_args = _build_model_for_finetune(settings["model"], settings["pretrained"], args, config, task)
     with user_input(f"data {args.data!r}"):
         train_set, val_set = _finetune_datasets(args, settings, config, task)
-    if len(train_set) < config.batch_size * ctx.world_size:  # finetune() would find no full batch
-        raise UsageError(f"--batch-size: the {len(train_set)} training images give no full batch of {config.batch_size} "
-                         f"per process on {ctx.world_size} process(es); lower --batch-size to {len(train_set)} or "
-                         "less, or train on more images.")
+    try:  # finetune() checks it too; here before the superpixel settings and the checkpoint are read
+        check_batch_size(len(train_set), config, ctx.world_size)
+    except ValueError as e:
+        raise UsageError(str(e).replace("batch_size", "--batch-size")) from None
     with user_input("--num-segments" if config.num_segments else "superpixels",
                     {"input_size": "--input-size"}):  # before any image is read
         superpixel_settings(model, config, task)
@@ -647,11 +647,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 check_resume(load_checkpoint(resume, map_location="cpu"), resume, model, task)
         try:
             finetune(model, train_set, val_set, task, config, output=out, resume=resume, model_args=model_args)
-        except ValueError as e:  # the data / checkpoint checks finetune() runs before training
-            if not str(e).startswith(("train_set:", "resume:")):
+        except ValueError as e:  # the checkpoint checks finetune() runs before training
+            if not str(e).startswith("resume:"):
                 raise
-            raise UsageError(str(e).replace("train_set:", "--data:", 1).replace("batch_size", "--batch-size")
-                             .replace("resume:", "--resume:", 1)) from None
+            raise UsageError(str(e).replace("resume:", "--resume:", 1)) from None
     finally:
         destroy_distributed()
     return 0

@@ -39,7 +39,7 @@ from hcast.train.predict import predict_paths
 from hcast.train.optim import PolyLR, create_optimizer_and_scheduler
 from hcast.train.tasks import ClassificationTask, SegmentationTask, SegmentationTensors, Task, TransformedDataset
 from hcast.train.finetune import (FinetuneData, FinetuneResult, RunOutputs, SuperpixelSettings, TrainingSetup,
-                                  TrainingState, check_resume, finetune, prepare_data, prepare_training,
+                                  TrainingState, check_batch_size, check_resume, finetune, prepare_data, prepare_training,
                                   resume_checkpoint_path, resume_training, superpixel_settings, train_epochs,
                                   training_data_config, uses_superpixels)
 # checkpoints and JSON for loops of your own (hcast.weights.folder: atomic writes, safe loading)
@@ -48,6 +48,7 @@ from hcast.weights.folder import load_checkpoint, save_checkpoint
 
 __all__ = [
     "AttentionBackendChooser",
+    "check_batch_size",
     "check_resume",
     "ClassificationTask",
     "create_optimizer_and_scheduler",

@@ -66,7 +66,7 @@ from hcast.weights.folder import load_checkpoint, save_checkpoint
 
 __all__ = ["finetune", "FinetuneResult", "FinetuneData", "TrainingSetup", "TrainingState", "RunOutputs",
            "prepare_data", "prepare_training", "resume_training", "train_epochs", "training_data_config",
-           "superpixel_settings", "SuperpixelSettings", "check_resume", "resume_checkpoint_path", "uses_superpixels"]
+           "superpixel_settings", "SuperpixelSettings", "check_batch_size", "check_resume", "resume_checkpoint_path", "uses_superpixels"]
 
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -170,6 +170,19 @@ def superpixel_settings(model: nn.Module, config: FinetuneConfig, task: Task,
     return SuperpixelSettings(True, method, num_segments)
 
 
+def check_batch_size(num_images: int, config: FinetuneConfig, world_size: int = 1) -> None:
+    """Refuse, before any image is read, a training set that gives no full batch of
+    ``config.batch_size`` per process (training drops the last partial batch).
+
+    Raises:
+        ValueError: starting ``"batch_size:"``, with the largest batch size that fits.
+    """
+    if num_images < config.batch_size * world_size:
+        raise ValueError(f"batch_size: the {num_images} training images give no full batch of {config.batch_size} "
+                         f"per process on {world_size} process(es); lower batch_size to "
+                         f"{max(1, num_images // world_size)} or less, or train on more images.")
+
+
 @dataclass
 class FinetuneData:
     """What :func:`prepare_data` returns: the run's data, ready to iterate.
@@ -206,10 +219,11 @@ def prepare_data(model: nn.Module, train_set: Dataset, val_set: Dataset, config:
     without padding) and the loaders.
 
     Raises:
-        ValueError: ``"train_set: ..."``, too few images for one full batch per process.
+        ValueError: too few images for one full batch per process (:func:`check_batch_size`).
     """
     from hcast.data import collate_readable
 
+    check_batch_size(len(train_set), config, ctx.world_size)
     data_cfg = training_data_config(model, config)
     superpixels = superpixel_settings(model, config, task, data_cfg)
     train_data, val_data, superpixel_fn, cache_seconds = task.datasets(
@@ -230,9 +244,6 @@ def prepare_data(model: nn.Module, train_set: Dataset, val_set: Dataset, config:
     train_loader = DataLoader(train_data, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
                               **loader_kw)
     val_loader = DataLoader(val_data, batch_size=config.batch_size * 2, sampler=val_sampler, **loader_kw)
-    if len(train_loader) == 0:
-        raise ValueError(f"train_set: {len(train_data)} images give no full batch of {config.batch_size} per process "
-                         f"on {ctx.world_size} process(es); lower batch_size.")
     return FinetuneData(
         train_data=train_data, val_data=val_data, train_loader=train_loader, val_loader=val_loader,
         train_sampler=train_sampler, steps_per_epoch=min(len(train_loader), config.max_steps or len(train_loader)),
