@@ -425,8 +425,8 @@ class RunOutputs:
     atomically (``hcast._io``): at the start the task's description (``taxonomy.json`` or
     ``classes.json``) and ``finetune_config.json``; after each validated epoch that
     improves the score, the model folder (``config.json`` + ``model.safetensors``, the
-    task's format); after every epoch ``checkpoint-latest.pth`` (for resume), ``log.jsonl``
-    and ``learning_curves.png``.
+    task's format); after every epoch ``checkpoint-latest.pth`` (for resume) and
+    ``log.jsonl``; after every validated epoch ``learning_curves.png``.
 
     Args:
         folder: the output folder, or ``None`` (nothing written).
@@ -480,7 +480,9 @@ class RunOutputs:
             **self.task.checkpoint_entries(),
         }, self.folder / CHECKPOINT_NAME)
         write_log(state.history, self.folder / LOG_NAME)
-        plot_learning_curves(state.history, self.folder / CURVES_NAME)
+        if state.history and "val" in state.history[-1]:
+            # drawn when there is a new validation point (matplotlib costs a fraction of a second of the budget)
+            plot_learning_curves(state.history, self.folder / CURVES_NAME)
 
     def finish(self, say: Callable[[str], None], state: TrainingState, seconds: float) -> None:
         """The last line: where the model is and how to load it."""
