@@ -109,3 +109,25 @@ def test_cli_finetunes_a_segmenter_that_hcast_segment_loads(tmp_path, capsys):
     assert main(["segment", str(out), str(image), "--out", str(tmp_path / "segments")]) == 0
     labels = np.array(Image.open(tmp_path / "segments" / "scene_labels.png"))
     assert labels.shape == (32, 32) and labels.max() < 11
+
+
+def test_a_resumed_segmentation_run_ends_where_an_uninterrupted_one_does(data, tmp_path):
+    task = SegmentationTask(11, list(GARMENT_SCENE_CLASSES), model_name="cast_seg_tiny")
+    val = SegmentationTensors(data.images, data.segments, data.labels)
+    config = _config(steps=4, batch_size=8, warmup_steps=1)
+
+    def run(output, resume=None, stop_after=None):
+        torch.manual_seed(0)
+        model = CASTSegmenter(timm.create_model("cast_seg_tiny", num_classes=0, **TINY), 11)
+        return finetune(model, data, val, task, config, output=output, resume=resume, model_args=TINY,
+                        on_epoch_end=(lambda record: record["epoch"] == stop_after) if stop_after else None)
+
+    whole = run(tmp_path / "whole")
+    first = run(tmp_path / "cut", stop_after=2)
+    assert first.num_updates == 2 and first.stopped_early and first.best_epoch == 0  # not validated yet
+    resumed = run(tmp_path / "cut", resume="auto")
+    assert resumed.num_updates == whole.num_updates == 4
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert [r["train"]["loss"] for r in resumed.history] == [r["train"]["loss"] for r in whole.history]
+    assert resumed.metrics["miou"] == whole.metrics["miou"]

@@ -659,6 +659,8 @@ def finetune(
             ``img_size``).
         on_epoch_end: called with each epoch's log record on every process; returning
             ``True`` ends the run (early stopping; under DDP, answer alike on every process).
+            With ``config.val_every=0`` a run ended this way is not validated; its
+            checkpoint resumes it.
 
     Returns:
         a :class:`FinetuneResult`.
