@@ -291,7 +291,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     defaults = FinetuneConfig()
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a hierarchical classifier on a benchmark, an image folder or Fashion-MNIST",
+        help="fine-tune a hierarchical classifier (a benchmark, an image folder, Fashion-MNIST) or a CAST segmenter",
         description=(
             "Fine-tune an H-CAST (or Hier-ViT) model with hcast.train.finetune: timm's data pipeline (random resized "
             "crop, flip, RandAugment, random erasing), superpixels of the augmented image, hierarchical "
@@ -301,7 +301,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
             "model.safetensors (the best epoch by validation FPA; timm-loadable with "
             "timm.create_model('local-dir:OUTPUT', pretrained=True)), OUTPUT/checkpoint-latest.pth (for --resume), "
             "taxonomy.json, finetune_config.json (the resolved config), log.jsonl and learning_curves.png. "
-            "Run under torchrun for DDP."
+            "A segmentation recipe (--recipe cast-seg-voc, cast-seg-ade20k, garment-scenes; --task segmentation) trains "
+            "a CAST segmenter with pixel cross-entropy instead and writes a segmenter folder that `hcast segment` and "
+            "`hcast evaluate` load. Run under torchrun for DDP."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -79,3 +79,24 @@ def test_sliding_window_averages_overlaps():
     torch.testing.assert_close(out[0, 0, 0], torch.tensor([1., 1, 1, 1, 1.5, 1.5, 2, 2, 2, 2, 2.5, 2.5, 2.5, 2.5, 3, 3]))
     single = sliding_window_logits(model, torch.zeros(1, 3, 8, 8), crop=10, stride=4)
     assert single.shape == (1, 2, 8, 8) and model.calls[-1] == (8, 8)
+
+
+def test_finetune_the_voc_recipe_on_the_native_layout(tmp_path, capsys):
+    voc, _ = make_voc(tmp_path / "data")
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")
+    out = tmp_path / "voc"
+    assert main(["finetune", "--recipe", "cast-seg-voc", "--data", "voc2012", "--data-root", str(tmp_path / "data"),
+                 "--model", "cast_seg_tiny", "--no-pretrained", "--input-size", "32", "--num-segments", "16",
+                 "--steps", "2", "--batch-size", "1", "--device", "cpu", "--workers", "0", "--threads", "1",
+                 "--no-progress", "--model-kwargs", "embed_dim=32", "num_heads=2", "depths=[1,1,1,1]",
+                 "num_clusters=[8,4,2,2]", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "segmentation, 21 classes" in printed and "2 updates" in printed and "mIoU" in printed
+    model, names = load_segmenter(str(out))
+    assert names == list(VOC_CLASSES) and model.head_type == "softmax"
+    # the head trains at 10x the encoder's learning rate (SPML), both on the poly decay
+    state = torch.load(out / "checkpoint-latest.pth", weights_only=False)
+    assert sorted({g["lr_scale"] for g in state["optimizer"]["param_groups"]}) == [1.0, 10.0]
+    assert main(["evaluate", str(out), "voc2012", "--data-root", str(tmp_path / "data"), "--split", "val",
+                 "--no-progress"]) == 0
+    assert "mIoU (spml)" in capsys.readouterr().out
