@@ -2,7 +2,7 @@
 
 :class:`FinetuneConfig`'s defaults are a short, light fine-tuning run (what ``hcast
 finetune`` did before recipes existed); :mod:`hcast.train.recipes` holds the H-CAST
-authors' settings per benchmark and the main job's. ``hcast finetune --recipe NAME``
+authors' settings per benchmark, the CAST authors' segmentation fine-tuning and the jobs'. ``hcast finetune --recipe NAME``
 starts from a recipe and lets any flag override it; the resolved config is saved as
 ``finetune_config.json`` next to the model, so a run can be repeated exactly.
 """
@@ -76,8 +76,9 @@ class FinetuneConfig:
             ``train.py`` does; the authors validated the raw weights (False).
         repeated_aug: repeats of each image per epoch (``timm``'s ``RepeatAugSampler``,
             DeiT's repeated augmentation); 0 or 1: off.
-        drop_path: stochastic depth rate given to the model when the CLI (or
-            :func:`hcast.train.create_model_for_finetune`) builds it; ``None``: the model's.
+        drop_path: stochastic depth rate given to the model when ``hcast finetune`` builds it
+            (``drop_path_rate``); ``None``: the model's. A model you build yourself takes
+            its own.
 
     Data pipeline (``timm.data.create_transform``; ``None`` fields take the model's
     ``pretrained_cfg``):
