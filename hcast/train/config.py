@@ -2,9 +2,10 @@
 
 :class:`FinetuneConfig`'s defaults are a short, light fine-tuning run (what ``hcast
 finetune`` did before recipes existed); :mod:`hcast.train.recipes` holds the H-CAST
-authors' settings per benchmark, the CAST authors' segmentation fine-tuning and the jobs'. ``hcast finetune --recipe NAME``
-starts from a recipe and lets any flag override it; the resolved config is saved as
-``finetune_config.json`` next to the model, so a run can be repeated exactly.
+authors' settings per benchmark, the CAST authors' segmentation fine-tuning and the
+jobs'. ``hcast finetune --recipe NAME`` starts from a recipe and lets any flag override
+it; the resolved config is saved as ``finetune_config.json`` next to the model, so a run
+can be repeated exactly.
 """
 from __future__ import annotations
 

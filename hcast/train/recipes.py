@@ -1,4 +1,7 @@
-"""Named fine-tuning recipes: the H-CAST authors' runs per benchmark, and the main job's.
+"""Named fine-tuning recipes: the H-CAST authors' runs per benchmark, the main job's, and
+the segmentation recipes (``task="segmentation"``): the CAST authors' VOC (SPML) and
+ADE20K (Segmenter) fine-tuning, ``cast-seg-voc`` / ``cast-seg-ade20k``, and the 2-core
+segmentation job's ``garment-scenes`` (scripts/segmentation_job.py runs it).
 
 Every value says where it comes from. "main_suppix_hier.py" is ``deit/main_suppix_hier.py``
 and "README" the H-CAST authors' README in github:ngocquanai/HiOT at b1a222b (their last
