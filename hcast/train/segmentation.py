@@ -13,13 +13,14 @@ evaluate`` read) and :func:`segment_images`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from hcast.ops.segmentation_metrics import SegmentationIoU
+from hcast.train.batches import SuperpixelFn
 
 __all__ = ["evaluate_segmentation", "predict_segmentation", "save_segmentation_picture", "save_segmenter",
            "load_segmenter", "segment_images", "evaluate_segmentation_dataset", "sliding_window_logits",
@@ -41,22 +42,43 @@ def predict_segmentation(model: nn.Module, images: torch.Tensor, segments: torch
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, data: Dataset, num_classes: int, batch_size: int = 32,
+def evaluate_segmentation(model: nn.Module, data: Union[Dataset, Iterable], num_classes: int, batch_size: int = 32,
                           ignore_index: int = 255, convention: str = "mmseg",
-                          class_names: Optional[List[str]] = None) -> SegmentationIoU:
-    """Dataset-level IoU of a segmenter on ``((image, segments), labels)`` items
-    (:class:`hcast.train.tasks.SegmentationTensors`).
+                          class_names: Optional[List[str]] = None, superpixel_fn: Optional[SuperpixelFn] = None,
+                          amp_dtype: Optional[torch.dtype] = None) -> SegmentationIoU:
+    """Dataset-level IoU of a segmenter (``model(images, segments) -> (B, K, H, W)``, a DDP
+    wrapper is unwrapped) on a dataset of ``((image, segments), labels)`` or ``(image,
+    labels)`` items (:class:`hcast.train.tasks.SegmentationTensors`), read ``batch_size`` at a
+    time, or on a loader of such batches (the validation of
+    :class:`hcast.train.tasks.SegmentationTask`). Summed over processes under DDP (the
+    metric is a torchmetrics ``Metric``); the model's training mode is restored.
+
+    Args:
+        superpixel_fn: computes segments for batches without them (``None``: the model does).
+        amp_dtype: autocast dtype, ``None`` for float32.
 
     Returns:
         the :class:`hcast.ops.segmentation_metrics.SegmentationIoU` metric, updated
-        (``.compute()``, ``.table()``).
+        (``.compute()``, ``.table()``), on the model's device.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    metric = SegmentationIoU(num_classes, ignore_index, convention, class_names)
-    for (images, segments), labels in DataLoader(data, batch_size=batch_size):
-        logits = model(images.to(device), segments.to(device))
-        metric.update(logits.argmax(1).cpu(), labels)
+    from hcast.precision import autocast
+    from hcast.train.batches import unpack_batch
+    from hcast.train.distributed import unwrap_model
+
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    metric = SegmentationIoU(num_classes, ignore_index, convention, class_names).to(device)
+    loader = DataLoader(data, batch_size=batch_size) if isinstance(data, Dataset) else data
+    for batch in loader:
+        if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
+            continue
+        images, segments, labels = unpack_batch(batch, device, superpixel_fn)
+        with autocast(device, amp_dtype):
+            logits = net(images, segments)
+        metric.update(logits.float().argmax(1), labels)
+    net.train(was_training)
     return metric
 
 

@@ -415,27 +415,14 @@ class SegmentationTask(Task):
                            progress=config.progress and ctx.is_main, world_size=ctx.world_size,
                            should_stop=should_stop, model_ema=setup.model_ema, attention=setup.attention)
 
-    @torch.no_grad()
     def evaluate(self, model, data, setup, ctx):
         """Dataset-level per-class IoU, mIoU and pixel accuracy on the validation loader
-        (summed over processes under DDP)."""
-        from hcast.ops.segmentation_metrics import SegmentationIoU
-        from hcast.precision import autocast
-        from hcast.train.distributed import unwrap_model
+        (:func:`hcast.train.segmentation.evaluate_segmentation`; summed over processes under DDP)."""
+        from hcast.train.segmentation import evaluate_segmentation
 
-        net = unwrap_model(model)
-        was_training = net.training
-        net.eval()
-        metric = SegmentationIoU(self.num_classes, self.ignore_index, self.convention, self.class_names).to(ctx.device)
-        for batch in data.val_loader:
-            if batch is None:
-                continue
-            images, segments, labels = unpack_batch(batch, ctx.device, data.superpixel_fn)
-            with autocast(ctx.device, setup.amp_dtype):
-                logits = net(images, segments)
-            metric.update(logits.float().argmax(1), labels)
-        net.train(was_training)
-        out = metric.compute()
+        out = evaluate_segmentation(model, data.val_loader, self.num_classes, ignore_index=self.ignore_index,
+                                    convention=self.convention, class_names=self.class_names,
+                                    superpixel_fn=data.superpixel_fn, amp_dtype=setup.amp_dtype).compute()
         return {"miou": float(out["miou"]), "iou": [float(v) for v in out["iou"]],
                 "pixel_accuracy": float(out["pixel_accuracy"]), "class_names": list(self.class_names),
                 "convention": self.convention}
