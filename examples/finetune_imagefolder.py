@@ -35,6 +35,7 @@ from hcast.data import WithSuperpixels, create_train_val_datasets, create_transf
 from hcast.hierarchy import Taxonomy
 from hcast.hierarchy.losses import HCASTLoss
 from hcast.ops import SuperpixelTransform
+from hcast.precision import resolve_precision
 
 
 def read_taxonomy(path: str) -> Taxonomy:
@@ -83,7 +84,7 @@ def main() -> None:
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=1e-6, warmup_t=min(len(train_loader), total // 5),
                                   warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False)
     criterion = HCASTLoss(kl_weight=0.5, label_smoothing=0.1)
-    amp_dtype = train.resolve_training_precision(device, "auto")  # bf16 where native, else fp32
+    amp_dtype = resolve_precision("auto", device, training=True)  # bf16 where native, else fp32
     updates = 0
     for epoch in range(args.epochs):
         stats = train.train_one_epoch(model, train_loader, criterion, optimizer, taxonomy, device, epoch=epoch,

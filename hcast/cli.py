@@ -7,8 +7,9 @@
     hcast predict runs/fmnist shirt.png --segment shirt_segments.png
     hcast convert hcast_living17.pth runs/living17 --model hcast_small
     hcast push runs/fmnist my-user/hcast-tiny-fashion-mnist
-    hcast segment runs/segmentation_job/segmenter.pth photo.png --out segments
-    hcast evaluate runs/voc/segmenter.pth voc2012 --data-root /data --split val
+    hcast finetune --recipe garment-scenes --data garment-scenes --output runs/garments
+    hcast segment runs/garments photo.png --out segments
+    hcast evaluate runs/voc voc2012 --data-root /data --split val
 
 MODEL arguments take a timm model name (``hcast_small``), a hub id
 (``hf-hub:user/repo``) or a folder written by ``hcast finetune`` / ``hcast convert``
@@ -290,7 +291,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     defaults = FinetuneConfig()
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a hierarchical classifier on a benchmark, an image folder or Fashion-MNIST",
+        help="fine-tune a hierarchical classifier (a benchmark, an image folder, Fashion-MNIST) or a CAST segmenter",
         description=(
             "Fine-tune an H-CAST (or Hier-ViT) model with hcast.train.finetune: timm's data pipeline (random resized "
             "crop, flip, RandAugment, random erasing), superpixels of the augmented image, hierarchical "
@@ -300,7 +301,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
             "model.safetensors (the best epoch by validation FPA; timm-loadable with "
             "timm.create_model('local-dir:OUTPUT', pretrained=True)), OUTPUT/checkpoint-latest.pth (for --resume), "
             "taxonomy.json, finetune_config.json (the resolved config), log.jsonl and learning_curves.png. "
-            "Run under torchrun for DDP."
+            "A segmentation recipe (--recipe cast-seg-voc, cast-seg-ade20k, garment-scenes; --task segmentation) trains "
+            "a CAST segmenter with pixel cross-entropy instead and writes a segmenter folder that `hcast segment` and "
+            "`hcast evaluate` load. Run under torchrun for DDP."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -317,6 +320,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="start from a named preset: every hyper-parameter of the H-CAST authors' run on a benchmark, "
                         "Hier-ViT's, or the main job's (fashion-mnist); flags override it")
     g.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    g = p.add_argument_group("task")
+    add(g, "--task", "classification (a hierarchical classifier on a taxonomy) or segmentation (a CAST segmenter: "
+        "pixel cross-entropy, mIoU; --data garment-scenes, voc2012, voc2012-aug or ade20k)",
+        choices=("classification", "segmentation"))
+    add(g, "--segmentation-head", "segmentation: the head on the encoder (softmax: SPML's, mask_transformer: "
+        "Segmenter's, linear)", choices=("softmax", "mask_transformer", "linear"))
+    add(g, "--ignore-index", "segmentation: the label without a loss or a score", type=int)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help="timm model name, hf-hub: id or folder (default: the recipe's, "
                    "else hcast_tiny)")
@@ -361,18 +371,25 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add(g, "--num-segments", "superpixels per image (none: the model's)", type=_optional(int))
     g = p.add_argument_group("optimisation")
     add(g, "--epochs", "passes over the training set", type=int)
+    add(g, "--steps", "optimizer updates of the whole run instead of --epochs (the segmentation recipes' iterations)",
+        type=_optional(int))
     add(g, "--batch-size", "images per process and step", "-b", type=int)
     add(g, "--lr", "peak learning rate", type=float)
     add(g, "--lr-base-batch", "scale --lr by global batch / this (DeiT; none: no scaling)", type=_optional(int))
     add(g, "--min-lr", "learning rate at the end of the cosine", type=float)
     add(g, "--warmup-epochs", "linear warm-up length in epochs", type=float)
+    add(g, "--warmup-steps", "linear warm-up length in updates instead (none: --warmup-epochs)", type=_optional(int))
+    add(g, "--sched", "per-update schedule: cosine (to --min-lr after the warm-up) or poly", choices=("cosine", "poly"))
+    add(g, "--poly-power", "exponent of the poly schedule", type=float)
     add(g, "--warmup-lr", "learning rate at the first update", type=float)
     add(g, "--weight-decay", "AdamW weight decay", type=float)
     add(g, "--eval-mean", "normalisation mean of validation images and of the saved model (none: the model's)",
         type=float, nargs=3, metavar=("R", "G", "B"))
     add(g, "--eval-std", "normalisation std of validation images and of the saved model (none: the model's)",
         type=float, nargs=3, metavar=("R", "G", "B"))
-    add(g, "--opt", "timm.optim optimizer name", type=str)
+    add(g, "--opt", "timm.optim optimizer name (momentum: SGD with momentum)", type=str)
+    add(g, "--momentum", "momentum of SGD-like optimizers", type=float)
+    add(g, "--head-lr-scale", "segmentation: learning-rate multiplier of the head", type=float)
     add(g, "--clip-grad", "max gradient norm (0 or none: off)", type=_optional(float))
     add(g, "--kl-weight", "weight of H-CAST's tree-path KL term", type=float)
     add(g, "--label-smoothing", "label smoothing of every level", "--smoothing", type=float)
@@ -393,6 +410,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add(g, "--time-budget", "wall-clock limit in minutes of the training loop (updates + per-epoch evaluation): "
         "after timing the first updates, the schedule is shortened to fit if needed", metavar="MINUTES",
         type=_optional(float))
+    add(g, "--budget-clock", "what --time-budget counts: wall (the clock) or cpu (CPU time of this process: the same "
+        "work on a machine shared with other jobs)", choices=("wall", "cpu"))
+    add(g, "--val-every", "validate every N epochs (0: only after the last)", type=int)
     g.add_argument("--fill-budget", dest="fill_budget", action="store_true", default=argparse.SUPPRESS,
                    help="with --time-budget: lengthen the run past --epochs so the cosine ends with the budget")
     add(g, "--attention", "SDPA backend of the training steps: auto (CPU: the faster of default and math, "
@@ -444,28 +464,112 @@ def resolve_finetune_config(args: argparse.Namespace) -> Tuple[Any, Dict[str, An
                                                                                     if recipe else None),
         "val_samples": args.val_samples if args.val_samples is not None else (recipe.data.get("val_samples")
                                                                               if recipe else None),
+        # GarmentScenes' generator settings (garments per image, scale) a segmentation recipe fixes
+        "scenes": dict(recipe.data.get("scenes", {})) if recipe else {},
     }
     return config, settings, sources
 
 
-def _build_model_for_finetune(source: str, pretrained: bool, args: argparse.Namespace, config: Any, taxonomy: Any):
+def _build_model_for_finetune(source: str, pretrained: bool, args: argparse.Namespace, config: Any, task: Any):
+    """The model ``hcast finetune`` trains, and the constructor arguments to store with it
+    (``None``: the task's default). Classification: heads for the taxonomy's levels (heads
+    that do not fit the weights start fresh, and a warning names them:
+    ``hcast.weights.heads``). Segmentation: the encoder without its classifier and
+    ``config.segmentation_head`` for the task's classes
+    (:class:`hcast.models.segmentation_heads.CASTSegmenter`)."""
     import timm
 
     import hcast  # noqa: F401
 
     name, kwargs = _resolve_model(source)
-    # fine-tuning on this taxonomy: heads that do not fit the weights start fresh, and a
-    # warning names them (hcast.weights.heads)
-    kwargs.update(pretrained=pretrained or bool(args.initial_checkpoint) or "pretrained_cfg_overlay" in kwargs,
-                  level_classes=tuple(taxonomy.num_classes))
+    kwargs.update(pretrained=pretrained or bool(args.initial_checkpoint) or "pretrained_cfg_overlay" in kwargs)
     if args.initial_checkpoint:
         kwargs["pretrained_cfg_overlay"] = dict(file=str(args.initial_checkpoint))
     if config.drop_path:
         kwargs["drop_path_rate"] = config.drop_path
+    given = parse_kwargs(args.model_kwargs)
     if config.input_size:
         kwargs["img_size"] = config.input_size
-    kwargs.update(parse_kwargs(args.model_kwargs))
-    return timm.create_model(name, **kwargs)
+    if config.task == "segmentation":
+        from hcast.models.segmentation_heads import CASTSegmenter
+
+        encoder = timm.create_model(name, num_classes=0, **{**kwargs, **given})
+        model_args = {**given, **({"img_size": config.input_size} if config.input_size else {})}
+        return CASTSegmenter(encoder, task.num_classes, config.segmentation_head), model_args
+    kwargs["level_classes"] = tuple(task.taxonomy.num_classes)
+    return timm.create_model(name, **{**kwargs, **given}), None
+
+
+def _finetune_task(args: argparse.Namespace, config: Any) -> Any:
+    """The task of ``hcast finetune``: classification on the taxonomy of ``--taxonomy`` /
+    the data, or segmentation on the classes of ``--data`` (garment-scenes, voc2012,
+    voc2012-aug, ade20k)."""
+    from hcast.train import ClassificationTask, SegmentationTask
+
+    if config.task == "segmentation":
+        from hcast.data.dataset_factory import segmentation_dataset_name
+
+        name = segmentation_dataset_name(args.data)
+        if _is_garment_scenes(args.data):
+            from hcast.data.garment_scenes import GARMENT_SCENE_CLASSES
+
+            classes = GARMENT_SCENE_CLASSES
+        elif name is not None:
+            from hcast.data.segmentation import ADE20K_NUM_CLASSES, VOC_CLASSES
+
+            classes = [str(i) for i in range(ADE20K_NUM_CLASSES)] if name == "ade20k" else VOC_CLASSES
+        else:
+            raise UsageError(f"--data {args.data!r}: segmentation fine-tuning reads garment-scenes, voc2012, "
+                             "voc2012-aug or ade20k.")
+        return SegmentationTask(len(classes), list(classes), ignore_index=config.ignore_index,
+                                convention="spml" if name in ("voc2012", "voc2012-aug") else "mmseg")
+    taxonomy = load_taxonomy(args.taxonomy, data=args.data, data_root=args.data_root)
+    if taxonomy is None:
+        raise UsageError("--taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
+    return ClassificationTask(taxonomy)
+
+
+def _is_garment_scenes(data: str) -> bool:
+    return str(data).lower().replace("_", "-") in ("garment-scenes", "garmentscenes")
+
+
+def _finetune_datasets(args: argparse.Namespace, settings: Dict[str, Any], config: Any, task: Any):
+    """``(train_set, val_set)`` of ``hcast finetune``: the benchmark / image folder /
+    Fashion-MNIST splits (``hcast.data.create_train_val_datasets``, untransformed: the
+    task adds timm's transforms), or segmentation items (normalised image tensors and label
+    maps: GarmentScenes built in memory; VOC / ADE20K read with random scaled crops of
+    ``--input-size`` for training and padded crops of it for validation)."""
+    if config.task == "classification":
+        from hcast.data import create_train_val_datasets
+
+        return create_train_val_datasets(
+            args.data, None, None, taxonomy=task.taxonomy, train_samples=settings["train_samples"],
+            val_samples=settings["val_samples"], val_fraction=args.val_fraction, seed=config.seed,
+            data_root=args.data_root)
+    if _is_garment_scenes(args.data):
+        import torch
+
+        from hcast.data.garment_scenes import GarmentScenes
+
+        size = config.input_size or 64
+        sets = [GarmentScenes(split, settings[f"{split}_samples"] or default, size, seed=config.seed,
+                              fashion_root=args.data_root, **settings["scenes"])
+                for split, default in (("train", 4000), ("val", 500))]
+        return [torch.utils.data.TensorDataset(*scenes.tensors()) for scenes in sets]
+    from hcast.data import create_dataset
+    from hcast.data.segmentation import SegmentationTransform
+
+    if not config.input_size:
+        raise UsageError("--input-size: segmentation fine-tuning on VOC / ADE20K needs the crop size (512 in the "
+                         "recipes).")
+    crop = config.input_size
+    train = create_dataset(args.data, args.data_root, "train", SegmentationTransform(
+        train=True, crop_size=crop, flip=config.hflip > 0, ignore_index=config.ignore_index),
+        num_samples=settings["train_samples"], seed=config.seed)
+    val = create_dataset(args.data, args.data_root, "val", SegmentationTransform(
+        train=True, crop_size=crop, scale_range=None, flip=False, ignore_index=config.ignore_index),
+        num_samples=settings["val_samples"], seed=config.seed)
+    return train, val
 
 
 def parse_kwargs(items: Sequence[str]) -> Dict[str, Any]:
@@ -498,10 +602,13 @@ def _seed_everything(seed: int) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    """``hcast finetune``: parse, build the task, the model and the datasets, check what the
+    user named (superpixels, resume checkpoint) before anything is read or written, then
+    :func:`hcast.train.finetune`."""
     import torch
 
-    from hcast.data import create_train_val_datasets, resolve_superpixel_settings
-    from hcast.train import destroy_distributed, finetune, init_distributed
+    from hcast.train import (check_batch_size, check_resume, destroy_distributed, finetune, init_distributed,
+                             resume_checkpoint_path, superpixel_settings)
 
     config, settings, sources = resolve_finetune_config(args)
     if args.print_config:
@@ -516,48 +623,36 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from hcast.train.outputs import CHECKPOINT_NAME
 
     out = Path(args.output)
-    resume = None
-    if args.resume:
-        resume = out / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
-        if not resume.is_file():
-            raise UsageError(f"--resume: no checkpoint at {str(resume)!r}; pass a file written by `hcast finetune` "
-                             f"(OUTPUT/{CHECKPOINT_NAME}).")
+    resume = resume_checkpoint_path(args.resume, out) if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise UsageError(f"--resume: no checkpoint at {str(resume)!r}; pass a file written by `hcast finetune` "
+                         f"(OUTPUT/{CHECKPOINT_NAME}).")
     ctx = init_distributed(config.device)
-    taxonomy = load_taxonomy(args.taxonomy, data=args.data, data_root=args.data_root)
-    if taxonomy is None:
-        raise UsageError("--taxonomy FILE is required for an image folder (see `hcast finetune --help`).")
+    task = _finetune_task(args, config)
     _seed_everything(config.seed + ctx.rank)
     with user_input(f"model {settings['model']!r}"):
-        model = _build_model_for_finetune(settings["model"], settings["pretrained"], args, config, taxonomy)
+        model, model_args = _build_model_for_finetune(settings["model"], settings["pretrained"], args, config, task)
     with user_input(f"data {args.data!r}"):
-        train_set, val_set = create_train_val_datasets(
-            args.data, None, None, taxonomy=taxonomy, train_samples=settings["train_samples"],
-            val_samples=settings["val_samples"], val_fraction=args.val_fraction, seed=config.seed,
-            data_root=args.data_root,
-        )
-    if len(train_set) < config.batch_size * ctx.world_size:  # finetune() would find no full batch
-        raise UsageError(f"--batch-size: the {len(train_set)} training images give no full batch of {config.batch_size} "
-                         f"per process on {ctx.world_size} process(es); lower --batch-size to {len(train_set)} or "
-                         "less, or train on more images.")
+        train_set, val_set = _finetune_datasets(args, settings, config, task)
+    try:  # finetune() checks it too; here before the superpixel settings and the checkpoint are read
+        check_batch_size(len(train_set), config, ctx.world_size)
+    except ValueError as e:
+        raise UsageError(str(e).replace("batch_size", "--batch-size")) from None
     with user_input("--num-segments" if config.num_segments else "superpixels",
                     {"input_size": "--input-size"}):  # before any image is read
-        resolve_superpixel_settings(
-            model, config.superpixel_method or ("torch_slic" if config.superpixels == "device" else None),
-            config.num_segments, config.input_size)
+        superpixel_settings(model, config, task)
     try:
         with user_input(f"--resume {str(resume)!r}" if resume else "finetune", {"resume": "--resume"}):
             if resume is not None:  # a broken checkpoint, or one of another taxonomy, is the user's file: name it
-                from hcast.train import check_resume
                 from hcast.weights import load_checkpoint
 
-                check_resume(load_checkpoint(resume, map_location="cpu"), resume, model, taxonomy)
+                check_resume(load_checkpoint(resume, map_location="cpu"), resume, model, task)
         try:
-            finetune(model, train_set, val_set, taxonomy, config, output=out, resume=resume)
-        except ValueError as e:  # the data / checkpoint checks finetune() runs before training
-            if not str(e).startswith(("train_set:", "resume:")):
+            finetune(model, train_set, val_set, task, config, output=out, resume=resume, model_args=model_args)
+        except ValueError as e:  # the checkpoint checks finetune() runs before training
+            if not str(e).startswith("resume:"):
                 raise
-            raise UsageError(str(e).replace("train_set:", "--data:", 1).replace("batch_size", "--batch-size")
-                             .replace("resume:", "--resume:", 1)) from None
+            raise UsageError(str(e).replace("resume:", "--resume:", 1)) from None
     finally:
         destroy_distributed()
     return 0
@@ -609,8 +704,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--miou", dest="miou_convention", default=None, choices=("mmseg", "spml"),
                    help="segmentation data (voc2012, voc2012-aug, ade20k): the mean-IoU convention (default: spml "
-                        "for VOC, as CAST's VOC numbers; mmseg for ADE20K); MODEL is then a segmenter .pth written by "
-                        "hcast.train.segmentation.save_segmenter or a cast_seg_* name")
+                        "for VOC, as CAST's VOC numbers; mmseg for ADE20K); MODEL is then a segmenter folder written by "
+                        "hcast finetune (a segmentation recipe) or hcast.train.segmentation.save_segmenter, or a "
+                        "cast_seg_* name")
     p.add_argument("--slide", type=int, nargs=2, default=None, metavar=("CROP", "STRIDE"),
                    help="segmentation data: sliding-window inference (Segmenter's ADE20K / Context protocol: 512 341) "
                         "instead of whole images")
@@ -1080,7 +1176,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
         help="per-pixel label maps and a picture (image, hierarchical segments, semantic map) for images",
-        description=("Segment IMAGEs with MODEL (a segmenter .pth written by hcast.train.segmentation.save_segmenter, "
+        description=("Segment IMAGEs with MODEL (a segmenter folder written by `hcast finetune` on a segmentation "
+                     "recipe or hcast.train.segmentation.save_segmenter, "
                      "e.g. by scripts/segmentation_job.sh, or a cast_seg_* timm name): writes OUT/<name>_labels.png "
                      "(uint8 class ids per pixel) and OUT/<name>_segmentation.png (the image, CAST's hierarchical "
                      "segments, the semantic map with a legend)."),

@@ -8,19 +8,26 @@ superpixel means are taken in float32 (the model adds the float32 position embed
 before pooling), and losses take float32 logits (``.float()``). On a CPU without native
 bfloat16 (AVX-512 BF16 or AMX) bfloat16 is emulated and usually slower than float32,
 which is why ``'auto'`` picks float32 there.
+
+Training adds float16 (with a ``GradScaler``): ``training=True`` accepts ``'fp16'`` and
+lets ``'auto'`` fall back to it on a GPU without bfloat16. :func:`autocast` is the
+context every hcast forward pass runs under.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import ContextManager, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["PRECISIONS", "choose_precision", "cpu_features", "cpu_has_native_bf16", "describe_cpu",
-           "resolve_precision"]
+__all__ = ["PRECISIONS", "TRAINING_PRECISIONS", "autocast", "choose_precision", "cpu_features", "cpu_has_native_bf16",
+           "describe_cpu", "resolve_precision"]
 
-#: the values :func:`resolve_precision` accepts
+#: the values :func:`resolve_precision` accepts for inference
 PRECISIONS = ("fp32", "bf16", "auto")
+#: the values it accepts with ``training=True`` (float16 needs the loss scaling of a training loop)
+TRAINING_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -87,31 +94,38 @@ def cpu_has_native_bf16(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> bool:
     return any(flag in flags.split() for flag in _BF16_CPU_FLAGS)
 
 
-def choose_precision(precision: str, device: Union[str, torch.device]) -> Tuple[Optional[torch.dtype], str]:
-    """The one precision rule of hcast: the bfloat16 / float32 choice for ``precision`` on
-    ``device``, and why.
+def choose_precision(precision: str, device: Union[str, torch.device], training: bool = False
+                     ) -> Tuple[Optional[torch.dtype], str]:
+    """The one precision rule of hcast: the autocast dtype for ``precision`` on ``device``, and why.
 
     Args:
-        precision: ``'fp32'``, ``'bf16'`` (even where it is emulated) or ``'auto'``:
-            bfloat16 on CUDA (when the GPU supports it) and on CPUs with native bfloat16
-            (:func:`cpu_has_native_bf16`), float32 elsewhere.
+        precision: ``'fp32'``, ``'bf16'`` (even where it is emulated), ``'fp16'`` (only with
+            ``training``: it needs a ``GradScaler``) or ``'auto'``: bfloat16 on CUDA (when the
+            GPU supports it) and on CPUs with native bfloat16 (:func:`cpu_has_native_bf16`),
+            float32 elsewhere; with ``training``, float16 on a GPU without bfloat16.
         device: where the model runs.
+        training: the choice of a training run (:attr:`hcast.train.FinetuneConfig.precision`).
 
     Returns:
-        ``(torch.bfloat16 or None for float32, reason)``.
+        ``(torch.bfloat16, torch.float16 or None for float32, reason)``.
 
     Raises:
         ValueError: an unknown ``precision``.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    allowed = TRAINING_PRECISIONS if training else PRECISIONS
+    if precision not in allowed:
+        raise ValueError(f"precision must be one of {allowed}, got {precision!r}.")
     if precision == "fp32":
         return None, "fp32 was asked for"
     if precision == "bf16":
         return torch.bfloat16, "bf16 was asked for"
+    if precision == "fp16":
+        return torch.float16, "fp16 was asked for"
     device = torch.device(device)
     if device.type == "cuda":
         chosen = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not chosen and training and torch.cuda.is_available():
+            return torch.float16, "the GPU lacks bfloat16: float16 with loss scaling"
         why = "the GPU supports bfloat16" if chosen else "the GPU lacks bfloat16"
     elif device.type == "cpu":
         chosen = cpu_has_native_bf16()
@@ -123,24 +137,34 @@ def choose_precision(precision: str, device: Union[str, torch.device]) -> Tuple[
     return (torch.bfloat16 if chosen else None), why
 
 
-def resolve_precision(precision: str, device: Union[str, torch.device], verbose: bool = True
-                      ) -> Optional[torch.dtype]:
+def resolve_precision(precision: str, device: Union[str, torch.device], verbose: bool = True,
+                      training: bool = False) -> Optional[torch.dtype]:
     """The autocast dtype for ``precision`` on ``device``: ``None`` for float32
     (:func:`choose_precision`'s choice).
 
     Args:
-        precision: ``'fp32'``, ``'bf16'`` or ``'auto'`` (see :func:`choose_precision`).
+        precision: ``'fp32'``, ``'bf16'``, ``'auto'``, and with ``training`` ``'fp16'``
+            (see :func:`choose_precision`).
         device: where the model runs.
         verbose: print which precision ``'auto'`` chose, and why.
+        training: the choice of a training run (float16 allowed).
 
     Returns:
-        ``torch.bfloat16`` or ``None``.
+        ``torch.bfloat16``, ``torch.float16`` or ``None``.
 
     Raises:
         ValueError: an unknown ``precision``.
     """
-    dtype, why = choose_precision(precision, device)
+    dtype, why = choose_precision(precision, device, training=training)
     if verbose and precision == "auto":
-        print(f"precision auto: {'bf16' if dtype is not None else 'fp32'} on {torch.device(device)} ({why})",
-              flush=True)
+        name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        print(f"precision auto: {name} on {torch.device(device)} ({why})", flush=True)
     return dtype
+
+
+def autocast(device: Union[str, torch.device], dtype: Optional[torch.dtype]) -> ContextManager:
+    """``torch.autocast`` on ``device``'s type with ``dtype`` (from :func:`resolve_precision`),
+    or a context that does nothing for ``None`` (float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

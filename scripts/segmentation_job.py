@@ -4,12 +4,13 @@ Builds GarmentScenes (hcast.data.garment_scenes: all 10 Fashion-MNIST garments p
 crops of scikit-image photographs; the val split's garments are Fashion-MNIST test images
 and its backgrounds come from photo regions no training crop touches), computes SEEDS
 superpixels once, trains a small CAST segmenter (cast_seg_tiny encoder + SPML's softmax
-head) from scratch with hcast.train.segmentation, and reports the held-out per-class IoU,
-the mIoU (mmseg convention: every class occurs) and the all-background baseline, with a
-picture.
+head) from scratch with hcast.train.finetune on the "garment-scenes" recipe (task
+"segmentation": AdamW, poly schedule, a budget in CPU seconds), and reports the held-out
+per-class IoU, the mIoU (mmseg convention: every class occurs) and the all-background
+baseline, with a picture. The segmenter folder it writes ($OUT/segmenter) is what
+`hcast segment` and `hcast evaluate` load.
 """
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -20,11 +21,10 @@ import timm
 from hcast.data.garment_scenes import GarmentScenes
 from hcast.models.segmentation_heads import CASTSegmenter
 from hcast.ops import superpixels
+from hcast._io import atomic_write, write_json
 from hcast.ops.segmentation_metrics import SegmentationIoU
-from hcast.train.segmentation import (SEGMENTATION_RECIPES, SegmentationTensors, evaluate_segmentation,
-                                      finetune_segmentation, predict_segmentation, save_segmentation_picture,
-                                      save_segmenter)
-from hcast.weights.folder import atomic_write, write_json
+from hcast.train import SegmentationTask, SegmentationTensors, finetune, get_recipe
+from hcast.train.segmentation import predict_segmentation, save_segmentation_picture
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="runs/segmentation_job")
@@ -69,30 +69,34 @@ model_args = dict(embed_dim=args.embed_dim, num_heads=args.heads, depths=tuple(a
                   img_size=args.size)
 encoder = timm.create_model("cast_seg_tiny", num_classes=0, **model_args)
 model = CASTSegmenter(encoder, train.num_classes, head="softmax")
-config = SEGMENTATION_RECIPES["garment-scenes"]
-config.time_budget_s = args.cpu_budget or None
-config.seed = args.seed
-for name in ("steps", "batch_size", "lr"):
-    if getattr(args, name) is not None:
-        setattr(config, name, getattr(args, name))
+# the recipe hcast finetune --recipe garment-scenes runs; --cpu-budget is in CPU seconds (the config's in minutes)
+changes = dict(time_budget=args.cpu_budget / 60 if args.cpu_budget else None, seed=args.seed,
+               num_segments=args.superpixels, input_size=args.size)
+changes.update({name: getattr(args, name) for name in ("steps", "batch_size", "lr") if getattr(args, name) is not None})
+config = get_recipe("garment-scenes").config.replace(**changes)
 print(f"model: cast_seg_tiny (width {args.embed_dim}, depths {args.depths}, clusters {args.clusters}) + SPML "
       f"softmax head, "
       f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {config}")
-result = finetune_segmentation(model, SegmentationTensors(x_train, s_train, y_train, flip=True), config)
+task = SegmentationTask(train.num_classes, list(train.classes), model_name="cast_seg_tiny")
+cpu_start, wall_start = time.process_time(), time.time()
+result = finetune(model, SegmentationTensors(x_train, s_train, y_train, flip=True),
+                  SegmentationTensors(x_val, s_val, y_val), task, config, output=out / "segmenter",
+                  model_args=model_args)
+train_seconds, train_cpu_seconds = time.time() - wall_start, time.process_time() - cpu_start
 
-val_data = SegmentationTensors(x_val, s_val, y_val)
-metric = evaluate_segmentation(model, val_data, train.num_classes, class_names=list(train.classes))
+scores = result.metrics  # the held-out split, evaluated once after training (val_every=0)
 baseline = SegmentationIoU(train.num_classes, class_names=list(train.classes))
 baseline.update(torch.zeros_like(y_val), y_val)
-scores, base = metric.compute(), baseline.compute()
+base = baseline.compute()
+width = max(len(name) for name in train.classes)
 print("held-out per-class IoU (%):")
-print(metric.table())
+print("\n".join(f"{name:<{width}}  {100 * iou:5.1f}" for name, iou in zip(train.classes, scores["iou"])))
 print(f"all-background baseline mIoU: {100 * float(base['miou']):.1f}")
 print(f"mIoU: {100 * float(scores['miou']):.1f}")
 write_json(dict(
-    miou=float(scores["miou"]), iou=dict(zip(train.classes, map(float, scores["iou"]))),
-    pixel_accuracy=float(scores["pixel_accuracy"]), baseline_miou=float(base["miou"]), steps=result["steps"],
-    train_seconds=result["seconds"], train_cpu_seconds=result["cpu_seconds"], config=dataclasses.asdict(config),
+    miou=float(scores["miou"]), iou=dict(zip(train.classes, scores["iou"])),
+    pixel_accuracy=float(scores["pixel_accuracy"]), baseline_miou=float(base["miou"]), steps=result.num_updates,
+    train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, config=config.to_dict(),
     args=vars(args)), out / "metrics.json")
 
 show = torch.arange(6)
@@ -102,14 +106,13 @@ with torch.no_grad():
 save_segmentation_picture(out / "segmentation.png", x_val[show], [s_val[show], levels[1], levels[2]], pred,
                           list(train.classes), y_val[show], hierarchy_names=[
                               "superpixels", f"CAST regions ({args.clusters[1]})", f"CAST regions ({args.clusters[2]})"])
-print(f"picture: {out / 'segmentation.png'}; training {result['seconds']:.0f} s on the clock, "
-      f"{result['cpu_seconds']:.0f} CPU s ({result['steps']} steps); whole run {time.time() - t0:.0f} s")
+print(f"picture: {out / 'segmentation.png'}; training {train_seconds:.0f} s on the clock, "
+      f"{train_cpu_seconds:.0f} CPU s ({result.num_updates} steps); whole run {time.time() - t0:.0f} s")
 
-save_segmenter(model, out / "segmenter.pth", "cast_seg_tiny", model_args, list(train.classes))
 (out / "images").mkdir(exist_ok=True)
 from PIL import Image  # noqa: E402
 
 for i in range(3):  # held-out images for `hcast segment`
     with atomic_write(out / "images" / f"val{i}.png", description="image") as tmp:
         Image.fromarray(val.images[i]).save(tmp, format="PNG")
-print(f"segmenter: {out / 'segmenter.pth'}")
+print(f"segmenter: {out / 'segmenter'}")

@@ -32,6 +32,6 @@ THREADS=${THREADS:-$(nproc)}
 echo "== build the data, train, evaluate the held-out split"
 OMP_WAIT_POLICY=PASSIVE "$PY" scripts/segmentation_job.py --out "$OUT" --threads "$THREADS" "$@"
 echo "== hcast segment on three held-out images"
-"$PY" -m hcast.cli segment "$OUT/segmenter.pth" "$OUT"/images/val*.png --out "$OUT/segments" --threads "$THREADS"
+"$PY" -m hcast.cli segment "$OUT/segmenter" "$OUT"/images/val*.png --out "$OUT/segments" --threads "$THREADS"
 echo "load: $(uptime)"
 echo "the whole job took $(( $(date +%s) - START )) s"

@@ -141,15 +141,17 @@ def test_shard_sampler_reads_every_index_once():
 
 def test_training_precision(monkeypatch):
     cpu = torch.device("cpu")
-    assert engine.resolve_training_precision(cpu, "fp32") is None
-    assert engine.resolve_training_precision(cpu, "bf16") is torch.bfloat16
-    assert engine.resolve_training_precision(cpu, "fp16") is torch.float16
+    from hcast.precision import resolve_precision
+
+    assert resolve_precision("fp32", cpu, training=True) is None
+    assert resolve_precision("bf16", cpu, training=True) is torch.bfloat16
+    assert resolve_precision("fp16", cpu, training=True) is torch.float16
     monkeypatch.setattr("hcast.precision.cpu_has_native_bf16", lambda: True)
-    assert engine.resolve_training_precision(cpu, "auto", verbose=False) is torch.bfloat16
+    assert resolve_precision("auto", cpu, verbose=False, training=True) is torch.bfloat16
     monkeypatch.setattr("hcast.precision.cpu_has_native_bf16", lambda: False)
-    assert engine.resolve_training_precision(cpu, "auto", verbose=False) is None
+    assert resolve_precision("auto", cpu, verbose=False, training=True) is None
     with pytest.raises(ValueError, match="precision"):
-        engine.resolve_training_precision(cpu, "off")
+        resolve_precision("off", cpu, training=True)
     with pytest.raises(ValueError, match="precision"):
         engine.FinetuneConfig(precision="fp8")
 

@@ -24,6 +24,22 @@ def test_resolve_precision_choices(monkeypatch, capsys, tmp_path):
     assert "precision auto: bf16 on cpu" in capsys.readouterr().out
 
 
+def test_training_precision_falls_back_to_fp16_on_a_gpu_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert P.resolve_precision("auto", "cuda", verbose=False, training=True) is torch.float16
+    assert P.resolve_precision("auto", "cuda", verbose=False) is None  # inference: float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert P.resolve_precision("auto", "cuda", verbose=False, training=True) is torch.bfloat16
+
+
+def test_autocast_context():
+    with P.autocast("cpu", None):
+        assert not torch.is_autocast_enabled("cpu")
+    with P.autocast("cpu", torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is torch.bfloat16
+
+
 def test_cpu_flags_are_read(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     info = tmp_path / "cpuinfo"

@@ -42,6 +42,29 @@ def test_time_budget_extends_the_cosine_to_the_end_of_the_budget():
     assert stops.index(True) == 19 and capped.total_updates == 20 and not capped.extended
 
 
+def test_time_budget_of_a_steps_run_shortens_the_poly_decay():
+    # the segmentation recipes' budget (hcast.train.finetune with val_every=0): measured from the
+    # first update, re-planned after 5 and 20 updates and every 50, the poly decay over the new total
+    clock = [0.0]
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = engine.PolyLR(optimizer, t_initial=3000, warmup_t=20)
+    budget = engine.TimeBudget(100.0, 3000, scheduler, skip=0, calibration_updates=5, replan_at=(20,),
+                               replan_every=50, clock=lambda: clock[0])
+    plans = {}
+    for update in range(1, 3001):
+        clock[0] += 2.0 if update <= 5 else 0.5  # a slow start, then 0.5 s per update
+        scheduler.step_update(update)
+        stop = budget(update)
+        plans[update] = budget.total_updates
+        if stop:
+            break
+    assert plans[4] == 3000 and plans[5] == 50  # 10 s for 5 updates: 100 s hold 50
+    assert plans[20] == 114 and plans[50] == 153  # 17.5 s for 20: 100 / 0.875; 32.5 s for 50: 100 / 0.65
+    assert plans[49] == 114 and plans[100] == 173 and plans[150] == 181
+    assert scheduler.t_initial == budget.total_updates == update == 181 and clock[0] <= 100.0
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 @pytest.mark.parametrize("faster", ["default", "math"])
 def test_attention_chooser_keeps_the_faster_backend(faster):
     chooser = AttentionBackendChooser(skip=2, trials=3)

@@ -171,6 +171,10 @@ def resolve_superpixel_settings(model: Any, method: Optional[str] = None, num_se
             f"{max(stride, height - height % stride)}.")
     limit = max_superpixels(height, width, method)
     cells = int(grid[0]) * int(grid[1])
+    if getattr(model, "model_stage", None) == "segmentation":
+        # CAST segmentation encoders pool the stem features upsampled to the superpixels'
+        # resolution (hcast.ops.upsampled_superpixel_pool): no superpixel is an empty token
+        cells = limit
     if num_segments > min(limit, cells):
         raise ValueError(
             f"{given}={num_segments} is more than {method} superpixels can make on {height}x{width} inputs "

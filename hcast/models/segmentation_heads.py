@@ -103,6 +103,8 @@ class SoftmaxClassifier(nn.Module):
         bn = self.semantic_classifier[1]
         if not bn.training or weights is None:
             return bn(x[:, :, None, None])[:, :, 0, 0]
+        # the statistics in float32 (under bfloat16 autocast pixel counts above 256 would round)
+        x, weights = x.float(), weights.float()
         total = weights.sum()
         mean = (weights[:, None] * x).sum(0) / total
         var = (weights[:, None] * (x - mean) ** 2).sum(0) / total
@@ -122,10 +124,11 @@ class SoftmaxClassifier(nn.Module):
         x = tokens.reshape(-1, channels) @ conv1.weight[:, :, 0, 0].t()
         weights = None
         if segments is not None:  # training statistics over pixels, pixels' ids only
-            weights = superpixel_pixel_counts(segments, num).reshape(-1).to(x.dtype)
+            weights = superpixel_pixel_counts(segments, num).reshape(-1).to(torch.float32)
             keep = weights > 0
-            normed = torch.zeros_like(x)
-            normed[keep] = self._norm(x[keep], weights[keep]) if self.training else self._norm(x[keep], None)
+            rows = self._norm(x[keep], weights[keep]) if self.training else self._norm(x[keep], None)
+            normed = rows.new_zeros(x.shape)  # the normalised dtype (float32 from bfloat16 under autocast)
+            normed[keep] = rows
             x = normed
         else:
             x = self._norm(x, None)

@@ -2,9 +2,10 @@
 
 :class:`FinetuneConfig`'s defaults are a short, light fine-tuning run (what ``hcast
 finetune`` did before recipes existed); :mod:`hcast.train.recipes` holds the H-CAST
-authors' settings per benchmark and the main job's. ``hcast finetune --recipe NAME``
-starts from a recipe and lets any flag override it; the resolved config is saved as
-``finetune_config.json`` next to the model, so a run can be repeated exactly.
+authors' settings per benchmark, the CAST authors' segmentation fine-tuning and the
+jobs'. ``hcast finetune --recipe NAME`` starts from a recipe and lets any flag override
+it; the resolved config is saved as ``finetune_config.json`` next to the model, so a run
+can be repeated exactly.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 __all__ = ["FinetuneConfig"]
 
 _SUPERPIXEL_MODES = ("loader", "device", "cache")
+_TASKS = ("classification", "segmentation")
 _PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
@@ -24,11 +26,26 @@ _PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 class FinetuneConfig:
     """Every hyper-parameter of a fine-tuning run (see docs/training.md for each recipe's values).
 
-    Optimisation (AdamW via ``timm.optim.create_optimizer_v2``, cosine schedule with a
-    linear warm-up via ``timm.scheduler.CosineLRScheduler``, stepped per update):
+    The task:
+
+    Attributes:
+        task: ``"classification"`` (H-CAST / CAST / Hier-ViT heads on a taxonomy: per-level
+            cross-entropy + tree-path KL, FPA) or ``"segmentation"`` (a CAST segmenter:
+            pixel cross-entropy with ``ignore_index``, mIoU); :mod:`hcast.train.tasks`.
+        ignore_index: segmentation: the label without a loss or a score (255).
+        segmentation_head: segmentation: the head ``hcast finetune`` builds on the encoder
+            (:class:`hcast.models.segmentation_heads.CASTSegmenter`: ``"softmax"``, SPML's, the
+            VOC recipe; ``"mask_transformer"``, Segmenter's, ADE20K; ``"linear"``).
+
+    Optimisation (``timm.optim.create_optimizer_v2``; a cosine schedule with a linear
+    warm-up via ``timm.scheduler.CosineLRScheduler``, or a poly decay, stepped per update;
+    :func:`hcast.train.create_optimizer_and_scheduler`):
 
     Attributes:
         epochs: passes over the training set.
+        steps: optimizer updates of the whole run (the segmentation recipes count
+            iterations, e.g. VOC's 30k); when set, the run takes the epochs it needs and
+            ends after ``steps`` updates, and ``epochs`` is not used.
         batch_size: images per process and step.
         lr: peak learning rate. With ``lr_base_batch`` set it is scaled by
             ``batch_size * world_size / lr_base_batch`` (DeiT's linear scaling, which the
@@ -36,10 +53,18 @@ class FinetuneConfig:
         lr_base_batch: the global batch size ``lr`` is given for; ``None``: no scaling.
         min_lr: learning rate at the end of the cosine.
         warmup_epochs: linear warm-up length, in epochs (fractions allowed).
+        warmup_steps: the warm-up in updates instead (``None``: ``warmup_epochs``).
+        sched: ``"cosine"`` (to ``min_lr``, after the warm-up) or ``"poly"``
+            (``lr * (1 - t / total) ** poly_power``, warm-up included in ``t``:
+            :class:`hcast.train.optim.PolyLR`).
+        poly_power: the poly exponent (0.9).
         warmup_lr: learning rate at the first update.
         weight_decay: AdamW's decoupled weight decay (not on norms, biases, position
             embeddings: timm's ``param_groups_weight_decay``).
-        opt: a ``timm.optim`` optimizer name (``"adamw"``).
+        opt: a ``timm.optim`` optimizer name (``"adamw"``; ``"momentum"``: SGD with
+            momentum, no Nesterov, as the CAST authors' segmentation fine-tuning).
+        momentum: the momentum of SGD-like optimizers.
+        head_lr_scale: segmentation: learning-rate multiplier of the head (SPML: 10).
         clip_grad: max global gradient norm; ``None``/0: no clipping.
         kl_weight: weight of H-CAST's tree-path KL term.
         label_smoothing: smoothing of every level's targets.
@@ -52,8 +77,9 @@ class FinetuneConfig:
             ``train.py`` does; the authors validated the raw weights (False).
         repeated_aug: repeats of each image per epoch (``timm``'s ``RepeatAugSampler``,
             DeiT's repeated augmentation); 0 or 1: off.
-        drop_path: stochastic depth rate given to the model when the CLI (or
-            :func:`hcast.train.create_model_for_finetune`) builds it; ``None``: the model's.
+        drop_path: stochastic depth rate given to the model when ``hcast finetune`` builds it
+            (``drop_path_rate``); ``None``: the model's. A model you build yourself takes
+            its own.
 
     Data pipeline (``timm.data.create_transform``; ``None`` fields take the model's
     ``pretrained_cfg``):
@@ -87,15 +113,20 @@ class FinetuneConfig:
         precision: autocast of the forward pass: ``"fp32"`` (none), ``"bf16"``, ``"fp16"``
             (with a ``GradScaler``) or ``"auto"``: bf16 on CUDA (fp16 on GPUs without bf16)
             and on CPUs with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere
-            (:func:`hcast.train.resolve_training_precision`). The loss, farthest point
+            (:func:`hcast.precision.resolve_precision`, ``training=True``). The loss, farthest point
             sampling and the superpixel means stay in float32 / float64.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         workers: DataLoader worker processes per process.
         seed: seeds every epoch's randomness (with the epoch and the rank), so a resumed
             run replays the epochs an uninterrupted one would have run.
         max_steps: stop each epoch after this many steps (quick runs).
-        time_budget: wall-clock minutes for the training loop; the cosine is shortened to
-            fit after timing the first updates. ``None``: no limit.
+        time_budget: minutes for the training loop (on ``budget_clock``); the schedule is
+            shortened to fit after timing the first updates. ``None``: no limit.
+        budget_clock: ``"wall"`` (the clock) or ``"cpu"`` (CPU seconds of this process,
+            user + system: the work a machine does in ``budget / cores`` when nothing else
+            runs on it, so a budget means the same on a machine shared with other jobs).
+        val_every: validate (and keep the best model) every this many epochs; 0: only
+            after the last (the segmentation recipes: the final model, as the authors').
         fill_budget: with ``time_budget``, also lengthen the run past ``epochs`` so that
             the cosine ends with the budget (a faster machine trains longer instead of
             stopping early); the epoch count then follows from the measured step time.
@@ -107,15 +138,24 @@ class FinetuneConfig:
         recipe: the recipe this config started from (a label, for the saved JSON).
     """
 
+    task: str = "classification"
+    ignore_index: int = 255
+    segmentation_head: str = "softmax"
     epochs: int = 10
+    steps: Optional[int] = None
     batch_size: int = 64
     lr: float = 1e-3
     lr_base_batch: Optional[int] = None
     min_lr: float = 1e-5
     warmup_epochs: float = 1.0
+    warmup_steps: Optional[int] = None
     warmup_lr: float = 1e-5
+    sched: str = "cosine"
+    poly_power: float = 0.9
     weight_decay: float = 0.05
     opt: str = "adamw"
+    momentum: float = 0.9
+    head_lr_scale: float = 1.0
     clip_grad: Optional[float] = 1.0
     kl_weight: float = 0.5
     label_smoothing: float = 0.1
@@ -148,7 +188,9 @@ class FinetuneConfig:
     seed: int = 0
     max_steps: Optional[int] = None
     time_budget: Optional[float] = None
+    budget_clock: str = "wall"
     fill_budget: bool = False
+    val_every: int = 1
     attention: str = "auto"
     progress: bool = True
     recipe: Optional[str] = field(default=None)
@@ -173,9 +215,23 @@ class FinetuneConfig:
 
         for name in ("lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "clip_grad", "kl_weight",
                      "label_smoothing", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "ema_decay",
-                     "drop_path", "scale_min", "hflip", "color_jitter", "reprob", "eval_crop_pct", "time_budget"):
+                     "drop_path", "scale_min", "hflip", "color_jitter", "reprob", "eval_crop_pct", "time_budget",
+                     "poly_power", "momentum", "head_lr_scale"):
             need(finite(name), name, "a finite number")
+        need(self.task in _TASKS, "task", f"one of {_TASKS}")
         need(self.epochs >= 1, "epochs", "at least 1")
+        need(self.steps is None or self.steps >= 1, "steps", "None or at least 1 update")
+        need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "None or >= 0 updates")
+        need(self.sched in ("cosine", "poly"), "sched", "'cosine' or 'poly'")
+        need(self.poly_power > 0, "poly_power", "a positive exponent")
+        need(0.0 <= self.momentum < 1.0, "momentum", "a momentum in [0, 1)")
+        need(self.head_lr_scale > 0, "head_lr_scale", "a positive multiplier")
+        need(self.budget_clock in ("wall", "cpu"), "budget_clock", "'wall' or 'cpu'")
+        need(isinstance(self.val_every, int) and self.val_every >= 0, "val_every", "0 (only after the last epoch) "
+             "or a number of epochs")
+        need(isinstance(self.ignore_index, int), "ignore_index", "an integer label")
+        need(self.segmentation_head in ("softmax", "mask_transformer", "linear"), "segmentation_head",
+             "'softmax', 'mask_transformer' or 'linear'")
         need(self.batch_size >= 1, "batch_size", "at least 1")
         need(self.lr > 0, "lr", "a positive learning rate")
         need(self.lr_base_batch is None or self.lr_base_batch > 0, "lr_base_batch", "None or a positive batch size")

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -91,42 +90,6 @@ def destroy_distributed() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def resolve_training_precision(device: torch.device, precision: str = "auto", verbose: bool = True
-                               ) -> Optional[torch.dtype]:
-    """The autocast dtype of a training run (:attr:`FinetuneConfig.precision`): ``None`` for float32.
-
-    ``"fp32"``, ``"bf16"``, ``"fp16"`` are taken as given; ``"auto"`` follows
-    :func:`hcast.precision.resolve_precision` (bfloat16 on CUDA and on CPUs with native
-    bfloat16, float32 elsewhere) and picks float16 (trained with a ``GradScaler``) on a
-    GPU without bfloat16.
-
-    Args:
-        device: where the model trains.
-        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
-        verbose: print what ``"auto"`` chose, and why.
-
-    Raises:
-        ValueError: an unknown ``precision``.
-    """
-    from hcast.precision import resolve_precision
-
-    if precision == "fp16":
-        return torch.float16
-    if precision not in ("fp32", "bf16", "auto"):
-        raise ValueError(f"precision: expected 'fp32', 'bf16', 'fp16' or 'auto', got {precision!r}.")
-    device = torch.device(device)
-    dtype = resolve_precision(precision, device, verbose=verbose)
-    if dtype is None and precision == "auto" and device.type == "cuda" and torch.cuda.is_available():
-        return torch.float16  # a GPU without bfloat16: float16 with loss scaling
-    return dtype
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class ShardSampler(Sampler[int]):

@@ -14,8 +14,10 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from hcast.hierarchy import Taxonomy
-from hcast.train.distributed import _autocast, unwrap_model
-from hcast.train.loop import SuperpixelFn, _forward, _progress, _unpack_batch, level_targets
+from hcast.precision import autocast
+from hcast.train.batches import SuperpixelFn, progress_bar, unpack_batch
+from hcast.train.distributed import unwrap_model
+from hcast.train.loop import level_logits, level_targets
 
 __all__ = ["evaluate", "format_metrics_table"]
 
@@ -73,14 +75,14 @@ def evaluate(
     if max_steps is not None and total is not None:
         total = min(total, max_steps)
     steps = 0
-    for batch in _progress(loader, progress, total, "evaluate"):
+    for batch in progress_bar(loader, progress, total, "evaluate"):
         if max_steps is not None and steps >= max_steps:
             break
         if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
             continue
-        images, segments, fine = _unpack_batch(batch, device, superpixel_fn)
-        with _autocast(device, amp_dtype):
-            logits = [lg.float() for lg in _forward(net, images, segments)]
+        images, segments, fine = unpack_batch(batch, device, superpixel_fn)
+        with autocast(device, amp_dtype):
+            logits = [lg.float() for lg in level_logits(net, images, segments)]
         if len(logits) != taxonomy.num_levels:
             raise ValueError(
                 f"model: returned {len(logits)} levels of logits but the taxonomy has {taxonomy.num_levels} "

@@ -4,6 +4,9 @@
   clipping, hierarchical mixup/cutmix, the H-CAST loss, a per-step LR schedule and an
   optional EMA of the weights (``timm.utils.ModelEmaV3``), with a tqdm bar showing loss
   and images/s.
+* :func:`train_steps`: the task-independent pass under it (forward and loss from the
+  task, AMP, clipping, optimizer, EMA, schedule, budget), which the segmentation task
+  (:mod:`hcast.train.tasks`) runs too.
 * :class:`TimeBudget`: fit a run into a wall-clock budget by shortening its cosine (or, with
   ``extend``, lengthening it to the end of the budget).
 * :class:`AttentionBackendChooser`: the SDPA backend whose training steps are faster on this
@@ -18,20 +21,19 @@ plus the tree-path KL term, the EMA is updated after every optimizer step.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from hcast.hierarchy import Taxonomy
-from hcast.train.distributed import _autocast, unwrap_model
+from hcast.precision import autocast
+from hcast.train.batches import SuperpixelFn, progress_bar, unpack_batch
+from hcast.train.distributed import unwrap_model
 
-__all__ = ["AttentionBackendChooser", "level_targets", "train_one_epoch", "TimeBudget"]
-
-SuperpixelFn = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["AttentionBackendChooser", "level_logits", "level_targets", "train_one_epoch", "train_steps", "TimeBudget"]
 
 def level_targets(fine_targets: torch.Tensor, paths: torch.Tensor) -> List[torch.Tensor]:
     """Per-level labels, finest first, from fine labels.
@@ -47,20 +49,6 @@ def level_targets(fine_targets: torch.Tensor, paths: torch.Tensor) -> List[torch
     return [rows[:, level] for level in range(paths.shape[1])]
 
 
-def _unpack_batch(batch: Any, device: torch.device, superpixel_fn: Optional[SuperpixelFn]):
-    inputs, fine = batch
-    if isinstance(inputs, (list, tuple)):
-        images, segments = inputs
-        segments = segments.to(device, non_blocking=True)
-    else:
-        images, segments = inputs, None
-    images = images.to(device, non_blocking=True)
-    fine = torch.as_tensor(fine).to(device, non_blocking=True)
-    if segments is None and superpixel_fn is not None:
-        segments = superpixel_fn(images)
-    return images, segments, fine
-
-
 def level_logits(model: nn.Module, *inputs: torch.Tensor) -> List[torch.Tensor]:
     """Per-level logits, finest first, from ``model(*inputs)``: an H-CAST / Hier-ViT (or a
     DDP / compile wrapper of one) returns them with its level outputs switched on
@@ -69,11 +57,13 @@ def level_logits(model: nn.Module, *inputs: torch.Tensor) -> List[torch.Tensor]:
 
     Args:
         model: the model, possibly wrapped.
-        *inputs: ``images`` (B, 3, H, W) and, optionally, ``segments`` (B, H, W).
+        *inputs: ``images`` (B, 3, H, W) and, optionally, ``segments`` (B, H, W); a
+            ``None`` is left out (the model computes superpixels itself, or reads patches).
 
     Returns:
         list of (B, n_l) tensors, finest first.
     """
+    inputs = tuple(x for x in inputs if x is not None)
     net = unwrap_model(model)
     switch = getattr(net, "set_level_outputs", None)
     if switch is None or net.level_outputs:
@@ -85,29 +75,6 @@ def level_logits(model: nn.Module, *inputs: torch.Tensor) -> List[torch.Tensor]:
         finally:
             switch(False)
     return [out] if isinstance(out, torch.Tensor) else list(out)
-
-
-def _forward(model: nn.Module, images: torch.Tensor, segments: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    return level_logits(model, *((images,) if segments is None else (images, segments)))
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, OSError, ValueError):  # no isatty, a closed file, a bad descriptor
-        return False
-
-
-def _progress(iterable: Iterable, enabled: bool, total: Optional[int], desc: str):
-    # a bar only where someone watches: log files and CI get the per-epoch lines instead; no bar
-    # either without a stderr (``2>&-``, or launchers that set sys.stderr to None)
-    stream = sys.stderr
-    if not enabled or stream is None or not _isatty(stream):
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=1.0)
-
 
 
 def train_one_epoch(
@@ -154,7 +121,7 @@ def train_one_epoch(
         mixup: ``mixup(images, level_targets[, segments]) -> (images[, segments], soft level
             targets)`` (:class:`hcast.hierarchy.mixup.HierarchicalMixup`, which cuts the
             loader's superpixel ids with the same box), or ``None``.
-        amp_dtype: autocast dtype (:func:`hcast.train.resolve_training_precision`), ``None`` for float32.
+        amp_dtype: autocast dtype (:func:`hcast.precision.resolve_precision` with ``training=True``), ``None`` for float32.
         grad_scaler: a ``torch.amp.GradScaler`` for float16 AMP.
         clip_grad: max global gradient norm, ``None``/0 for no clipping.
         superpixel_fn: (B,3,H,W) -> (B,H,W) int64 superpixels computed on the device
@@ -180,24 +147,14 @@ def train_one_epoch(
     Raises:
         FloatingPointError: when the loss becomes NaN or infinite.
     """
-    model.train()
     paths = taxonomy.paths().to(device)
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    if max_steps is not None and total is not None:
-        total = min(total, max_steps)
-    bar = _progress(loader, progress, total, f"epoch {epoch}")
-    loss_sum, steps, seen = torch.zeros((), device=device), 0, 0
-    start = time.perf_counter()
-    for batch in bar:
-        if max_steps is not None and steps >= max_steps:
-            break
-        if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
-            continue
-        images, segments, fine = _unpack_batch(batch, device, None)
+
+    def prepare(batch: Any) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor], Sequence[torch.Tensor]]]:
+        images, segments, fine = unpack_batch(batch, device)
         if mixup is not None and images.shape[0] % 2:
             # an unreadable image left the batch one short; mixup pairs images with the mirrored batch
             if images.shape[0] == 1:
-                continue
+                return None
             images, fine = images[:-1], fine[:-1]
             segments = segments[:-1] if segments is not None else None
         targets: Sequence[torch.Tensor] = level_targets(fine, paths)
@@ -209,11 +166,82 @@ def train_one_epoch(
         if segments is None and superpixel_fn is not None:
             with torch.no_grad():
                 segments = superpixel_fn(images)
+        return images, segments, targets
+
+    def compute_loss(images: torch.Tensor, segments: Optional[torch.Tensor], targets: Any) -> torch.Tensor:
+        logits = level_logits(model, images, segments)
+        return criterion([lg.float() for lg in logits], targets)
+
+    return train_steps(model, loader, prepare, compute_loss, optimizer, device, epoch=epoch, scheduler=scheduler,
+                       num_updates=num_updates, amp_dtype=amp_dtype, grad_scaler=grad_scaler, clip_grad=clip_grad,
+                       max_steps=max_steps, progress=progress, world_size=world_size, should_stop=should_stop,
+                       model_ema=model_ema, attention=attention)
+
+
+def train_steps(
+    model: nn.Module,
+    loader: Iterable,
+    prepare: Callable[[Any], Optional[Tuple[torch.Tensor, Optional[torch.Tensor], Any]]],
+    compute_loss: Callable[[torch.Tensor, Optional[torch.Tensor], Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int = 0,
+    scheduler: Any = None,
+    num_updates: int = 0,
+    amp_dtype: Optional[torch.dtype] = None,
+    grad_scaler: Optional[torch.amp.GradScaler] = None,
+    clip_grad: Optional[float] = None,
+    max_steps: Optional[int] = None,
+    progress: bool = True,
+    world_size: int = 1,
+    should_stop: Optional[Callable[[int], bool]] = None,
+    model_ema: Any = None,
+    attention: Optional["AttentionBackendChooser"] = None,
+) -> Dict[str, float]:
+    """The task-independent training pass every hcast task runs (classification:
+    :func:`train_one_epoch`; segmentation: :class:`hcast.train.tasks.SegmentationTask`):
+    per batch ``prepare`` -> forward and loss under autocast and the attention backend ->
+    backward (scaled for float16), clipping, the optimizer step -> EMA, scheduler, budget.
+
+    Args:
+        model: the model being trained (possibly DDP-wrapped); put in training mode.
+        loader: any iterable of batches; ``None`` batches (every image unreadable,
+            :func:`hcast.data.collate_readable`) are skipped.
+        prepare: ``batch -> (images (B,3,H,W), segments (B,H,W) int64 or None, targets)``
+            on the device, or ``None`` to skip the batch; runs outside the timed step.
+        compute_loss: ``(images, segments, targets) -> scalar loss`` (float32), run under
+            autocast and the attention backend.
+        optimizer, device, epoch, scheduler, num_updates, amp_dtype, grad_scaler, clip_grad,
+        max_steps, progress, world_size, should_stop, model_ema, attention: as for
+            :func:`train_one_epoch`.
+
+    Returns:
+        dict with ``loss`` (mean over the pass), ``lr`` (last), ``images_per_s`` (global),
+        ``num_updates`` (after the pass), ``steps`` and ``seconds``.
+
+    Raises:
+        FloatingPointError: when the loss becomes NaN or infinite.
+    """
+    model.train()
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    if max_steps is not None and total is not None:
+        total = min(total, max_steps)
+    bar = progress_bar(loader, progress, total, f"epoch {epoch}")
+    loss_sum, steps, seen = torch.zeros((), device=device), 0, 0
+    start = time.perf_counter()
+    for batch in bar:
+        if max_steps is not None and steps >= max_steps:
+            break
+        if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
+            continue
+        prepared = prepare(batch)
+        if prepared is None:
+            continue
+        images, segments, targets = prepared
         step_start = time.perf_counter()
         with attention.backend() if attention is not None else contextlib.nullcontext():
-            with _autocast(device, amp_dtype):
-                logits = _forward(model, images, segments)
-                loss = criterion([lg.float() for lg in logits], targets)
+            with autocast(device, amp_dtype):
+                loss = compute_loss(images, segments, targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss.item()} at epoch {epoch}, step {steps}; lower --lr, raise --warmup-epochs, "
@@ -296,10 +324,13 @@ class TimeBudget:
         warmup_updates: warm-up length of ``scheduler``.
         reserve_updates: time to keep for what follows the updates (evaluation, saving),
             in units of one update's measured time.
-        calibration_updates, skip, replan_every: the measuring windows.
+        calibration_updates, skip, replan_every: the measuring windows (``skip=0``:
+            measured from construction).
+        replan_at: more measured-update counts to re-plan at (e.g. ``(20,)``).
         sync: all-reduce the measurements across processes.
         start_update: updates already done (a resumed run).
-        clock: seconds, monotonic (``time.perf_counter``).
+        clock: seconds, monotonic: ``time.perf_counter`` (wall) or ``time.process_time``
+            (CPU seconds of this process: the same work on a machine shared with other jobs).
         extend: let the total grow past ``total_updates`` to fill the budget.
 
     Raises:
@@ -309,7 +340,8 @@ class TimeBudget:
     def __init__(self, seconds: float, total_updates: int, scheduler: Any = None, warmup_updates: int = 0,
                  reserve_updates: float = 0.0, calibration_updates: int = 20, skip: int = 3,
                  replan_every: int = 50, sync: bool = False, start_update: int = 0,
-                 clock: Callable[[], float] = time.perf_counter, extend: bool = False) -> None:
+                 clock: Callable[[], float] = time.perf_counter, extend: bool = False,
+                 replan_at: Sequence[int] = ()) -> None:
         if seconds <= 0:
             raise ValueError(f"seconds: expected a positive time budget, got {seconds}.")
         self.seconds, self.planned_updates = float(seconds), int(total_updates)
@@ -320,7 +352,8 @@ class TimeBudget:
         self.clock, self.extend = clock, bool(extend)
         self.start = clock()
         self.start_update = int(start_update)
-        self._mark: Optional[float] = None
+        self.replan_at = frozenset(int(n) for n in replan_at)
+        self._mark: Optional[float] = self.start if self.skip == 0 else None
         self.seconds_per_update: Optional[float] = None
         self.reserve_seconds = 0.0
 
@@ -343,7 +376,8 @@ class TimeBudget:
             self._mark = self.clock()
         measured = done - self.skip
         if self._mark is not None and measured >= self.calibration_updates and (
-                measured == self.calibration_updates or measured % self.replan_every == 0):
+                measured == self.calibration_updates or measured % self.replan_every == 0
+                or measured in self.replan_at):
             self._replan(num_updates, (self.clock() - self._mark) / measured)
         out_of_time = self.elapsed() > self.seconds - self.reserve_seconds
         if self.sync and dist.is_initialized():

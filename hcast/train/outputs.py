@@ -83,12 +83,14 @@ def plot_learning_curves(records: Sequence[Dict[str, Any]], path: Union[str, os.
     """Draw a run's learning curves into a PNG with matplotlib's Agg backend.
 
     Four panels over epochs (1-based): training loss; learning rate at the epoch's end
-    (log scale); validation accuracy per level (finest first, named by the taxonomy's
-    level names); validation FPA and TICE, in percent, plain (per-level argmax) decoding.
+    (log scale); for classification, validation accuracy per level (finest first, named by
+    the taxonomy's level names) and validation FPA and TICE, in percent, plain (per-level
+    argmax) decoding; for segmentation, validation mIoU and pixel accuracy and the last
+    per-class IoU. Epochs without validation only have the first two.
 
     Args:
         records: :func:`write_log`'s records: ``{"epoch": int, "train": {"loss", "lr", ...},
-            "val": hcast.train.evaluate's result}``.
+            "val": hcast.train.evaluate's (or the segmentation task's) result, if validated}``.
         path: the PNG to write.
 
     Raises:
@@ -108,19 +110,32 @@ def plot_learning_curves(records: Sequence[Dict[str, Any]], path: Union[str, os.
     ax = axes[0, 1]
     ax.plot(epochs, [r["train"]["lr"] for r in records], marker=marker)
     ax.set(title="learning rate (end of epoch)", xlabel="epoch", yscale="log")
+    validated = [r for r in records if r.get("val")]
+    val_epochs = [r["epoch"] for r in validated]
+    last = validated[-1]["val"] if validated else {}
     ax = axes[1, 0]
-    names = records[-1]["val"].get("level_names") or []
-    for level in range(len(records[-1]["val"]["plain"]["level_accuracy"])):
-        name = names[level] if level < len(names) else f"level {level}"
-        ax.plot(epochs, [100 * r["val"]["plain"]["level_accuracy"][level] for r in records], marker=marker,
-                label=name)
-    ax.set(title="validation accuracy per level (%)", xlabel="epoch")
-    ax.legend()
-    ax = axes[1, 1]
-    ax.plot(epochs, [100 * r["val"]["plain"]["fpa"] for r in records], marker=marker, label="FPA")
-    ax.plot(epochs, [100 * r["val"]["plain"]["tice"] for r in records], marker=marker, label="TICE")
-    ax.set(title="validation FPA and TICE (%)", xlabel="epoch")
-    ax.legend()
+    if "plain" in last:  # classification: hcast.train.evaluate's result
+        names = last.get("level_names") or []
+        for level in range(len(last["plain"]["level_accuracy"])):
+            name = names[level] if level < len(names) else f"level {level}"
+            ax.plot(val_epochs, [100 * r["val"]["plain"]["level_accuracy"][level] for r in validated], marker=marker,
+                    label=name)
+        ax.set(title="validation accuracy per level (%)", xlabel="epoch")
+        ax.legend()
+        ax = axes[1, 1]
+        ax.plot(val_epochs, [100 * r["val"]["plain"]["fpa"] for r in validated], marker=marker, label="FPA")
+        ax.plot(val_epochs, [100 * r["val"]["plain"]["tice"] for r in validated], marker=marker, label="TICE")
+        ax.set(title="validation FPA and TICE (%)", xlabel="epoch")
+        ax.legend()
+    elif "miou" in last:  # segmentation: SegmentationTask.evaluate's result
+        ax.plot(val_epochs, [100 * r["val"]["miou"] for r in validated], marker="o", label="mIoU")
+        ax.plot(val_epochs, [100 * r["val"]["pixel_accuracy"] for r in validated], marker="o", label="pixel accuracy")
+        ax.set(title="validation mIoU and pixel accuracy (%)", xlabel="epoch")
+        ax.legend()
+        ax = axes[1, 1]
+        ax.bar(range(len(last["iou"])), [100 * v for v in last["iou"]])
+        ax.set_xticks(range(len(last["iou"])), last.get("class_names") or [], rotation=60, fontsize=7)
+        ax.set(title=f"per-class IoU (%), epoch {val_epochs[-1]}")
     for a in axes.flat:
         a.grid(alpha=0.3)
     fig.tight_layout()

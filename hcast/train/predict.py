@@ -35,7 +35,7 @@ def predict_paths(model: Any, images: Any, segments: Any, taxonomy: Any, top_k: 
     from hcast.train.loop import level_logits
 
     with torch.no_grad():
-        logits = level_logits(model, *((images,) if segments is None else (images, segments)))
+        logits = level_logits(model, images, segments)
     probs = [lg.float().softmax(-1).cpu() for lg in logits]
     scores = path_log_probs([lg.float() for lg in logits], taxonomy).cpu()
     paths = taxonomy.paths()

@@ -1,4 +1,7 @@
-"""Named fine-tuning recipes: the H-CAST authors' runs per benchmark, and the main job's.
+"""Named fine-tuning recipes: the H-CAST authors' runs per benchmark, the main job's, and
+the segmentation recipes (``task="segmentation"``): the CAST authors' VOC (SPML) and
+ADE20K (Segmenter) fine-tuning, ``cast-seg-voc`` / ``cast-seg-ade20k``, and the 2-core
+segmentation job's ``garment-scenes`` (scripts/segmentation_job.py runs it).
 
 Every value says where it comes from. "main_suppix_hier.py" is ``deit/main_suppix_hier.py``
 and "README" the H-CAST authors' README in github:ngocquanai/HiOT at b1a222b (their last
@@ -41,7 +44,8 @@ class Recipe:
             ``--model`` is not given).
         pretrained: start from the model's pretrained weights.
         data: ``hcast finetune`` data settings the recipe fixes (``train_samples``,
-            ``val_samples``), empty for the full benchmark.
+            ``val_samples``; ``scenes``: GarmentScenes' ``garments`` and ``scale``), empty for
+            the full benchmark.
         sources: field name -> where its value comes from.
     """
 
@@ -97,6 +101,25 @@ _HCAST = dict(
 )
 
 
+# the CAST authors' segmentation fine-tuning (github:twke18/CAST): SPML on VOC, Segmenter on ADE20K
+_SPML = "scripts/spml/finetune_cast.sh (SPML's VOC fine-tuning of CAST)"
+_SEGMENTER = "scripts/segmenter/train_ade20k_cast.sh (Segmenter's ADE20K fine-tuning of CAST)"
+_SEGMENTATION = dict(
+    task=("segmentation", "semantic segmentation: pixel cross-entropy, mIoU"),
+    sched=("poly", "SPML / Segmenter: poly decay, power 0.9, per iteration"),
+    poly_power=(0.9, "SPML / Segmenter"),
+    opt=("momentum", "SGD with momentum 0.9 (no Nesterov)"),
+    momentum=(0.9, "SPML / Segmenter"),
+    input_size=(512, "crop 512"),
+    hflip=(0.5, "random horizontal flip"),
+    clip_grad=(None, "no gradient clipping"),
+    label_smoothing=(0.0, "plain cross-entropy"),
+    val_every=(0, "the final model is evaluated, after training"),
+    superpixels=("device", "superpixels of the augmented crop, computed per batch"),
+    attention=("default", "PyTorch's SDPA choice"),
+)
+
+
 def _recipe(name: str, description: str, model: str, pretrained: bool, base: Dict[str, tuple],
             data: Dict[str, Any] = None, **overrides: tuple) -> Recipe:
     values = {**base, **overrides}
@@ -143,6 +166,32 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in [
             fill_budget=(True, "main job: the cosine runs to the end of the budget, so a faster CPU learns longer "
                          "instead of stopping early (issue 24)"),
             progress=(False, "main job: a log, not a terminal")),
+    _recipe("cast-seg-voc", "CAST segmenter fine-tuned on Pascal VOC 2012 train+ (SPML), 30k iterations x 4",
+            "cast_seg_small.moco_coco_ep399", True, _SEGMENTATION,
+            steps=(30000, f"{_SPML}: 30k iterations"), batch_size=(4, f"{_SPML}: batch 4"),
+            lr=(3e-3, f"{_SPML}: lr 3e-3"), weight_decay=(1e-4, f"{_SPML}: weight decay 1e-4"),
+            warmup_steps=(100, f"{_SPML}: 100 warm-up iterations"),
+            head_lr_scale=(10.0, f"{_SPML}: the classifier at 10x the learning rate"),
+            segmentation_head=("softmax", f"{_SPML}: SoftmaxClassifier")),
+    _recipe("cast-seg-ade20k", "CAST segmenter fine-tuned on ADE20K (Segmenter), 64 epochs x 8",
+            "cast_seg_small.deit_in1k", True, _SEGMENTATION,
+            epochs=(64, f"{_SEGMENTER}: 64 epochs"), batch_size=(8, f"{_SEGMENTER}: batch 8"),
+            lr=(1e-3, f"{_SEGMENTER}: lr 1e-3"), weight_decay=(0.0, f"{_SEGMENTER}: no weight decay"),
+            warmup_steps=(0, f"{_SEGMENTER}: no warm-up"),
+            segmentation_head=("mask_transformer", f"{_SEGMENTER}: mask transformer decoder")),
+    _recipe("garment-scenes", "the segmentation job: a small CAST segmenter from scratch on GarmentScenes "
+            "(Fashion-MNIST garments on photographs), 2 CPU cores", "cast_seg_tiny", False, _SEGMENTATION,
+            data={"train_samples": 4000, "val_samples": 500, "scenes": {"garments": (1, 2), "scale": (0.45, 0.8)}},
+            steps=(3000, "segmentation job: the plan the CPU budget shortens"),
+            batch_size=(32, "segmentation job"), opt=("adamw", "segmentation job"),
+            lr=(2e-3, "segmentation job"), weight_decay=(0.05, "segmentation job"),
+            warmup_steps=(20, "segmentation job"), input_size=(64, "segmentation job: 64x64 scenes"),
+            superpixels=("cache", "segmentation job: SEEDS once, before training, flipped with the images"),
+            scale_min=(1.0, "segmentation job: flip-only, so superpixels are cached once"),
+            superpixel_method=("seeds", "segmentation job"), num_segments=(49, "segmentation job"),
+            time_budget=(14.0, "segmentation job: 840 CPU seconds = 7 minutes of 2 idle cores"),
+            budget_clock=("cpu", "segmentation job: the same work on a machine shared with other jobs"),
+            precision=("fp32", "segmentation job"), progress=(False, "segmentation job: a log, not a terminal")),
 ]}
 
 

@@ -1,208 +1,33 @@
-"""Fine-tuning and evaluating CAST segmenters: a small library loop beside :func:`hcast.train.finetune`.
+"""Using CAST segmenters: prediction, evaluation, pictures, saved segmenters, sliding windows.
 
-:func:`hcast.train.finetune` is built around taxonomies and level targets (classification);
-semantic segmentation needs per-pixel targets, per-pixel losses and a dataset-level
-confusion matrix, so it has its own loop here, with the authors' recipes as presets
-(:data:`SEGMENTATION_RECIPES`):
-
-* ``'voc'``: SPML's VOC fine-tuning of CAST (``scripts/spml/finetune_cast.sh``): SGD
-  momentum 0.9, poly LR 3e-3, weight decay 1e-4, batch 4, crop 512, 30k iterations,
-  100 warm-up iterations, train+ (SBD), SoftmaxClassifier head.
-* ``'ade20k'``: Segmenter's ADE20K fine-tuning (``scripts/segmenter/train_ade20k_cast.sh``):
-  SGD poly LR 1e-3, batch 8, crop 512, 64 epochs, mask transformer head.
-* ``'garment-scenes'``: the 2-core real-input job (``scripts/segmentation_job.sh``):
-  AdamW 1e-3, batch 32, poly decay, a time budget.
-
-Batches are ``(images (B, 3, H, W) float, segments (B, H, W) int64, labels (B, H, W)
-int64)``; the loss is pixel cross-entropy with ``ignore_index``.
+Training is :func:`hcast.train.finetune` with a :class:`hcast.train.tasks.SegmentationTask`
+(``config.task = "segmentation"``; the CAST authors' recipes ``cast-seg-voc`` and
+``cast-seg-ade20k`` and the 2-core job's ``garment-scenes`` in :mod:`hcast.train.recipes`);
+``hcast finetune --recipe garment-scenes`` runs it from the command line. This module holds
+what comes after: :func:`predict_segmentation`, :func:`evaluate_segmentation` (in-memory
+items), :func:`evaluate_segmentation_dataset` (VOC / ADE20K, whole images or
+:func:`sliding_window_logits`), :func:`save_segmentation_picture`,
+:func:`save_segmenter` / :func:`load_segmenter` (the folder ``hcast segment`` and ``hcast
+evaluate`` read) and :func:`segment_images`.
 """
 from __future__ import annotations
 
-import dataclasses
-import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from hcast.ops.segmentation_metrics import SegmentationIoU
+from hcast.train.batches import SuperpixelFn
 
-__all__ = ["SegmentationConfig", "SEGMENTATION_RECIPES", "SegmentationTensors", "finetune_segmentation",
-           "evaluate_segmentation", "predict_segmentation", "save_segmentation_picture", "save_segmenter",
-           "load_segmenter", "segment_images", "evaluate_segmentation_dataset", "sliding_window_logits"]
+__all__ = ["evaluate_segmentation", "predict_segmentation", "save_segmentation_picture", "save_segmenter",
+           "load_segmenter", "segment_images", "evaluate_segmentation_dataset", "sliding_window_logits",
+           "SEGMENTER_FORMAT"]
 
-
-@dataclasses.dataclass
-class SegmentationConfig:
-    """Settings of :func:`finetune_segmentation`.
-
-    Attributes:
-        steps: optimiser steps (iterations) planned; the poly schedule decays over them.
-        batch_size: images per step.
-        optimizer: ``'sgd'`` (momentum, the authors') or ``'adamw'``.
-        lr, weight_decay, momentum: optimiser settings.
-        warmup_steps: linear warm-up.
-        poly_power: ``lr * (1 - step / steps) ** poly_power`` after warm-up (0.9).
-        time_budget_s: if set, ``steps`` is shortened (re-measured every 50 steps) so
-            that training ends within it; the schedule decays over the shortened count.
-        budget_clock: ``'wall'`` (seconds on the clock) or ``'cpu'`` (CPU seconds of this
-            process, user + system: the work a machine does in ``budget / cores``
-            seconds when nothing else runs on it, so a budget means the same on a
-            machine shared with other jobs).
-        ignore_index: target value without a loss (255).
-        seed: data order and augmentation.
-        log_every: steps between log lines (0: none).
-        head_lr_scale: LR multiplier of the head (SPML: 10 for its classifier).
-    """
-    steps: int = 1000
-    batch_size: int = 16
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    warmup_steps: int = 0
-    poly_power: float = 0.9
-    time_budget_s: Optional[float] = None
-    budget_clock: str = "wall"
-    ignore_index: int = 255
-    seed: int = 0
-    log_every: int = 50
-    head_lr_scale: float = 1.0
-
-
-#: The authors' recipes (module docstring) and the 2-core job's.
-SEGMENTATION_RECIPES: Dict[str, SegmentationConfig] = {
-    "voc": SegmentationConfig(steps=30000, batch_size=4, optimizer="sgd", lr=3e-3, weight_decay=1e-4,
-                              warmup_steps=100, head_lr_scale=10.0),
-    "ade20k": SegmentationConfig(steps=64 * 20210 // 8, batch_size=8, optimizer="sgd", lr=1e-3, weight_decay=0.0),
-    "garment-scenes": SegmentationConfig(steps=3000, batch_size=32, optimizer="adamw", lr=2e-3, weight_decay=0.05,
-                                         warmup_steps=20, time_budget_s=840, budget_clock="cpu"),
-}
-
-
-class SegmentationTensors(Dataset):
-    """In-memory ``(image, segments, labels)`` triples with random horizontal flips
-    (the three flipped together).
-
-    Args:
-        images (Tensor[N, 3, H, W] float), segments (Tensor[N, H, W] int64), labels
-            (Tensor[N, H, W] int64).
-        flip: flip with probability 0.5 on access.
-    """
-
-    def __init__(self, images: torch.Tensor, segments: torch.Tensor, labels: torch.Tensor, flip: bool = False) -> None:
-        if not (images.shape[0] == segments.shape[0] == labels.shape[0]) or segments.shape != labels.shape \
-                or images.shape[-2:] != labels.shape[-2:]:
-            raise ValueError(f"images (N, 3, H, W), segments and labels (N, H, W) must agree, got "
-                             f"{tuple(images.shape)}, {tuple(segments.shape)}, {tuple(labels.shape)}.")
-        self.images, self.segments, self.labels, self.flip = images, segments, labels, flip
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int):
-        x, s, y = self.images[index], self.segments[index], self.labels[index]
-        if self.flip and torch.rand(()) < 0.5:
-            x, s, y = x.flip(-1), s.flip(-1), y.flip(-1)
-        return x, s, y
-
-
-def _param_groups(model: nn.Module, config: SegmentationConfig) -> List[Dict[str, Any]]:
-    head = getattr(model, "head", None)
-    head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
-    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "cls_emb"))
-        groups.setdefault((id(p) in head_ids, no_decay), []).append(p)
-    return [dict(params=ps, lr_scale=config.head_lr_scale if is_head else 1.0,
-                 weight_decay=0.0 if no_decay else config.weight_decay)
-            for (is_head, no_decay), ps in groups.items()]
-
-
-def _lr_at(step: int, total: int, config: SegmentationConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    return config.lr * max(0.0, 1 - step / max(total, 1)) ** config.poly_power
-
-
-def _batches(loader: DataLoader) -> Iterable:
-    while True:
-        yield from loader
-
-
-def finetune_segmentation(model: nn.Module, train_data: Dataset, config: SegmentationConfig,
-                          log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
-    """Train a segmenter (``model(images, segments) -> (B, K, H, W)`` logits, e.g.
-    :class:`hcast.models.segmentation_heads.CASTSegmenter`) with pixel cross-entropy.
-
-    Args:
-        model: the segmenter (trained in place, on the device of its parameters).
-        train_data: ``(image, segments, labels)`` items (e.g. :class:`SegmentationTensors`).
-        config: :class:`SegmentationConfig` (or a recipe of :data:`SEGMENTATION_RECIPES`).
-        log: where log lines go (None: silent).
-
-    Returns:
-        dict with ``steps`` (run), ``seconds`` (wall), ``cpu_seconds``, ``losses`` (per logged
-        step: (step, mean loss)).
-
-    Raises:
-        ValueError: an unknown optimizer or an empty dataset.
-    """
-    if config.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}.")
-    if len(train_data) == 0:
-        raise ValueError("train_data is empty.")
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=True, generator=gen)
-    groups = _param_groups(model, config)
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    else:
-        opt = torch.optim.AdamW(groups, lr=config.lr)
-    if config.budget_clock not in ("wall", "cpu"):
-        raise ValueError(f"budget_clock must be 'wall' or 'cpu', got {config.budget_clock!r}.")
-    clock = time.perf_counter if config.budget_clock == "wall" else time.process_time
-    model.train()
-    total, start, cpu_start, losses, running = config.steps, clock(), time.process_time(), [], []
-    wall_start = time.perf_counter()
-    step = 0
-    for images, segments, labels in _batches(loader):
-        if step >= total:
-            break
-        lr = _lr_at(step, total, config)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"]
-        logits = model(images.to(device), segments.to(device))
-        loss = F.cross_entropy(logits, labels.to(device), ignore_index=config.ignore_index)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running.append(loss.item())
-        step += 1
-        elapsed = clock() - start
-        if config.time_budget_s and step in (5, 20) or (config.time_budget_s and step % 50 == 0):
-            # fit the schedule into the budget, re-measured as the machine's speed settles
-            fit = max(step + 1, int(config.time_budget_s / (elapsed / step)))
-            if fit != total and (fit < config.steps or total < config.steps):
-                changed = abs(min(fit, config.steps) - total) > 0.02 * total
-                total = min(fit, config.steps)
-                if log and changed:
-                    log(f"{config.budget_clock} time budget {config.time_budget_s:.0f} s: {total} of {config.steps} "
-                        f"steps ({elapsed / step:.2f} {config.budget_clock} s/step so far)")
-        if config.log_every and (step % config.log_every == 0 or step == total):
-            losses.append((step, sum(running) / len(running)))
-            if log:
-                log(f"step {step}/{total}  loss {losses[-1][1]:.4f}  lr {lr:.2e}  "
-                    f"{time.perf_counter() - wall_start:.0f} s ({time.process_time() - cpu_start:.0f} CPU s)")
-            running = []
-    return dict(steps=step, seconds=time.perf_counter() - wall_start, cpu_seconds=time.process_time() - cpu_start,
-                losses=losses)
+#: ``config.json["format"]`` of a folder written by :func:`save_segmenter`
+SEGMENTER_FORMAT = "hcast-segmenter"
 
 
 @torch.no_grad()
@@ -217,21 +42,43 @@ def predict_segmentation(model: nn.Module, images: torch.Tensor, segments: torch
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, data: Dataset, num_classes: int, batch_size: int = 32,
+def evaluate_segmentation(model: nn.Module, data: Union[Dataset, Iterable], num_classes: int, batch_size: int = 32,
                           ignore_index: int = 255, convention: str = "mmseg",
-                          class_names: Optional[List[str]] = None) -> SegmentationIoU:
-    """Dataset-level IoU of a segmenter on ``(image, segments, labels)`` items.
+                          class_names: Optional[List[str]] = None, superpixel_fn: Optional[SuperpixelFn] = None,
+                          amp_dtype: Optional[torch.dtype] = None) -> SegmentationIoU:
+    """Dataset-level IoU of a segmenter (``model(images, segments) -> (B, K, H, W)``, a DDP
+    wrapper is unwrapped) on a dataset of ``((image, segments), labels)`` or ``(image,
+    labels)`` items (:class:`hcast.train.tasks.SegmentationTensors`), read ``batch_size`` at a
+    time, or on a loader of such batches (the validation of
+    :class:`hcast.train.tasks.SegmentationTask`). Summed over processes under DDP (the
+    metric is a torchmetrics ``Metric``); the model's training mode is restored.
+
+    Args:
+        superpixel_fn: computes segments for batches without them (``None``: the model does).
+        amp_dtype: autocast dtype, ``None`` for float32.
 
     Returns:
         the :class:`hcast.ops.segmentation_metrics.SegmentationIoU` metric, updated
-        (``.compute()``, ``.table()``).
+        (``.compute()``, ``.table()``), on the model's device.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    metric = SegmentationIoU(num_classes, ignore_index, convention, class_names)
-    for images, segments, labels in DataLoader(data, batch_size=batch_size):
-        logits = model(images.to(device), segments.to(device))
-        metric.update(logits.argmax(1).cpu(), labels)
+    from hcast.precision import autocast
+    from hcast.train.batches import unpack_batch
+    from hcast.train.distributed import unwrap_model
+
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    metric = SegmentationIoU(num_classes, ignore_index, convention, class_names).to(device)
+    loader = DataLoader(data, batch_size=batch_size) if isinstance(data, Dataset) else data
+    for batch in loader:
+        if batch is None:  # every image of the batch was unreadable (hcast.data.collate_readable)
+            continue
+        images, segments, labels = unpack_batch(batch, device, superpixel_fn)
+        with autocast(device, amp_dtype):
+            logits = net(images, segments)
+        metric.update(logits.float().argmax(1), labels)
+    net.train(was_training)
     return metric
 
 
@@ -295,45 +142,70 @@ def save_segmentation_picture(path, images: torch.Tensor, hierarchy: List[torch.
 # ---------------------------------------------------------------------------------------
 
 
-def save_segmenter(model: nn.Module, path, model_name: str, model_args: Dict[str, Any],
-                   class_names: List[str]) -> None:
-    """Write a :class:`hcast.models.segmentation_heads.CASTSegmenter` as one ``.pth`` file
-    (weights, the encoder's name and arguments, the head, class names), atomically."""
-    from hcast.weights.folder import save_checkpoint
+def save_segmenter(model: nn.Module, folder, model_name: str, model_args: Dict[str, Any],
+                   class_names: List[str], extra_config: Optional[Dict[str, Any]] = None) -> Path:
+    """Write a :class:`hcast.models.segmentation_heads.CASTSegmenter` as a folder:
+    ``model.safetensors`` (its weights) and ``config.json`` (``format``, the encoder's timm
+    name and arguments, the head, the class names, and ``extra_config``), each atomically,
+    weights first. :func:`hcast.train.finetune` writes it for a segmentation run.
 
-    save_checkpoint(dict(format="hcast-segmenter", model_name=model_name, model_args=dict(model_args),
-                         head=model.head_type, num_classes=model.num_classes, class_names=list(class_names),
-                         state_dict=model.state_dict()), path)
+    Returns:
+        the folder.
+    """
+    import safetensors.torch
+
+    from hcast._io import atomic_write, write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_write(folder / "model.safetensors", description="weights") as tmp:
+        safetensors.torch.save_file(state, str(tmp))
+    write_json(dict(format=SEGMENTER_FORMAT, model_name=model_name, model_args=dict(model_args),
+                    head=model.head_type, num_classes=model.num_classes, class_names=list(class_names),
+                    **(extra_config or {})), folder / "config.json")
+    return folder
 
 
 def load_segmenter(source: str, device: str = "cpu") -> Tuple[nn.Module, List[str]]:
-    """A segmenter and its class names from a file written by :func:`save_segmenter`, or a
-    ``cast_seg_*`` timm name / tag (its own head, per pixel: ``forward_dense``; with no
-    head, ``num_classes=0``, only the hierarchical segments are meaningful).
+    """A segmenter and its class names from a folder written by :func:`save_segmenter` (or
+    by ``hcast finetune`` on a segmentation recipe), or a ``cast_seg_*`` timm name / tag (its
+    own head, per pixel: ``forward_dense``; with no head, ``num_classes=0``, only the
+    hierarchical segments are meaningful).
 
     Raises:
-        ValueError: a file that is not a saved segmenter; a name that is not a CAST
+        ValueError: a folder that holds no saved segmenter; a name that is not a CAST
             segmentation encoder.
     """
+    import json
+
+    import safetensors.torch
     import timm
 
     from hcast.models.cast_seg import CASTSeg
     from hcast.models.segmentation_heads import CASTSegmenter
-    from hcast.weights.safe_load import load_checkpoint_file
 
-    if source.endswith((".pth", ".pt")):
-        ckpt = load_checkpoint_file(source)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != "hcast-segmenter":
+    path = Path(source)
+    if path.is_dir() or path.suffix in (".json", ".safetensors"):
+        folder = path if path.is_dir() else path.parent
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{source!r}: no readable config.json of a saved segmenter ({e}).") from None
+        if not isinstance(config, dict) or config.get("format") != SEGMENTER_FORMAT:
             raise ValueError(f"{source!r} is not a segmenter saved by hcast.train.segmentation.save_segmenter "
-                             f"(no 'format': 'hcast-segmenter' entry).")
-        encoder = timm.create_model(ckpt["model_name"], num_classes=0, **ckpt["model_args"])
-        model = CASTSegmenter(encoder, ckpt["num_classes"], ckpt["head"])
-        model.load_state_dict(ckpt["state_dict"])
-        return model.to(device).eval(), list(ckpt["class_names"])
+                             f"(config.json has no 'format': '{SEGMENTER_FORMAT}' entry).")
+        encoder = timm.create_model(config["model_name"], num_classes=0, **config["model_args"])
+        model = CASTSegmenter(encoder, config["num_classes"], config["head"])
+        model.load_state_dict(safetensors.torch.load_file(str(folder / "model.safetensors")))
+        return model.to(device).eval(), list(config["class_names"])
+    if path.suffix in (".pth", ".pt") or path.exists():
+        raise ValueError(f"{source!r} is not a segmenter folder (config.json + model.safetensors written by "
+                         "save_segmenter or `hcast finetune` on a segmentation recipe) nor a cast_seg_* name.")
     model = timm.create_model(source, pretrained=bool(timm.get_pretrained_cfg(source) and
                                                      timm.get_pretrained_cfg(source).has_weights))
     if not isinstance(model, CASTSeg):
-        raise ValueError(f"{source!r} is not a CAST segmentation encoder (cast_seg_*) nor a saved segmenter (.pth).")
+        raise ValueError(f"{source!r} is not a CAST segmentation encoder (cast_seg_*) nor a saved segmenter folder.")
     return _DenseWrapper(model).to(device).eval(), [str(i) for i in range(model.num_classes)]
 
 
@@ -359,8 +231,6 @@ def segment_images(model: nn.Module, class_names: List[str], paths: List[str], o
     Raises:
         OSError / ValueError: an unreadable image (named).
     """
-    from pathlib import Path
-
     import numpy as np
     from PIL import Image
 
