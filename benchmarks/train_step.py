@@ -39,7 +39,13 @@ def _child(code: str, data_path: str, steps: int, warmup: int, threads: int) -> 
     from hcast.hierarchy.losses import HCASTLoss
     from hcast.hierarchy.taxonomies import fashion_mnist_taxonomy
     from hcast.train import create_optimizer_and_scheduler, get_recipe, train_one_epoch
-    from hcast.train.distributed import resolve_training_precision
+    try:  # before issue 22
+        from hcast.train.distributed import resolve_training_precision
+    except ImportError:  # the one precision rule, hcast.precision
+        from hcast.precision import resolve_precision
+
+        def resolve_training_precision(device, precision, verbose):
+            return resolve_precision(precision, device, verbose, training=True)
 
     assert Path(hcast.__file__).resolve().is_relative_to(Path(code).resolve()), hcast.__file__
     data = torch.load(data_path)
