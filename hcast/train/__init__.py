@@ -27,7 +27,6 @@ from hcast.train.distributed import (
     destroy_distributed,
     init_distributed,
     resolve_device,
-    unwrap_model,
 )
 from hcast.train.batches import progress_bar, unpack_batch
 from hcast.train.loop import AttentionBackendChooser, TimeBudget, level_logits, level_targets, train_one_epoch, train_steps
@@ -97,7 +96,6 @@ __all__ = [
     "TrainingState",
     "TransformedDataset",
     "unpack_batch",
-    "unwrap_model",
     "uses_superpixels",
     "write_json",
     "write_log",

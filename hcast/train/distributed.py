@@ -4,9 +4,9 @@
   nccl on CUDA) and :func:`destroy_distributed` leaves it;
 * :func:`resolve_device`;
 * :class:`ShardSampler`: evaluation shards without padding, so metrics summed over
-  processes equal a single-process run;
-* :func:`unwrap_model`: timm's (``timm.utils.unwrap_model``): the model inside DDP, EMA and
-  ``torch.compile`` wrappers.
+  processes equal a single-process run.
+
+(The model inside DDP, EMA and ``torch.compile`` wrappers: ``timm.utils.unwrap_model``.)
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-from timm.utils import unwrap_model as _timm_unwrap_model
 from torch.utils.data import Sampler
 
 __all__ = [
@@ -26,7 +24,6 @@ __all__ = [
     "destroy_distributed",
     "resolve_device",
     "ShardSampler",
-    "unwrap_model",
 ]
 
 @dataclass(frozen=True)
@@ -110,8 +107,3 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.dataset_len, self.world_size))
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DDP, EMA and ``torch.compile`` wrappers: ``timm.utils.unwrap_model``."""
-    return _timm_unwrap_model(model)

@@ -16,7 +16,7 @@ import torch.nn as nn
 from hcast.hierarchy import Taxonomy
 from hcast.precision import autocast
 from hcast.train.batches import SuperpixelFn, progress_bar, unpack_batch
-from hcast.train.distributed import unwrap_model
+from timm.utils import unwrap_model
 from hcast.train.loop import level_logits, level_targets
 
 __all__ = ["evaluate", "format_metrics_table"]

@@ -31,7 +31,7 @@ import torch.nn as nn
 from hcast.hierarchy import Taxonomy
 from hcast.precision import autocast
 from hcast.train.batches import SuperpixelFn, progress_bar, unpack_batch
-from hcast.train.distributed import unwrap_model
+from timm.utils import unwrap_model
 
 __all__ = ["AttentionBackendChooser", "level_logits", "level_targets", "train_one_epoch", "train_steps", "TimeBudget"]
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch.nn as nn
 
 from hcast.hierarchy import Taxonomy
-from hcast.train.distributed import unwrap_model
+from timm.utils import unwrap_model
 from hcast._io import atomic_write
 from hcast.weights.folder import save_for_hf
 

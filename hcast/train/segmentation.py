@@ -63,7 +63,7 @@ def evaluate_segmentation(model: nn.Module, data: Union[Dataset, Iterable], num_
     """
     from hcast.precision import autocast
     from hcast.train.batches import unpack_batch
-    from hcast.train.distributed import unwrap_model
+    from timm.utils import unwrap_model
 
     net = unwrap_model(model)
     was_training = net.training

@@ -182,7 +182,7 @@ class ClassificationTask(Task):
         if config.superpixels == "cache":  # SuperpixelCache flips the training images with their superpixels
             train_tf = create_val_transform(config.replace(eval_mean=None, eval_std=None), data_cfg)
         val_cfg = {**data_cfg, **val_data_config(config)}  # as create_val_transform: its own mean/std if set
-        superpixel_fn = None
+        superpixel_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         method, num_segments = superpixels.method, superpixels.num_segments
         if superpixels.used and config.superpixels in ("loader", "cache"):
             sp = SuperpixelTransform(num_segments=num_segments, method=method, mean=data_cfg["mean"],
