@@ -285,3 +285,34 @@ def test_train_one_epoch_without_a_terminal_or_a_stderr(stderr, monkeypatch):
                                    taxonomy, torch.device("cpu"), mixup=mixup, progress=True)
     assert stats["steps"] == 7 and stats["num_updates"] == 7  # six full batches, the odd one as two images
     assert stats["images_per_s"] > 0 and torch.isfinite(torch.tensor(stats["loss"]))
+
+
+def test_train_one_epoch_with_progress_and_stderr_a_file(tmp_path):
+    """The issue's case as users hit it: a job whose stderr is a file (not a terminal) calls
+    train_one_epoch(progress=True) from Python; it must run to its last step (the bar's postfix
+    used to be set on the plain loader at step 5)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from hcast.hierarchy import HCASTLoss, fashion_mnist_taxonomy\n"
+        "from hcast.train import train_one_epoch\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Linear(12, 15)\n"
+        "class Levels(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.net = model\n"
+        "    def forward(self, x):\n"
+        "        out = self.net(x.flatten(1)); return out[:, :10], out[:, 10:]\n"
+        "m = Levels()\n"
+        "batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 10, (4,))) for _ in range(12)]\n"
+        "stats = train_one_epoch(m, batches, HCASTLoss(), torch.optim.SGD(m.parameters(), lr=0.01),\n"
+        "                        fashion_mnist_taxonomy(), torch.device('cpu'), progress=True)\n"
+        "print('steps', stats['steps'])\n")
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                             timeout=300)
+    assert out.returncode == 0, log.read_text()[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "steps 12"
