@@ -81,7 +81,10 @@ def test_from_pretrained_cli_loader_and_export_load_every_head(tmp_path, inputs,
     assert taxonomy is None and model.level_classes == level_classes
     _assert_equals_original(model, original, level_classes, inputs)
 
-    # export writes every level (the fixed-budget mode of the same weights)
+    # export writes every level (the fixed-budget mode of the same weights); the 3-level file is
+    # the case that lost heads, 2 levels export in tests/test_export.py
+    if len(level_classes) < 3:
+        return
     program = torch.export.load(export_model(model, tmp_path / "m.pt2", "torch-export", max_tokens=64))
     x, segments = inputs
     with torch.no_grad():
