@@ -24,7 +24,7 @@ from hcast.ops.segmentation_metrics import SegmentationIoU
 from hcast.train.segmentation import (SEGMENTATION_RECIPES, SegmentationTensors, evaluate_segmentation,
                                       finetune_segmentation, predict_segmentation, save_segmentation_picture,
                                       save_segmenter)
-from hcast.weights.folder import atomic_write, write_json
+from hcast._io import atomic_write, write_json
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="runs/segmentation_job")
