@@ -38,8 +38,7 @@ parser.add_argument("--cpu-budget", type=float, default=840,
                          "same work); 0: no budget")
 parser.add_argument("--steps", type=int, default=None)
 parser.add_argument("--batch-size", type=int, default=None)
-parser.add_argument("--lr", type=float, default=4e-3,
-                    help="AdamW peak learning rate (4e-3: the recipe's 2e-3 learns more slowly in this budget)")
+parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 2e-3)")
 parser.add_argument("--threads", type=int, default=None)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--garments", type=int, nargs=2, default=(1, 2), help="min and max garments per image")
@@ -48,11 +47,10 @@ parser.add_argument("--embed-dim", type=int, default=128)
 parser.add_argument("--heads", type=int, default=4)
 parser.add_argument("--depths", type=int, nargs=4, default=(1, 1, 1, 1))
 parser.add_argument("--clusters", type=int, nargs=4, default=(32, 16, 8, 4))
-parser.add_argument("--pool-drop", type=float, default=0.0,
-                    help="dropout in graph pooling's MLP (CASTSeg pool_drop_rate; the original's 0.1 slows this short "
-                         "from-scratch run down, which underfits)")
-parser.add_argument("--fusion-drop", type=float, default=0.0,
-                    help="dropout in BlockFusion (CASTSeg fusion_drop_rate; the original's 0.2, see --pool-drop)")
+parser.add_argument("--pool-drop", type=float, default=0.1,
+                    help="dropout in graph pooling's MLP (CASTSeg pool_drop_rate, the original's 0.1)")
+parser.add_argument("--fusion-drop", type=float, default=0.2,
+                    help="dropout in BlockFusion (CASTSeg fusion_drop_rate, the original's 0.2)")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
