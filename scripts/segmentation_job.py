@@ -38,7 +38,7 @@ parser.add_argument("--cpu-budget", type=float, default=840,
                          "same work); 0: no budget")
 parser.add_argument("--steps", type=int, default=None)
 parser.add_argument("--batch-size", type=int, default=None)
-parser.add_argument("--lr", type=float, default=None)
+parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 2e-3)")
 parser.add_argument("--threads", type=int, default=None)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--garments", type=int, nargs=2, default=(1, 2), help="min and max garments per image")
@@ -47,6 +47,10 @@ parser.add_argument("--embed-dim", type=int, default=128)
 parser.add_argument("--heads", type=int, default=4)
 parser.add_argument("--depths", type=int, nargs=4, default=(1, 1, 1, 1))
 parser.add_argument("--clusters", type=int, nargs=4, default=(32, 16, 8, 4))
+parser.add_argument("--pool-drop", type=float, default=0.1,
+                    help="dropout in graph pooling's MLP (CASTSeg pool_drop_rate, the original's 0.1)")
+parser.add_argument("--fusion-drop", type=float, default=0.2,
+                    help="dropout in BlockFusion (CASTSeg fusion_drop_rate, the original's 0.2)")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -66,7 +70,7 @@ print(f"data: {len(train)} train / {len(val)} held-out {args.size}x{args.size} i
       f"SEEDS {args.superpixels} superpixels; {time.time() - t0:.0f} s")
 
 model_args = dict(embed_dim=args.embed_dim, num_heads=args.heads, depths=tuple(args.depths), num_clusters=tuple(args.clusters),
-                  img_size=args.size)
+                  img_size=args.size, pool_drop_rate=args.pool_drop, fusion_drop_rate=args.fusion_drop)
 encoder = timm.create_model("cast_seg_tiny", num_classes=0, **model_args)
 model = CASTSegmenter(encoder, train.num_classes, head="softmax")
 # the recipe hcast finetune --recipe garment-scenes runs; --cpu-budget is in CPU seconds (the config's in minutes)
