@@ -84,10 +84,10 @@ def test_from_named_paths_deduplicates_per_image_tuples():
     "build, match",
     [
         # a child with two parents
-        (lambda: Taxonomy.from_paths([[0, 0], [1, 0], [1, 1]]), r"fine class 1 appears in paths\[1\] and paths\[2\]"),
+        (lambda: Taxonomy.from_paths([[0, 0], [1, 0], [1, 1]]), r"class 1 at level 0 has two parents, 0 and 1 \(in paths\[1\] and paths\[2\]\)"),
         (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 1, 0], [2, 1, 1]]), r"class 1 at level 1 has two parents, 0 and 1"),
-        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": {"x": ["2"]}}), r"class 'x' at level 1 appears under two parents"),
-        (lambda: Taxonomy.from_edges([("a", "X"), ("a", "Y")]), r"class 'a' has two parents, 'X' and 'Y'"),
+        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": {"x": ["2"]}}), r"class 'x' at level 1 has two parents, 'A' and 'B' \(in tree\['A'\]\['x'\] and tree\['B'\]\['x'\]\)"),
+        (lambda: Taxonomy.from_edges([("a", "X"), ("a", "Y")]), r"class 'a' at level 0 has two parents, 'X' and 'Y' \(in edges\[0\] and edges\[1\]\)"),
         # cycles
         (lambda: Taxonomy.from_edges([("a", "b"), ("b", "c"), ("c", "a")]), r"cycle"),
         (lambda: Taxonomy.from_edges([("a", "a")]), r"class 'a' is its own parent"),
@@ -95,18 +95,18 @@ def test_from_named_paths_deduplicates_per_image_tuples():
         (lambda: Taxonomy([[0, 2, 2]]), r"class 1 at level 1 has no child"),
         (lambda: Taxonomy.from_paths([[0, 0], [2, 0]]), r"fine class 1 is missing"),
         (lambda: Taxonomy.from_paths([[0, 0], [1, 2]]), r"class 1 at level 1 has no child"),
-        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 2, 0]]), r"class 1 at level 1 does not appear"),
+        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 2, 0]]), r"class 1 at level 1 has no child at level 0 \(a gap"),
         # paths of unequal depth
-        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 0]]), r"paths\[1\] \(fine class 1\) has 2 levels"),
-        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": ["2"]}), r"fine class '2' .* depth 2"),
-        (lambda: Taxonomy.from_edges([("a", "X"), ("X", "R"), ("b", "R")]), r"fine class 'b' has 2 levels"),
+        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 0]]), r"fine class 1 has 2 levels up to its root but fine class 0 has 3 \(in paths\[1\] and paths\[0\]\)"),
+        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": ["2"]}), r"fine class '2' has 2 levels .* \(in tree\['B'\]\[0\] and"),
+        (lambda: Taxonomy.from_edges([("a", "X"), ("X", "R"), ("b", "R")]), r"fine class 'b' has 2 levels up to its root but fine class 'a' has 3"),
         # names not matching counts
         (lambda: Taxonomy([[0, 1, 1]], names=[["a", "b"], None]), r"names\[0\] has 2 names but level 0 has 3 classes"),
         (lambda: Taxonomy([[0, 1, 1]], level_names=("a", "b", "c")), r"level_names has 3 entries"),
         # parent ids out of range / negative
-        (lambda: Taxonomy([[0, 1, 5]], num_classes=(3, 2)), r"class 2 at level 0 has parent id 5, outside \[0, 2\)"),
-        (lambda: Taxonomy([[0, -1]]), r"class 1 at level 0 has parent id -1"),
-        (lambda: Taxonomy.from_paths([[0, 0], [1, 0]], index_base=1), r"below index_base=1"),
+        (lambda: Taxonomy([[0, 1, 5]], num_classes=(3, 2)), r"parents\[0\]\[2\] \(the parent of class 2 at level 0\) is 5, outside \[0, 2\) at level 1"),
+        (lambda: Taxonomy([[0, -1]]), r"parents\[0\]\[1\] \(the parent of class 1 at level 0\) is -1, below the first class id 0"),
+        (lambda: Taxonomy.from_paths([[0, 0], [1, 0]], index_base=1), r"paths\[0\]\[0\] is 0, below the first class id 1 at level 0; class ids count from index_base=1"),
         (lambda: Taxonomy([[0, 1.0]]), r"parents\[0\]\[1\] must be an integer"),
     ],
 )
