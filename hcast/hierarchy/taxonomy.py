@@ -248,7 +248,7 @@ def _check_no_cycle(pm: _ParentMap) -> None:
         if child == parent:
             raise ValueError(
                 f"{pm.label(child)} is its own parent{_in([where])}: a cycle. A taxonomy is a tree: remove "
-                f"this link from {pm.source}."
+                f"this link."
             )
         ups.setdefault(child, []).append((parent, where))
     done: set = set()
@@ -271,8 +271,7 @@ def _check_no_cycle(pm: _ParentMap) -> None:
                 cycle = path[on_path[up]:] + [up]
                 raise ValueError(
                     f"{pm.label(up)} is its own ancestor (a cycle: {' -> '.join(repr(pm.key(n)) for n in cycle)})"
-                    f"{_in(wheres[on_path[up]:] + [where])}; a taxonomy is a tree: remove one of these links "
-                    f"from {pm.source}."
+                    f"{_in(wheres[on_path[up]:] + [where])}; a taxonomy is a tree: remove one of these links."
                 )
             if up not in done:
                 on_path[up] = len(path)
@@ -308,8 +307,7 @@ def _check_one_parent(pm: _ParentMap, children: dict) -> dict:
             level = None if pm.leveled else _heights(pm, children)[child]
             raise ValueError(
                 f"{pm.label(child, level)} has two parents, {pm.key(parent[child])!r} and {pm.key(up)!r}"
-                f"{_in([where_of[child], where])}; every class needs exactly one parent: keep one of them "
-                f"in {pm.source}."
+                f"{_in([where_of[child], where])}; every class needs exactly one parent: keep one of them."
             )
         where_of.setdefault(child, where)
     return parent
@@ -323,8 +321,7 @@ def _check_fine_once(pm: _ParentMap, children: dict) -> list:
     for node, where, _ in pm.leaves:
         if node in seen:
             raise ValueError(
-                f"fine class {pm.key(node)!r} is listed twice{_in([seen[node], where])}; list every fine class "
-                f"once in {pm.source}."
+                f"fine class {pm.key(node)!r} is listed twice{_in([seen[node], where])}; list every fine class once."
             )
         seen[node] = where
     return pm.leaves
