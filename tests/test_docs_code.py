@@ -82,6 +82,21 @@ def local_hub():
         yield hub
 
 
+# ----------------------------------------------------------------------------- files a page says it reads
+
+
+def _models_md(hub: LocalHub) -> None:
+    """The released living17 file, its `hcast convert` folder, and that folder on the hub."""
+    from hcast.models import convert_checkpoint
+
+    Path("living17.pth").write_bytes(hub.gdrive[LIVING17_ID])
+    convert_checkpoint("living17.pth", "runs/living17", "hcast_small.living17")
+    hub.add_folder("user/my-hcast", "runs/living17")
+
+
+SETUP = {"docs/models.md": _models_md}
+
+
 # ----------------------------------------------------------------------------- the test
 
 
@@ -92,6 +107,8 @@ def test_docs_python_blocks_run(doc, local_hub, tmp_path, monkeypatch, one_torch
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
+    if doc in SETUP:
+        SETUP[doc](local_hub)
     namespace: dict = {"__name__": "__docs__"}
     for line, code, skip in blocks:
         if skip:
