@@ -94,7 +94,16 @@ def _models_md(hub: LocalHub) -> None:
     hub.add_folder("user/my-hcast", "runs/living17")
 
 
-SETUP = {"docs/models.md": _models_md}
+def _quickstart_md(hub: LocalHub) -> None:
+    """What `hcast finetune --data fashion-mnist --output runs/fmnist` writes, untrained."""
+    from hcast.hierarchy import fashion_mnist_taxonomy
+    from hcast.train import save_model_folder
+
+    taxonomy = fashion_mnist_taxonomy()
+    save_model_folder(timm.create_model("hcast_tiny", level_classes=taxonomy.num_classes), "runs/fmnist", taxonomy)
+
+
+SETUP = {"docs/models.md": _models_md, "docs/quickstart.md": _quickstart_md}
 
 
 # ----------------------------------------------------------------------------- the test
