@@ -1,6 +1,7 @@
 """Tests of hcast.hierarchy.Taxonomy and the dataset taxonomy builders."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -84,10 +85,10 @@ def test_from_named_paths_deduplicates_per_image_tuples():
     "build, match",
     [
         # a child with two parents
-        (lambda: Taxonomy.from_paths([[0, 0], [1, 0], [1, 1]]), r"fine class 1 appears in paths\[1\] and paths\[2\]"),
+        (lambda: Taxonomy.from_paths([[0, 0], [1, 0], [1, 1]]), r"class 1 at level 0 has two parents, 0 and 1 \(in paths\[1\] and paths\[2\]\)"),
         (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 1, 0], [2, 1, 1]]), r"class 1 at level 1 has two parents, 0 and 1"),
-        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": {"x": ["2"]}}), r"class 'x' at level 1 appears under two parents"),
-        (lambda: Taxonomy.from_edges([("a", "X"), ("a", "Y")]), r"class 'a' has two parents, 'X' and 'Y'"),
+        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": {"x": ["2"]}}), r"class 'x' at level 1 has two parents, 'A' and 'B' \(in tree\['A'\]\['x'\] and tree\['B'\]\['x'\]\)"),
+        (lambda: Taxonomy.from_edges([("a", "X"), ("a", "Y")]), r"class 'a' at level 0 has two parents, 'X' and 'Y' \(in edges\[0\] and edges\[1\]\)"),
         # cycles
         (lambda: Taxonomy.from_edges([("a", "b"), ("b", "c"), ("c", "a")]), r"cycle"),
         (lambda: Taxonomy.from_edges([("a", "a")]), r"class 'a' is its own parent"),
@@ -95,24 +96,167 @@ def test_from_named_paths_deduplicates_per_image_tuples():
         (lambda: Taxonomy([[0, 2, 2]]), r"class 1 at level 1 has no child"),
         (lambda: Taxonomy.from_paths([[0, 0], [2, 0]]), r"fine class 1 is missing"),
         (lambda: Taxonomy.from_paths([[0, 0], [1, 2]]), r"class 1 at level 1 has no child"),
-        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 2, 0]]), r"class 1 at level 1 does not appear"),
+        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 2, 0]]), r"class 1 at level 1 has no child at level 0 \(a gap"),
         # paths of unequal depth
-        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 0]]), r"paths\[1\] \(fine class 1\) has 2 levels"),
-        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": ["2"]}), r"fine class '2' .* depth 2"),
-        (lambda: Taxonomy.from_edges([("a", "X"), ("X", "R"), ("b", "R")]), r"fine class 'b' has 2 levels"),
+        (lambda: Taxonomy.from_paths([[0, 0, 0], [1, 0]]), r"fine class 1 has 2 levels up to its root but fine class 0 has 3 \(in paths\[1\] and paths\[0\]\)"),
+        (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": ["2"]}), r"fine class '2' has 2 levels .* \(in tree\['B'\]\[0\] and"),
+        (lambda: Taxonomy.from_edges([("a", "X"), ("X", "R"), ("b", "R")]), r"fine class 'b' has 2 levels up to its root but fine class 'a' has 3"),
         # names not matching counts
         (lambda: Taxonomy([[0, 1, 1]], names=[["a", "b"], None]), r"names\[0\] has 2 names but level 0 has 3 classes"),
         (lambda: Taxonomy([[0, 1, 1]], level_names=("a", "b", "c")), r"level_names has 3 entries"),
         # parent ids out of range / negative
-        (lambda: Taxonomy([[0, 1, 5]], num_classes=(3, 2)), r"class 2 at level 0 has parent id 5, outside \[0, 2\)"),
-        (lambda: Taxonomy([[0, -1]]), r"class 1 at level 0 has parent id -1"),
-        (lambda: Taxonomy.from_paths([[0, 0], [1, 0]], index_base=1), r"below index_base=1"),
+        (lambda: Taxonomy([[0, 1, 5]], num_classes=(3, 2)), r"parents\[0\]\[2\] \(the parent of class 2 at level 0\) is 5, outside \[0, 2\) at level 1"),
+        (lambda: Taxonomy([[0, -1]]), r"parents\[0\]\[1\] \(the parent of class 1 at level 0\) is -1, below the first class id 0"),
+        (lambda: Taxonomy.from_paths([[0, 0], [1, 0]], index_base=1), r"paths\[0\]\[0\] is 0, below the first class id 1 at level 0; class ids count from index_base=1"),
         (lambda: Taxonomy([[0, 1.0]]), r"parents\[0\]\[1\] must be an integer"),
     ],
 )
 def test_invalid_input_raises_value_error_naming_the_class(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+# ----------------------------------------------------------------------------- one validator for every format
+# Every constructor parses its input into one intermediate form and hands it to one validator: the
+# same defect gets the same message whatever the format; only "(in ...)", where the input states
+# it, names the argument.
+
+
+def _message(build):
+    with pytest.raises(ValueError) as info:
+        build()
+    return str(info.value)
+
+
+def _without_where(message):
+    return re.sub(r" \(in [^)]*\)", "", message)
+
+
+SAME_DEFECT = {
+    "two parents": (
+        "class 'x' at level 1 has two parents, 'A' and 'B'; every class needs exactly one parent: keep one of them.",
+        [
+            (lambda: Taxonomy.from_named_paths([("1", "x", "A"), ("2", "x", "B")]), "(in paths[0] and paths[1])"),
+            (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": {"x": ["2"]}}),
+             "(in tree['A']['x'] and tree['B']['x'])"),
+            (lambda: Taxonomy.from_edges([("1", "x"), ("x", "A"), ("2", "x"), ("x", "B")]),
+             "(in edges[1] and edges[3])"),
+        ],
+    ),
+    "unequal depth": (
+        "fine class '2' has 2 levels up to its root but fine class '1' has 3; every fine class must sit at the "
+        "same depth, with one class per level from the finest to the coarsest.",
+        [
+            (lambda: Taxonomy.from_named_paths([("1", "x", "A"), ("2", "B")]), "(in paths[1] and paths[0])"),
+            (lambda: Taxonomy.from_nested({"A": {"x": ["1"]}, "B": ["2"]}), "(in tree['B'][0] and tree['A']['x'][0])"),
+            (lambda: Taxonomy.from_edges([("1", "x"), ("x", "A"), ("2", "B")]), "(in edges[2][0] and edges[0][0])"),
+        ],
+    ),
+    "fine class twice": (
+        "fine class 'x' is listed twice; list every fine class once.",
+        [
+            (lambda: Taxonomy.from_nested({"A": ["x", "y", "x"]}), "(in tree['A'][0] and tree['A'][2])"),
+            (lambda: Taxonomy.from_nested({"A": {"m": ["x"]}, "B": {"n": ["x"]}}), None),  # two parents first
+        ],
+    ),
+    "gap": (
+        "class 1 at level 1 has no child at level 0 (a gap in the class ids); ids at every level must be "
+        "consecutive with every class used.",
+        [
+            (lambda: Taxonomy([[0, 2, 2]]), None),
+            (lambda: Taxonomy.from_paths([[0, 0], [1, 2], [2, 2]]), None),
+            (lambda: Taxonomy.from_dict({"format": "hcast.taxonomy", "version": 1, "parents": [[0, 2, 2]]}), None),
+        ],
+    ),
+    "level names": (
+        "level_names has 3 entries but the taxonomy has 2 levels; give one name per level, finest first.",
+        [
+            (lambda: Taxonomy([[0, 0]], level_names=("a", "b", "c")), None),
+            (lambda: Taxonomy.from_paths([[0, 0], [1, 0]], level_names=("a", "b", "c")), None),
+            (lambda: Taxonomy.from_named_paths([("x", "A"), ("y", "A")], level_names=("a", "b", "c")), None),
+            (lambda: Taxonomy.from_nested({"A": ["x", "y"]}, level_names=("a", "b", "c")), None),
+            (lambda: Taxonomy.from_edges([("x", "A"), ("y", "A")], level_names=("a", "b", "c")), None),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("defect", list(SAME_DEFECT))
+def test_the_same_defect_gets_the_same_message_in_every_format(defect):
+    expected, builds = SAME_DEFECT[defect]
+    for build, where in builds:
+        message = _message(build)
+        if defect == "fine class twice" and where is None:  # a fine class under two groups has two parents
+            assert message.startswith("class 'x' at level 0 has two parents, 'm' and 'n'"), message
+            continue
+        assert _without_where(message) == expected, message
+        if where is not None:
+            assert where in message, message
+
+
+def test_the_two_parents_rule_is_one_rule_for_ids_and_names():
+    ids = _message(lambda: Taxonomy.from_paths([[0, 0, 0], [1, 0, 1]]))
+    names = _message(lambda: Taxonomy.from_named_paths([("0", "0", "0"), ("1", "0", "1")]))
+    assert ids == names.replace("'", "") == (
+        "class 0 at level 1 has two parents, 0 and 1 (in paths[0] and paths[1]); every class needs exactly one "
+        "parent: keep one of them.")
+
+
+def test_an_empty_or_blank_name_is_one_rule_in_every_format():
+    tail = " is '': a class or level name must not be empty or blank; give it a name."
+    assert _message(lambda: Taxonomy.from_named_paths([("", "A")])) == "paths[0][0]" + tail
+    assert _message(lambda: Taxonomy.from_nested({"A": [""]})) == "tree['A'][0]" + tail
+    assert _message(lambda: Taxonomy.from_edges([("", "A")])) == "edges[0][0]" + tail
+    assert _message(lambda: Taxonomy([[0]], names=[[""], None])) == "names[0][0] (class 0 at level 0)" + tail
+
+
+def test_a_file_names_itself_and_the_rule(tmp_path):
+    path = tmp_path / "taxonomy.json"
+    path.write_text(json.dumps({"format": "hcast.taxonomy", "version": 1, "parents": [[0, 2, 2]]}))
+    message = _message(lambda: Taxonomy.load(path))
+    assert message.startswith(f"taxonomy file '{path}' does not hold a valid taxonomy: class 1 at level 1 has no "
+                              "child at level 0 (a gap in the class ids)")
+
+
+def test_cycles_name_every_link_on_them():
+    message = _message(lambda: Taxonomy.from_edges([("leaf", "a"), ("a", "b"), ("b", "c"), ("c", "a")]))
+    assert message == ("class 'a' is its own ancestor (a cycle: 'a' -> 'b' -> 'c' -> 'a') (in edges[1] and edges[2] "
+                       "and edges[3]); a taxonomy is a tree: remove one of these links.")
+
+
+def test_every_constructor_and_dataset_builder_goes_through_the_one_validator(monkeypatch, tmp_path):
+    import hcast.hierarchy.taxonomy as taxonomy_module
+    from hcast.hierarchy import benchmark_taxonomy
+    from hcast.hierarchy.taxonomies import fashion_mnist_taxonomy
+
+    calls = []
+    validate = taxonomy_module._validate
+
+    def spy(parent_map):
+        calls.append(parent_map.source)
+        return validate(parent_map)
+
+    monkeypatch.setattr(taxonomy_module, "_validate", spy)
+    tax = Taxonomy(PARENTS)
+    (tmp_path / "t.json").write_text(tax.to_json())
+    builds = {
+        "Taxonomy": lambda: Taxonomy(PARENTS),
+        "from_paths": lambda: Taxonomy.from_paths(tax.paths()),
+        "from_named_paths": lambda: Taxonomy.from_named_paths([("a", "A"), ("b", "A")]),
+        "from_nested": lambda: Taxonomy.from_nested({"A": ["a", "b"]}),
+        "from_edges": lambda: Taxonomy.from_edges([("a", "A"), ("b", "A")]),
+        "from_dict": lambda: Taxonomy.from_dict(tax.to_dict()),
+        "from_json": lambda: Taxonomy.from_json(tax.to_json()),
+        "load": lambda: Taxonomy.load(tmp_path / "t.json"),
+        "fashion_mnist_taxonomy": fashion_mnist_taxonomy,
+        "fgvc_aircraft_taxonomy": lambda: fgvc_aircraft_taxonomy(_write_aircraft(tmp_path / "air")),
+        "inat21_taxonomy": lambda: inat21_taxonomy(INAT_CATEGORIES),
+        "benchmark_taxonomy": lambda: benchmark_taxonomy("cub200"),
+    }
+    for name, build in builds.items():
+        calls.clear()
+        build()
+        assert len(calls) == 1, f"{name} validated {len(calls)} times"
 
 
 def test_from_dict_rejects_unknown_version(tax):

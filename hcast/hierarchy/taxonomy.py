@@ -30,7 +30,8 @@ import json
 import operator
 import os
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
 import torch
@@ -102,6 +103,595 @@ def _level_label(level: int, level_names: Optional[Sequence[str]]) -> str:
     return f"level {level}"
 
 
+# ============================================================================ construction
+# Every way to make a Taxonomy goes parse -> validate -> build, so that one defect gets one
+# message whatever the input format:
+# * one parser per format (_parse_parents for Taxonomy(parents) and from_dict/load, _parse_id_paths,
+#   _parse_named_paths, _parse_nested, _parse_edges) turns its input into a _ParentMap and checks only
+#   the format itself: types (TypeError), shapes, which argument holds what;
+# * _validate checks the tree the map describes, one rule per defect: not empty, printable names, ids
+#   in range, no cycle, one parent per class, each fine class once, no gaps in the ids, every fine
+#   class at the same depth, level names / class names / orders that fit;
+# * _build numbers the classes and makes the parent arrays a Taxonomy stores.
+
+Node = Hashable
+
+
+@dataclass
+class _ParentMap:
+    """What an input says about a tree, before any check: the intermediate form of every constructor.
+
+    A node is a ``(level, key)`` pair when the input states each class's level (parent arrays, id or
+    name paths, nested mappings) and a bare class name when it does not (edges). Keys are class ids
+    counted from ``id_base`` (id forms) or class names (``id_base is None``).
+    """
+
+    source: str  # the argument (or file) named in messages: "paths", "tree", "edges", "parents"
+    form: str  # what ``source`` should hold, for "give ..." hints
+    leveled: bool
+    id_base: Optional[int] = None
+    id_hint: str = ""  # how to fix an id out of range, for id forms
+    #: every node -> where it is first stated (``paths[3][1]``, ``tree['Tops'][0]``), in order of first statement
+    nodes: dict = field(default_factory=dict)
+    #: (child, parent, where) as stated; repeats allowed, contradictions are the validator's to find
+    links: list = field(default_factory=list)
+    #: (fine class, where, depth stated by a path or None), as stated; None: the nodes without children
+    leaves: Optional[list] = None
+    num_classes: Optional[list] = None  # class counts per level the input declares (parent arrays)
+    names: Optional[list] = None  # class names per level, for id forms (name forms use the keys)
+    level_names: Optional[tuple] = None
+    #: (argument, level, class names in id order) per ordered level (name forms); None: first appearance
+    orders: Optional[list] = None
+    orders_len: Optional[tuple] = None  # (argument, number of levels it lists), checked against the depth
+
+    def state(self, node: Node, where: str) -> None:
+        self.nodes.setdefault(node, where)
+
+    def link(self, child: Node, parent: Node, where: str, child_where: str, parent_where: str) -> None:
+        self.state(child, child_where)
+        self.state(parent, parent_where)
+        self.links.append((child, parent, where))
+
+    def add_path(self, keys: Sequence[Any], node_wheres: Sequence[str], link_wheres: Sequence[str], where: str) -> None:
+        """A leaf-to-root path stated at once: its nodes ``(level, key)``, links and fine class."""
+        nodes = list(enumerate(keys))
+        for node, w in zip(nodes, node_wheres):
+            self.state(node, w)
+        for l in range(len(nodes) - 1):
+            self.links.append((nodes[l], nodes[l + 1], link_wheres[l]))
+        self.leaves.append((nodes[0], where, len(nodes)))
+
+    def key(self, node: Node) -> Any:
+        return node[1] if self.leveled else node
+
+    def label(self, node: Node, level: Optional[int] = None) -> str:
+        """``class 'x' at level 1 ('family')`` (``level`` is needed for edges only)."""
+        if self.leveled:
+            level = node[0]
+        at = f" at {_level_label(level, self.level_names)}" if level is not None else ""
+        return f"class {self.key(node)!r}{at}"
+
+
+@dataclass
+class _Tree:
+    """What :func:`_validate` found: the map as a tree."""
+
+    depth: int
+    parent: dict  # node -> its parent node (the coarsest nodes have none)
+    level: dict  # node -> level, finest first
+    fine: list  # the fine classes, in order of statement
+    counts: list  # classes per level
+
+
+def _in(wheres: Sequence[str]) -> str:
+    return " (in " + " and ".join(wheres) + ")"
+
+
+def _validate(pm: _ParentMap) -> _Tree:
+    """The one check of every taxonomy input. Raises ``ValueError`` naming ``pm.source``, the
+    offending classes, where the input states them, and what to do."""
+    if pm.level_names is not None:
+        for l, n in enumerate(pm.level_names):
+            _check_name(n, f"level_names[{l}]")
+    if not pm.nodes:
+        raise ValueError(f"{pm.source} is empty; give {pm.form}.")
+    _check_keys(pm)
+    _check_no_cycle(pm)
+    children = _children(pm)
+    parent = _check_one_parent(pm, children)
+    fine = _check_fine_once(pm, children)
+    if pm.leveled:
+        _check_no_gap(pm, children)
+    depth, level = _check_depth(pm, parent, fine)
+    counts = [0] * depth
+    for node in pm.nodes:
+        counts[level[node]] += 1
+    if pm.level_names is not None and len(pm.level_names) != depth:
+        raise ValueError(
+            f"level_names has {len(pm.level_names)} entries but the taxonomy has {depth} levels; give one "
+            f"name per level, finest first."
+        )
+    _check_orders(pm, level, depth)
+    _check_class_names(pm, parent, counts)
+    return _Tree(depth, parent, level, [n for n, _, _ in fine], counts)
+
+
+def _check_keys(pm: _ParentMap) -> None:
+    """Class names are printable text; class ids lie in ``[id_base, id_base + num_classes)``."""
+    for node, where in pm.nodes.items():
+        key = pm.key(node)
+        if pm.id_base is None:
+            _check_name(key, where)
+            continue
+        lo, level = pm.id_base, node[0]
+        hi = lo + pm.num_classes[level] if pm.num_classes is not None else None
+        if key < lo:
+            raise ValueError(f"{where} is {key}, below the first class id {lo} at "
+                             f"{_level_label(level, pm.level_names)}; {pm.id_hint}")
+        if hi is not None and key >= hi:
+            raise ValueError(f"{where} is {key}, outside [{lo}, {hi}) at "
+                             f"{_level_label(level, pm.level_names)}; {pm.id_hint}")
+
+
+def _children(pm: _ParentMap) -> dict:
+    out: dict = {}
+    for child, parent, _ in pm.links:
+        kids = out.setdefault(parent, {})
+        kids.setdefault(child)
+    return out
+
+
+def _check_no_cycle(pm: _ParentMap) -> None:
+    """No class is its own ancestor (only edges can say so: the other forms state levels)."""
+    ups: dict = {}
+    for child, parent, where in pm.links:
+        if child == parent:
+            raise ValueError(
+                f"{pm.label(child)} is its own parent{_in([where])}: a cycle. A taxonomy is a tree: remove "
+                f"this link."
+            )
+        ups.setdefault(child, []).append((parent, where))
+    done: set = set()
+    for start in pm.nodes:
+        if start in done:
+            continue
+        path, wheres, on_path = [start], [], {start: 0}
+        stack = [iter(ups.get(start, ()))]
+        while stack:
+            step = next(stack[-1], None)
+            if step is None:  # every parent of path[-1] explored
+                stack.pop()
+                done.add(path[-1])
+                del on_path[path.pop()]
+                if wheres:
+                    wheres.pop()
+                continue
+            up, where = step
+            if up in on_path:
+                cycle = path[on_path[up]:] + [up]
+                raise ValueError(
+                    f"{pm.label(up)} is its own ancestor (a cycle: {' -> '.join(repr(pm.key(n)) for n in cycle)})"
+                    f"{_in(wheres[on_path[up]:] + [where])}; a taxonomy is a tree: remove one of these links."
+                )
+            if up not in done:
+                on_path[up] = len(path)
+                path.append(up)
+                wheres.append(where)
+                stack.append(iter(ups.get(up, ())))
+
+
+def _heights(pm: _ParentMap, children: dict) -> dict:
+    """Level of every node of an acyclic map counted from the leaves (for messages about edges)."""
+    height = {n: 0 for n in pm.nodes}
+    pending = {n: len(children.get(n, ())) for n in pm.nodes}
+    ups: dict = {}
+    for child, parent, _ in pm.links:
+        ups.setdefault(child, {}).setdefault(parent)
+    ready = [n for n, k in pending.items() if k == 0]
+    while ready:
+        n = ready.pop()
+        for up in ups.get(n, ()):
+            height[up] = max(height[up], height[n] + 1)
+            pending[up] -= 1
+            if pending[up] == 0:
+                ready.append(up)
+    return height
+
+
+def _check_one_parent(pm: _ParentMap, children: dict) -> dict:
+    """Every class has at most one parent; returns child -> parent."""
+    parent: dict = {}
+    where_of: dict = {}
+    for child, up, where in pm.links:
+        if parent.setdefault(child, up) != up:
+            level = None if pm.leveled else _heights(pm, children)[child]
+            raise ValueError(
+                f"{pm.label(child, level)} has two parents, {pm.key(parent[child])!r} and {pm.key(up)!r}"
+                f"{_in([where_of[child], where])}; every class needs exactly one parent: keep one of them."
+            )
+        where_of.setdefault(child, where)
+    return parent
+
+
+def _check_fine_once(pm: _ParentMap, children: dict) -> list:
+    """Every fine class is stated once; returns the fine classes as (node, where, stated depth)."""
+    if pm.leaves is None:
+        return [(n, w, None) for n, w in pm.nodes.items() if n not in children]
+    seen: dict = {}
+    for node, where, _ in pm.leaves:
+        if node in seen:
+            raise ValueError(
+                f"fine class {pm.key(node)!r} is listed twice{_in([seen[node], where])}; list every fine class once."
+            )
+        seen[node] = where
+    return pm.leaves
+
+
+def _check_no_gap(pm: _ParentMap, children: dict) -> None:
+    """Every class of a coarser level has a child; class ids run 0..n-1 (from ``id_base``) with none unused."""
+    by_level: dict = {}
+    for node in pm.nodes:
+        by_level.setdefault(node[0], []).append(node)
+    for level in sorted(by_level):
+        nodes = by_level[level]
+        if pm.id_base is not None:
+            base = pm.id_base
+            n = pm.num_classes[level] if pm.num_classes is not None else max(k for _, k in nodes) + 1 - base
+            used = {k for _, k in nodes} if level == 0 else {k for _, k in nodes if (level, k) in children}
+            missing = [k for k in range(base, base + n) if k not in used]
+        else:
+            missing = [] if level == 0 else [k for _, k in nodes if (level, k) not in children]
+        if not missing:
+            continue
+        also = f"; also {missing[1:6]}" if len(missing) > 1 else ""
+        if level == 0:
+            raise ValueError(
+                f"fine class {missing[0]!r} is missing from {pm.source} (a gap in the class ids{also}); the fine "
+                f"class ids must be {pm.id_base}..{pm.id_base + n - 1} with every id used."
+            )
+        raise ValueError(
+            f"class {missing[0]!r} at {_level_label(level, pm.level_names)} has no child at "
+            f"{_level_label(level - 1, pm.level_names)} (a gap in the class ids{also}); ids at every level must "
+            f"be consecutive with every class used."
+        )
+
+
+def _check_depth(pm: _ParentMap, parent: dict, fine: list) -> tuple[int, dict]:
+    """Every fine class sits at the same depth; returns the depth and every node's level."""
+    chain: dict = {}
+
+    def chain_length(node: Node) -> int:  # nodes from ``node`` up to its root (iterative: trees can be deep)
+        trail = []
+        while node not in chain and node in parent:
+            trail.append(node)
+            node = parent[node]
+        n = chain.setdefault(node, 1)
+        for t in reversed(trail):
+            n += 1
+            chain[t] = n
+        return n
+
+    ref, ref_where, stated = fine[0]
+    depth = stated if stated is not None else chain_length(ref)
+    for node, where, stated in fine[1:]:
+        d = stated if stated is not None else chain_length(node)
+        if d != depth:
+            raise ValueError(
+                f"fine class {pm.key(node)!r} has {d} levels up to its root but fine class {pm.key(ref)!r} has "
+                f"{depth}{_in([where, ref_where])}; every fine class must sit at the same depth, with one class "
+                f"per level from the finest to the coarsest."
+            )
+    if pm.leveled:
+        return depth, {n: n[0] for n in pm.nodes}
+    return depth, {n: depth - chain_length(n) for n in pm.nodes}
+
+
+def _check_orders(pm: _ParentMap, level: dict, depth: int) -> None:
+    """Class orders (name forms) list every class of their level once, and no other name."""
+    if pm.orders_len is not None and pm.orders_len[1] != depth:
+        arg, n = pm.orders_len
+        raise ValueError(f"{arg} has {n} entries but {pm.source} has {depth} levels; give one per level, finest first.")
+    for arg, l, order in pm.orders or ():
+        listed: set = set()
+        for name in order:
+            if name in listed:
+                raise ValueError(f"{arg} lists class {name!r} twice.")
+            listed.add(name)
+        used = [pm.key(n) for n in pm.nodes if level[n] == l]
+        for name in used:
+            if name not in listed:
+                raise ValueError(
+                    f"class {name!r} at {_level_label(l, pm.level_names)} is not in {arg}; list every class name "
+                    f"of the level there."
+                )
+        used_set = set(used)
+        for name in order:
+            if name not in used_set:
+                raise ValueError(
+                    f"class {name!r} listed in {arg} never occurs in {pm.source} (it would leave a gap in the "
+                    f"class ids at {_level_label(l, pm.level_names)})."
+                )
+
+
+def _check_class_names(pm: _ParentMap, parent: dict, counts: Sequence[int]) -> None:
+    """Class names given beside ids (``names=``): one printable name per class, distinct under one parent."""
+    if pm.names is None:
+        return
+    depth = len(counts)
+    if len(pm.names) != depth:
+        raise ValueError(
+            f"names has {len(pm.names)} entries but the taxonomy has {depth} levels; give one entry (a list of "
+            f"class names or None) per level, finest first."
+        )
+    base = pm.id_base or 0
+    for l, level in enumerate(pm.names):
+        if level is None:
+            continue
+        label = _level_label(l, pm.level_names)
+        for c, n in enumerate(level):
+            _check_name(n, f"names[{l}][{c}] (class {c} at {label})")
+        if len(level) != counts[l]:
+            raise ValueError(
+                f"names[{l}] has {len(level)} names but {label} has {counts[l]} classes; give one name per "
+                f"class id (or None for the level)."
+            )
+        # A class is known by its name and its lineage: two classes of one level may share a name only
+        # under different parents (iNat's genus Pica of birds and of plants); siblings with one name, or
+        # two coarsest classes with one name, could not be told apart.
+        seen: dict = {}
+        dups = []
+        for c, n in enumerate(level):
+            up = parent.get((l, c + base))
+            if (n, up) in seen:
+                dups.append(f"{n!r} (classes {seen[n, up]} and {c})")
+            seen.setdefault((n, up), c)
+        if dups:
+            under = "under one parent" if l < depth - 1 else "at the coarsest level"
+            raise ValueError(
+                f"names[{l}] repeats class names {under} at {label}: {', '.join(dups[:5])}"
+                f"{' ...' if len(dups) > 5 else ''}; give every class a distinct name (names identify classes "
+                f"in predictions, class_index and saved files)."
+            )
+
+
+def _build(pm: _ParentMap, tree: _Tree) -> tuple:
+    """Parent arrays, class counts, class names and level names of a validated map."""
+    depth = tree.depth
+    level_names = pm.level_names if pm.level_names is not None else tuple(f"level{l}" for l in range(depth))
+    if pm.id_base is not None:  # ids as given
+        base = pm.id_base
+        parents = tuple(
+            tuple(tree.parent[(l, c + base)][1] - base for c in range(tree.counts[l])) for l in range(depth - 1)
+        )
+        names = tuple(pm.names) if pm.names is not None else (None,) * depth
+        return parents, tuple(tree.counts), names, level_names
+    # Names: ids follow the given orders, else first appearance on the fine classes' paths in order.
+    order: list = [dict() for _ in range(depth)]
+    for arg, l, listed in pm.orders or ():
+        for name in listed:
+            order[l].setdefault((l, name) if pm.leveled else name)
+    for node in tree.fine:
+        while True:
+            order[tree.level[node]].setdefault(node)
+            if node not in tree.parent:
+                break
+            node = tree.parent[node]
+    ids = [{n: i for i, n in enumerate(level)} for level in order]
+    parents = tuple(tuple(ids[l + 1][tree.parent[n]] for n in order[l]) for l in range(depth - 1))
+    names = tuple(tuple(pm.key(n) for n in level) for level in order)
+    return parents, tuple(tree.counts), names, level_names
+
+
+# ------------------------------------------------------------------ parsers: one per input format
+
+
+def _parse_level_names(level_names: Optional[Sequence[str]]) -> Optional[tuple]:
+    if level_names is None:
+        return None
+    if isinstance(level_names, str):
+        raise TypeError("level_names must be a sequence of strings, one per level, not one string.")
+    return tuple(str(n) for n in level_names)
+
+
+def _parse_names(names: Names, level_names: Optional[Sequence[str]]) -> Optional[list]:
+    """``names=`` beside class ids: one entry per level, a list of class names or None."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise TypeError(
+            f"names must be a list with one entry per level, finest first (a list of class names or None), "
+            f"got {type(names).__name__}."
+        )
+    out: list = []
+    for l, level in enumerate(names):
+        if level is None:
+            out.append(None)
+            continue
+        if isinstance(level, (str, bytes)):
+            raise TypeError(f"names[{l}] must be a sequence of class names, got a single string.")
+        if not isinstance(level, Iterable):
+            raise TypeError(
+                f"names[{l}] must be a list of class names for {_level_label(l, level_names)} (or None), got "
+                f"{level!r} ({type(level).__name__}); give one list of names per level, finest first."
+            )
+        out.append(tuple(str(n) for n in level))
+    return out
+
+
+def _parse_parents(
+    parents: Any, names: Names, level_names: Optional[Sequence[str]], num_classes: Optional[Sequence[int]]
+) -> _ParentMap:
+    """Parent arrays (``Taxonomy(parents)``, :meth:`Taxonomy.from_dict`): ``parents[l][c]`` is the parent of
+    class ``c`` at level ``l``."""
+    if isinstance(parents, (str, bytes)) or not isinstance(parents, Iterable):
+        raise TypeError(f"parents must be a sequence of per-level integer sequences, got {type(parents).__name__}.")
+    parent_lists: list[tuple[int, ...]] = []
+    for l, level_parents in enumerate(parents):
+        if torch.is_tensor(level_parents):
+            level_parents = level_parents.tolist()
+        if isinstance(level_parents, (str, bytes)) or not isinstance(level_parents, Iterable):
+            raise TypeError(
+                f"parents[{l}] must be a sequence of integer parent ids, got {type(level_parents).__name__}."
+            )
+        parent_lists.append(tuple(_as_int(p, f"parents[{l}][{c}]") for c, p in enumerate(level_parents)))
+    num_levels = len(parent_lists) + 1
+    level_names = _parse_level_names(level_names)
+    names = _parse_names(names, level_names)
+    counts = None
+    if num_classes is not None:
+        counts = [_as_int(n, f"num_classes[{l}]") for l, n in enumerate(num_classes)]
+        if len(counts) != num_levels:
+            raise ValueError(f"num_classes has {len(counts)} entries but parents describe {num_levels} levels.")
+    sizes = [len(p) for p in parent_lists]
+    if not parent_lists:  # one level: nothing but a class count
+        if counts is None and names and names[0] is not None:
+            sizes = [len(names[0])]
+        elif counts is not None:
+            sizes = [counts[0]]
+        else:
+            raise ValueError(
+                "a one-level taxonomy (parents=[]) needs num_classes=(n,) or names=[[...]] to know "
+                "its number of classes."
+            )
+    for l, n in enumerate(counts if counts is not None else sizes):
+        if n < 1:
+            raise ValueError(f"{_level_label(l, level_names)} has {n} classes; every level needs at least one.")
+        if counts is not None and l < len(sizes) and sizes[l] != n:
+            raise ValueError(
+                f"{_level_label(l, level_names)} has {n} classes but parents[{l}] gives a parent for "
+                f"{sizes[l]} classes; give exactly one parent per class."
+            )
+    pm = _ParentMap(
+        "parents", "one parent id per class and level", leveled=True, id_base=0, leaves=[], num_classes=counts,
+        names=names, level_names=level_names,
+        id_hint="parent ids must be 0-based and below the class count of the next level.",
+    )
+    for c in range(sizes[0]):
+        pm.state((0, c), f"class {c} at {_level_label(0, level_names)}")
+        pm.leaves.append(((0, c), f"parents[0][{c}]" if parent_lists else f"class {c}", None))
+    for l, level_parents in enumerate(parent_lists):
+        for c, p in enumerate(level_parents):
+            where = f"parents[{l}][{c}]"
+            pm.link((l, c), (l + 1, p), where, f"class {c} at {_level_label(l, level_names)}",
+                    f"{where} (the parent of class {c} at {_level_label(l, level_names)})")
+    return pm
+
+
+def _parse_id_paths(paths: Any, names: Names, level_names: Optional[Sequence[str]], index_base: int) -> _ParentMap:
+    """:meth:`Taxonomy.from_paths`: one ``[fine, ..., coarse]`` id path per fine class."""
+    if torch.is_tensor(paths):
+        paths = paths.tolist()
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+        raise TypeError(f"paths must be a sequence of [fine, ..., coarse] id paths, got {type(paths).__name__}.")
+    base = _as_int(index_base, "index_base")
+    level_names = _parse_level_names(level_names)
+    pm = _ParentMap(
+        "paths", "one [fine, ..., coarse] id path per fine class", leveled=True, id_base=base, leaves=[],
+        names=_parse_names(names, level_names), level_names=level_names,
+        id_hint=f"class ids count from index_base={base}: pass index_base=1 for 1-based trees (as H-CAST's), "
+                f"0 for 0-based ones.",
+    )
+    for i, row in enumerate(paths):
+        row = row.tolist() if torch.is_tensor(row) else row
+        if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+            raise TypeError(f"paths[{i}] must be a [fine, ..., coarse] sequence of class ids, got {type(row).__name__}.")
+        keys = [_as_int(v, f"paths[{i}][{l}]") for l, v in enumerate(row)]
+        if not keys:
+            raise ValueError(f"paths[{i}] is empty; every path needs at least the fine class id.")
+        pm.add_path(keys, [f"paths[{i}][{l}]" for l in range(len(keys))], [f"paths[{i}]"] * len(keys), f"paths[{i}]")
+    return pm
+
+
+def _parse_named_paths(
+    paths: Iterable[Sequence[str]],
+    level_names: Optional[Sequence[str]],
+    orders: Optional[Sequence[Optional[Sequence[str]]]],
+) -> _ParentMap:
+    """:meth:`Taxonomy.from_named_paths`: ``(fine, ..., coarse)`` name paths; repeats are one path."""
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+        raise TypeError(f"paths must be an iterable of (fine, ..., coarse) name tuples, got {type(paths).__name__}.")
+    pm = _ParentMap(
+        "paths", "at least one (fine, ..., coarse) name path", leveled=True, leaves=[],
+        level_names=_parse_level_names(level_names),
+    )
+    seen: set = set()
+    for i, row in enumerate(paths):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+            raise TypeError(f"paths[{i}] must be a (fine, ..., coarse) tuple of class names, got {type(row).__name__}.")
+        row = tuple(str(n) for n in row)
+        if row in seen:  # per-image label tuples repeat their path
+            continue
+        seen.add(row)
+        if not row:
+            raise ValueError(f"paths[{i}] is empty; every path needs at least the fine class name.")
+        pm.add_path(row, [f"paths[{i}][{l}]" for l in range(len(row))], [f"paths[{i}]"] * len(row), f"paths[{i}]")
+    if orders is not None:
+        if isinstance(orders, (str, bytes)) or not isinstance(orders, Sequence):
+            raise TypeError(f"orders must be a list with one entry per level (names in id order, or None), "
+                            f"got {type(orders).__name__}.")
+        pm.orders = [(f"orders[{l}]", l, list(o)) for l, o in enumerate(orders) if o is not None]
+        pm.orders_len = ("orders", len(orders))
+    return pm
+
+
+def _parse_nested(
+    tree: Mapping[str, Any], level_names: Optional[Sequence[str]], fine_order: Optional[Sequence[str]]
+) -> _ParentMap:
+    """:meth:`Taxonomy.from_nested`: ``{coarse: {mid: [fine, ...]}}``."""
+    if not isinstance(tree, Mapping):
+        raise TypeError(f"tree must be a mapping {{coarse: {{...: [fine, ...]}}}}, got {type(tree).__name__}.")
+    pm = _ParentMap(
+        "tree", 'at least one coarse group, e.g. {"Tops": ["T-shirt", "Shirt"]}', leveled=True, leaves=[],
+        level_names=_parse_level_names(level_names),
+    )
+
+    def walk(node: Any, trail: tuple, wheres: tuple) -> None:  # trail: keys from the coarsest down
+        where = wheres[-1] if wheres else "tree"
+        if isinstance(node, Mapping):
+            if not node and trail:
+                raise ValueError(f"group {where} is empty; every group needs at least one child.")
+            for key, child in node.items():
+                walk(child, trail + (str(key),), wheres + (f"{where}[{key!r}]",))
+        elif isinstance(node, (list, tuple, set, frozenset)) and trail:
+            if not node:
+                raise ValueError(f"group {where} is empty; every group needs at least one child.")
+            for j, leaf in enumerate(node):
+                if isinstance(leaf, (Mapping, list, tuple, set, frozenset)):
+                    raise ValueError(
+                        f"{where}[{j}] is a {type(leaf).__name__} in a list of fine class names; a group holds "
+                        f"either subgroups (a mapping) or fine class names (a list)."
+                    )
+                row = (str(leaf),) + tuple(reversed(trail))
+                node_wheres = (f"{where}[{j}]",) + tuple(reversed(wheres))
+                pm.add_path(row, node_wheres, node_wheres, f"{where}[{j}]")
+        else:
+            raise ValueError(
+                f"{where} is {node!r}; expected a mapping of subgroups or a list of fine class names."
+            )
+
+    walk(tree, (), ())
+    if fine_order is not None:
+        pm.orders = [("fine_order", 0, list(fine_order))]
+    return pm
+
+
+def _parse_edges(
+    edges: Iterable[tuple[str, str]], level_names: Optional[Sequence[str]], fine_order: Optional[Sequence[str]]
+) -> _ParentMap:
+    """:meth:`Taxonomy.from_edges`: ``(child, parent)`` name pairs; levels follow from the depth."""
+    if isinstance(edges, (str, bytes)) or not isinstance(edges, Iterable):
+        raise TypeError(f"edges must be an iterable of (child, parent) pairs, got {type(edges).__name__}.")
+    pm = _ParentMap("edges", "(child, parent) name pairs", leveled=False, level_names=_parse_level_names(level_names))
+    for i, edge in enumerate(edges):
+        if isinstance(edge, (str, bytes)) or not isinstance(edge, Sequence) or len(edge) != 2:
+            raise ValueError(f"edges[{i}] is {edge!r}; expected a (child, parent) pair.")
+        pm.link(str(edge[0]), str(edge[1]), f"edges[{i}]", f"edges[{i}][0]", f"edges[{i}][1]")
+    if fine_order is not None:
+        pm.orders = [("fine_order", 0, list(fine_order))]
+    return pm
+
+
+
 class Taxonomy:
     """A class tree with levels ordered finest first.
 
@@ -146,168 +736,22 @@ class Taxonomy:
         level_names: Optional[Sequence[str]] = None,
         num_classes: Optional[Sequence[int]] = None,
     ) -> None:
-        if isinstance(parents, (str, bytes)) or not isinstance(parents, Iterable):
-            raise TypeError(
-                f"parents must be a sequence of per-level integer sequences, got {type(parents).__name__}."
-            )
-        parent_lists: list[tuple[int, ...]] = []
-        for l, level_parents in enumerate(parents):
-            if torch.is_tensor(level_parents):
-                level_parents = level_parents.tolist()
-            if isinstance(level_parents, (str, bytes)) or not isinstance(level_parents, Iterable):
-                raise TypeError(
-                    f"parents[{l}] must be a sequence of integer parent ids, got {type(level_parents).__name__}."
-                )
-            parent_lists.append(
-                tuple(_as_int(p, f"parents[{l}][{c}]") for c, p in enumerate(level_parents))
-            )
-        num_levels = len(parent_lists) + 1
-        if level_names is not None:
-            if isinstance(level_names, str):
-                raise TypeError("level_names must be a sequence of strings, one per level, not one string.")
-            level_names = tuple(str(n) for n in level_names)
-            for l, n in enumerate(level_names):
-                _check_name(n, f"level_names[{l}]")
-            if len(level_names) != num_levels:
-                raise ValueError(
-                    f"level_names has {len(level_names)} entries but the taxonomy has {num_levels} levels "
-                    f"({len(parent_lists)} parent arrays); give one name per level, finest first."
-                )
-        # Messages name levels by number, plus the user's level name when there is one.
-        msg_names = level_names
-        if level_names is None:
-            level_names = tuple(f"level{l}" for l in range(num_levels))
-        if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Sequence)):
-            raise TypeError(
-                f"names must be a list with one entry per level, finest first (a list of class names or None), "
-                f"got {type(names).__name__}."
-            )
-        if names is not None and len(names) != num_levels:
-            raise ValueError(
-                f"names has {len(names)} entries but the taxonomy has {num_levels} levels; give one "
-                f"entry (a list of class names or None) per level, finest first."
-            )
+        self._init(_parse_parents(parents, names, level_names, num_classes))
 
-        counts = self._derive_counts(parent_lists, names, num_classes, msg_names)
-        for l, level_parents in enumerate(parent_lists):
-            self._check_parents(l, level_parents, counts, msg_names)
-
-        self._parents = tuple(parent_lists)
-        self._num_classes = tuple(counts)
+    def _init(self, parent_map: _ParentMap) -> None:
+        """Validate and build: the one path every constructor ends in."""
+        parents, num_classes, names, level_names = _build(parent_map, _validate(parent_map))
+        self._parents = parents
+        self._num_classes = num_classes
         self._level_names = level_names
-        self._names = self._check_names(names, counts, msg_names, parent_lists)
+        self._names = names
         self._paths_cache: Optional[torch.Tensor] = None
 
-    # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _derive_counts(
-        parent_lists: list[tuple[int, ...]],
-        names: Names,
-        num_classes: Optional[Sequence[int]],
-        level_names: Sequence[str],
-    ) -> list[int]:
-        num_levels = len(parent_lists) + 1
-        if num_classes is not None:
-            counts = [_as_int(n, f"num_classes[{l}]") for l, n in enumerate(num_classes)]
-            if len(counts) != num_levels:
-                raise ValueError(
-                    f"num_classes has {len(counts)} entries but parents describe {num_levels} levels."
-                )
-        else:
-            counts = []
-            for l in range(num_levels):
-                if l < len(parent_lists):
-                    counts.append(len(parent_lists[l]))
-                elif parent_lists:
-                    counts.append(max(parent_lists[-1], default=-1) + 1)
-                elif names is not None and names[0] is not None:
-                    counts.append(len(names[0]))
-                else:
-                    raise ValueError(
-                        "a one-level taxonomy (parents=[]) needs num_classes=(n,) or names=[[...]] to know "
-                        "its number of classes."
-                    )
-        for l, n in enumerate(counts):
-            if n < 1:
-                raise ValueError(f"{_level_label(l, level_names)} has {n} classes; every level needs at least one.")
-            if l < len(parent_lists) and len(parent_lists[l]) != n:
-                raise ValueError(
-                    f"{_level_label(l, level_names)} has {n} classes but parents[{l}] gives a parent for "
-                    f"{len(parent_lists[l])} classes; give exactly one parent per class."
-                )
-        return counts
-
-    @staticmethod
-    def _check_parents(
-        l: int, level_parents: tuple[int, ...], counts: Sequence[int], level_names: Sequence[str]
-    ) -> None:
-        n_up = counts[l + 1]
-        has_child = [False] * n_up
-        for c, p in enumerate(level_parents):
-            if not 0 <= p < n_up:
-                raise ValueError(
-                    f"class {c} at {_level_label(l, level_names)} has parent id {p}, outside "
-                    f"[0, {n_up}) at {_level_label(l + 1, level_names)}; parent ids must be 0-based and "
-                    f"below the class count of the next level."
-                )
-            has_child[p] = True
-        missing = [k for k, seen in enumerate(has_child) if not seen]
-        if missing:
-            raise ValueError(
-                f"class {missing[0]} at {_level_label(l + 1, level_names)} has no child at "
-                f"{_level_label(l, level_names)} (a gap in the class ids"
-                + (f"; also {missing[1:6]}" if len(missing) > 1 else "")
-                + "); ids at every level must be 0..n-1 with every class used."
-            )
-
-    @staticmethod
-    def _check_names(
-        names: Names,
-        counts: Sequence[int],
-        level_names: Sequence[str],
-        parent_lists: Sequence[Sequence[int]] = (),
-    ) -> tuple[Optional[tuple[str, ...]], ...]:
-        if names is None:
-            return tuple(None for _ in counts)
-        out = []
-        for l, level in enumerate(names):
-            if level is None:
-                out.append(None)
-                continue
-            if isinstance(level, (str, bytes)):
-                raise TypeError(f"names[{l}] must be a sequence of class names, got a single string.")
-            if not isinstance(level, Iterable):
-                raise TypeError(
-                    f"names[{l}] must be a list of class names for {_level_label(l, level_names)} (or None), got "
-                    f"{level!r} ({type(level).__name__}); give one list of names per level, finest first."
-                )
-            level = tuple(str(n) for n in level)
-            for c, n in enumerate(level):
-                _check_name(n, f"names[{l}][{c}] (class {c} at {_level_label(l, level_names)})")
-            if len(level) != counts[l]:
-                raise ValueError(
-                    f"names[{l}] has {len(level)} names but {_level_label(l, level_names)} has "
-                    f"{counts[l]} classes; give one name per class id (or None for the level)."
-                )
-            # A class is known by its name and its lineage: two classes of one level may share a name only
-            # under different parents (iNat's genus Pica of birds and of plants); siblings with one name, or
-            # two coarsest classes with one name, could not be told apart.
-            parents = parent_lists[l] if l < len(parent_lists) else (0,) * len(level)
-            seen: dict[tuple[str, int], int] = {}
-            dups = []
-            for c, (n, p) in enumerate(zip(level, parents)):
-                if (n, p) in seen:
-                    dups.append(f"{n!r} (classes {seen[n, p]} and {c})")
-                seen.setdefault((n, p), c)
-            if dups:
-                under = "under one parent" if l < len(parent_lists) else "at the coarsest level"
-                raise ValueError(
-                    f"names[{l}] repeats class names {under} at {_level_label(l, level_names)}: "
-                    f"{', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}; give every class a distinct name "
-                    f"(names identify classes in predictions, class_index and saved files)."
-                )
-            out.append(level)
-        return tuple(out)
+    @classmethod
+    def _from_map(cls, parent_map: _ParentMap) -> "Taxonomy":
+        taxonomy = cls.__new__(cls)
+        taxonomy._init(parent_map)
+        return taxonomy
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -322,78 +766,21 @@ class Taxonomy:
 
         Args:
             paths: ``[[fine, mid, ..., coarse], ...]``, one path per fine class
-                (finest first), as in the ``trees`` lists of the H-CAST code. The fine
-                ids must be exactly ``index_base .. index_base + n - 1`` (any order).
+                (finest first), as in the ``trees`` lists of the H-CAST code (a list or an
+                integer tensor). The fine ids must be exactly ``index_base .. index_base + n - 1``
+                (any order).
             names, level_names: as in :class:`Taxonomy`.
             index_base: the id of the first class; ``1`` for the 1-based ``trees``
                 lists of H-CAST's FGVC-Aircraft and CUB code (which subtract 1 when
                 reading them).
 
         Raises:
+            TypeError: ``paths`` (or one path) is not a sequence.
             ValueError: paths of unequal depth, a fine class listed twice, a class
-                with two different parents, ids below ``index_base`` or gaps.
+                with two different parents, ids below ``index_base`` or gaps. The
+                message names the class and the paths that state it.
         """
-        if torch.is_tensor(paths):
-            paths = paths.tolist()
-        rows = [list(p.tolist() if torch.is_tensor(p) else p) for p in paths]
-        if not rows:
-            raise ValueError("paths is empty; give one [fine, ..., coarse] path per fine class.")
-        depth = len(rows[0])
-        if depth < 1:
-            raise ValueError("paths[0] is empty; every path needs at least the fine class id.")
-        for i, row in enumerate(rows):
-            if len(row) != depth:
-                raise ValueError(
-                    f"paths[{i}] (fine class {row[0] if row else '?'}) has {len(row)} levels but paths[0] has "
-                    f"{depth}; all paths must have the same depth (finest first, down to the coarsest level)."
-                )
-        parsed = [[_as_int(v, f"paths[{i}][{l}]") - index_base for l, v in enumerate(row)] for i, row in enumerate(rows)]
-        for i, row in enumerate(parsed):
-            for l, v in enumerate(row):
-                if v < 0:
-                    raise ValueError(
-                        f"paths[{i}][{l}] is {v + index_base}, below index_base={index_base}; pass "
-                        f"index_base=1 for 1-based trees, 0 for 0-based ones."
-                    )
-        n_fine = len(parsed)
-        fine_ids = sorted(row[0] for row in parsed)
-        seen: dict[int, int] = {}
-        for i, row in enumerate(parsed):
-            if row[0] in seen:
-                raise ValueError(
-                    f"fine class {row[0] + index_base} appears in paths[{seen[row[0]]}] and paths[{i}]; a fine "
-                    f"class has exactly one path (a child cannot have two parents)."
-                )
-            seen[row[0]] = i
-        if fine_ids != list(range(n_fine)):
-            missing = sorted(set(range(n_fine)) - set(fine_ids))
-            raise ValueError(
-                f"fine class ids must be {index_base}..{index_base + n_fine - 1} without gaps; fine class "
-                f"{missing[0] + index_base} is missing."
-            )
-        parents: list[list[int]] = []
-        for l in range(depth - 1):
-            mapping: dict[int, int] = {}
-            for row in parsed:
-                child, parent = row[l], row[l + 1]
-                if mapping.setdefault(child, parent) != parent:
-                    raise ValueError(
-                        f"class {child + index_base} at {_level_label(l, level_names)} has two parents, "
-                        f"{mapping[child] + index_base} and {parent + index_base}, at "
-                        f"{_level_label(l + 1, level_names)}; every class needs exactly one parent."
-                    )
-            n_level = max(mapping) + 1
-            missing = [c for c in range(n_level) if c not in mapping]
-            if missing:
-                raise ValueError(
-                    f"class {missing[0] + index_base} at {_level_label(l, level_names)} does not appear in any "
-                    f"path (a gap in the class ids); ids at every level must be consecutive."
-                )
-            parents.append([mapping[c] for c in range(n_level)])
-        num_classes = None
-        if depth == 1:
-            num_classes = (n_fine,)
-        return cls(parents, names=names, level_names=level_names, num_classes=num_classes)
+        return cls._from_map(_parse_id_paths(paths, names, level_names, index_base))
 
     @classmethod
     def from_named_paths(
@@ -404,7 +791,7 @@ class Taxonomy:
     ) -> "Taxonomy":
         """Build from leaf-to-root paths of class *names*, e.g. per-image label tuples.
 
-        Repeated paths are fine (each distinct fine name is kept once), so the
+        Repeated paths are fine (each distinct path is kept once), so the
         per-image ``(variant, family, manufacturer)`` tuples of a dataset can be
         passed as they are.
 
@@ -417,61 +804,12 @@ class Taxonomy:
                 ``variants.txt``.
 
         Raises:
-            ValueError: unequal depths, a name with two different parents, a name
-                not listed in ``orders`` or a listed name that never occurs.
+            TypeError: ``paths`` or one path is not a sequence.
+            ValueError: unequal depths, a name with two different parents, an empty or
+                unprintable name, a name not listed in ``orders`` or a listed name that
+                never occurs.
         """
-        rows = [tuple(str(n) for n in p) for p in paths]
-        if not rows:
-            raise ValueError("paths is empty; give at least one (fine, ..., coarse) name path.")
-        depth = len(rows[0])
-        for i, row in enumerate(rows):
-            if len(row) != depth:
-                raise ValueError(
-                    f"path {i} ({row[0] if row else '?'!r}) has {len(row)} levels but path 0 has {depth}; "
-                    f"all paths must have the same depth."
-                )
-        if orders is not None and len(orders) != depth:
-            raise ValueError(f"orders has {len(orders)} entries but the paths have {depth} levels.")
-        level_ids: list[dict[str, int]] = []
-        for l in range(depth):
-            order = orders[l] if orders is not None else None
-            if order is not None:
-                ids = {}
-                for k, name in enumerate(order):
-                    if name in ids:
-                        raise ValueError(f"orders[{l}] lists class {name!r} twice.")
-                    ids[name] = k
-                used = {row[l] for row in rows}
-                for name in used:
-                    if name not in ids:
-                        raise ValueError(
-                            f"class {name!r} at {_level_label(l, level_names)} is not in orders[{l}]; list "
-                            f"every class name of the level there."
-                        )
-                for name in order:
-                    if name not in used:
-                        raise ValueError(
-                            f"class {name!r} listed in orders[{l}] never occurs in paths (it would leave a "
-                            f"gap in the class ids at {_level_label(l, level_names)})."
-                        )
-            else:
-                ids = {}
-                for row in rows:
-                    ids.setdefault(row[l], len(ids))
-            level_ids.append(ids)
-        parents: list[list[int]] = []
-        for l in range(depth - 1):
-            mapping: dict[str, str] = {}
-            for row in rows:
-                if mapping.setdefault(row[l], row[l + 1]) != row[l + 1]:
-                    raise ValueError(
-                        f"class {row[l]!r} at {_level_label(l, level_names)} has two parents, "
-                        f"{mapping[row[l]]!r} and {row[l + 1]!r}; every class needs exactly one parent."
-                    )
-            inv = {k: name for name, k in level_ids[l].items()}
-            parents.append([level_ids[l + 1][mapping[inv[k]]] for k in range(len(inv))])
-        names = [sorted(ids, key=ids.__getitem__) for ids in level_ids]
-        return cls(parents, names=names, level_names=level_names, num_classes=[len(i) for i in level_ids])
+        return cls._from_map(_parse_named_paths(paths, level_names, orders))
 
     @classmethod
     def from_nested(
@@ -495,65 +833,12 @@ class Taxonomy:
                 label order).
 
         Raises:
-            ValueError: an empty tree, leaves at unequal depths, a name that appears
-                under two parents at the same level, or an empty group.
+            TypeError: ``tree`` is not a mapping.
+            ValueError: an empty tree or group, leaves at unequal depths, a name that
+                appears under two parents at the same level, a fine class listed twice.
+                The message names the place in ``tree`` (``tree['Tops'][1]``).
         """
-        if not isinstance(tree, Mapping):
-            raise TypeError(f"tree must be a mapping {{coarse: {{...: [fine, ...]}}}}, got {type(tree).__name__}.")
-        if not tree:
-            raise ValueError(
-                "tree is empty; give at least one coarse group, e.g. {\"Tops\": [\"T-shirt\", \"Shirt\"]}."
-            )
-        named_paths: list[tuple[str, ...]] = []
-
-        def walk(node: Any, trail: tuple[str, ...]) -> None:
-            if isinstance(node, Mapping):
-                if not node:
-                    raise ValueError(f"group {trail[-1]!r} is empty; every group needs at least one child.")
-                for key, child in node.items():
-                    walk(child, trail + (str(key),))
-            elif isinstance(node, (list, tuple, set, frozenset)):
-                if not node:
-                    raise ValueError(f"group {trail[-1]!r} is empty; every group needs at least one child.")
-                for leaf in node:
-                    if isinstance(leaf, (Mapping, list, tuple, set)):
-                        raise ValueError(
-                            f"group {trail[-1]!r} mixes lists and nested groups; leaves must all sit at "
-                            f"the same depth."
-                        )
-                    named_paths.append((str(leaf),) + tuple(reversed(trail)))
-            else:
-                raise ValueError(
-                    f"the value under {trail[-1]!r} is {node!r}; expected a mapping of subgroups or a list of "
-                    f"fine class names."
-                )
-
-        walk(tree, ())
-        depth = len(named_paths[0])
-        for p in named_paths:
-            if len(p) != depth:
-                raise ValueError(
-                    f"fine class {p[0]!r} (under {' / '.join(reversed(p[1:]))}) sits at depth {len(p)} but "
-                    f"{named_paths[0][0]!r} at depth {depth}; all leaves must be at the same depth."
-                )
-        seen: dict[tuple[int, str], str] = {}
-        for p in named_paths:
-            for l in range(depth - 1):
-                key = (l, p[l])
-                if seen.setdefault(key, p[l + 1]) != p[l + 1]:
-                    raise ValueError(
-                        f"class {p[l]!r} at {_level_label(l, level_names)} appears under two parents, "
-                        f"{seen[key]!r} and {p[l + 1]!r}; every class needs exactly one parent."
-                    )
-        fine_seen: set[str] = set()
-        for p in named_paths:
-            if p[0] in fine_seen and depth == 1:
-                raise ValueError(f"fine class {p[0]!r} is listed twice.")
-            fine_seen.add(p[0])
-        orders = None
-        if fine_order is not None:
-            orders = [list(fine_order)] + [None] * (depth - 1)
-        return cls.from_named_paths(named_paths, level_names=level_names, orders=orders)
+        return cls._from_map(_parse_nested(tree, level_names, fine_order))
 
     @classmethod
     def from_edges(
@@ -565,54 +850,15 @@ class Taxonomy:
         """Build from ``(child, parent)`` name pairs of a tree.
 
         Nodes without a parent form the coarsest level; nodes without children
-        are the fine classes and must all be equally far from the top.
+        are the fine classes and must all be equally far from the top. Fine ids
+        follow ``fine_order`` when given, else the order in which the fine classes
+        first appear; coarser ids follow first appearance on the fine classes' paths.
 
         Raises:
-            ValueError: a cycle (naming a class on it), a child with two different
-                parents, or leaves at unequal depths.
+            ValueError: a cycle (naming the classes and edges on it), a child with two
+                different parents, or leaves at unequal depths.
         """
-        parent_of: dict[str, str] = {}
-        nodes: dict[str, None] = {}
-        for i, edge in enumerate(edges):
-            if len(edge) != 2:
-                raise ValueError(f"edges[{i}] is {edge!r}; expected a (child, parent) pair.")
-            child, parent = str(edge[0]), str(edge[1])
-            if child == parent:
-                raise ValueError(f"class {child!r} is its own parent (a cycle).")
-            if parent_of.setdefault(child, parent) != parent:
-                raise ValueError(
-                    f"class {child!r} has two parents, {parent_of[child]!r} and {parent!r}; every class "
-                    f"needs exactly one parent."
-                )
-            nodes.setdefault(child)
-            nodes.setdefault(parent)
-        if not nodes:
-            raise ValueError("edges is empty; give (child, parent) pairs.")
-        chains: dict[str, tuple[str, ...]] = {}
-        for node in nodes:
-            chain = [node]
-            on_chain = {node}
-            while chain[-1] in parent_of:
-                up = parent_of[chain[-1]]
-                if up in on_chain:
-                    raise ValueError(f"class {up!r} is its own ancestor (a cycle through {chain[-1]!r}).")
-                chain.append(up)
-                on_chain.add(up)
-            chains[node] = tuple(chain)
-        has_child = set(parent_of.values())
-        leaves = [n for n in nodes if n not in has_child]
-        named_paths = [chains[leaf] for leaf in leaves]
-        depth = len(named_paths[0])
-        for p in named_paths:
-            if len(p) != depth:
-                raise ValueError(
-                    f"fine class {p[0]!r} has {len(p)} levels up to its root but {named_paths[0][0]!r} has "
-                    f"{depth}; all leaves must be at the same depth."
-                )
-        orders = None
-        if fine_order is not None:
-            orders = [list(fine_order)] + [None] * (depth - 1)
-        return cls.from_named_paths(named_paths, level_names=level_names, orders=orders)
+        return cls._from_map(_parse_edges(edges, level_names, fine_order))
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -671,7 +917,7 @@ class Taxonomy:
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write :meth:`to_json` (indented) to ``path``, atomically
-        (:func:`hcast.weights.atomic_write`: never a torn file; symlinks followed, special
+        (:func:`hcast._io.atomic_write`: never a torn file; symlinks followed, special
         files written through)."""
         from hcast._io import atomic_write
 
