@@ -103,7 +103,26 @@ def _quickstart_md(hub: LocalHub) -> None:
     save_model_folder(timm.create_model("hcast_tiny", level_classes=taxonomy.num_classes), "runs/fmnist", taxonomy)
 
 
-SETUP = {"docs/models.md": _models_md, "docs/quickstart.md": _quickstart_md}
+def _training_md(hub: LocalHub) -> None:
+    """The quick start's image folder (4 fine classes, 4 photos each, 64 x 64) and taxonomy.json."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from hcast.hierarchy import Taxonomy
+
+    Taxonomy.from_named_paths(
+        [("husky", "dog", "animal"), ("beagle", "dog", "animal"), ("tabby", "cat", "animal"), ("sedan", "car", "vehicle")],
+        level_names=("breed", "species", "kind")).save("taxonomy.json")
+    photos = {"husky": data.astronaut(), "beagle": data.coffee(), "tabby": data.chelsea(), "sedan": data.rocket()}
+    for name, photo in photos.items():
+        Path("my_images", name).mkdir(parents=True)
+        for i in range(4):
+            crop = photo[i * 40:i * 40 + 256, i * 40:i * 40 + 256]
+            Image.fromarray(np.ascontiguousarray(crop)).resize((64, 64)).save(f"my_images/{name}/{i:03d}.jpg")
+
+
+SETUP = {"docs/models.md": _models_md, "docs/quickstart.md": _quickstart_md, "docs/training.md": _training_md}
 
 
 # ----------------------------------------------------------------------------- the test
