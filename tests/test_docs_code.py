@@ -122,7 +122,15 @@ def _training_md(hub: LocalHub) -> None:
             Image.fromarray(np.ascontiguousarray(crop)).resize((64, 64)).save(f"my_images/{name}/{i:03d}.jpg")
 
 
-SETUP = {"docs/models.md": _models_md, "docs/quickstart.md": _quickstart_md, "docs/training.md": _training_md}
+def _weights_md(hub: LocalHub) -> None:
+    """The checkpoint files the page reads: CAST's DeiT checkpoint (twice) and living17's."""
+    deit = hub.repos["twke/CAST"]["snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth"]
+    Path("best_checkpoint.pth").write_bytes(deit)
+    Path("ckpt.pth").write_bytes(deit)
+    Path("living17.pth").write_bytes(hub.gdrive[LIVING17_ID])
+
+
+SETUP = {"docs/weights.md": _weights_md, "docs/models.md": _models_md, "docs/quickstart.md": _quickstart_md, "docs/training.md": _training_md}
 
 
 # ----------------------------------------------------------------------------- the test
