@@ -137,15 +137,7 @@ SETUP = {"docs/models.md": _models_md, "docs/quickstart.md": _quickstart_md, "do
 # ----------------------------------------------------------------------------- the test
 
 
-# Pages whose blocks still need data this test does not make yet (issue 22, open): they must
-# fail (strict xfail), so a page that starts to run is moved out of this list.
-PENDING = {
-    "docs/segmentation.md": "the training block uses images/labels arrays of a GarmentScenes set it does not build",
-}
-
-
-@pytest.mark.parametrize("doc", [pytest.param(d, marks=pytest.mark.xfail(strict=True, reason=PENDING[d]))
-                                 if d in PENDING else d for d in DOCS])
+@pytest.mark.parametrize("doc", DOCS)
 def test_docs_python_blocks_run(doc, local_hub, tmp_path, monkeypatch, one_torch_thread):
     blocks = python_blocks(doc)
     use_local_hub(monkeypatch, local_hub, tmp_path / "hf")
