@@ -443,7 +443,20 @@ def _zeros(*shape: int) -> torch.Tensor:
     return torch.zeros(shape, dtype=torch.int64) if shape else torch.zeros((), dtype=torch.int64)
 
 
-class HierarchicalMetrics(_Metric):
+class _HierarchyMetric(_Metric):
+    """What every hcast torchmetrics class starts with: torchmetrics present, the taxonomy
+    checked (when the metric needs one), ``validate_args`` stored."""
+
+    def __init__(self, taxonomy: Optional[Taxonomy], validate_args: bool, **kwargs: Any) -> None:
+        _require_torchmetrics(type(self).__name__)
+        super().__init__(**kwargs)
+        if taxonomy is not None:
+            V.check_instance("taxonomy", taxonomy, Taxonomy)
+        self.taxonomy = taxonomy
+        self.validate_args = bool(validate_args)
+
+
+class HierarchicalMetrics(_HierarchyMetric):
     """All hierarchical metrics in one torchmetrics ``Metric`` (counts summed across processes).
 
     Args:
@@ -475,13 +488,9 @@ class HierarchicalMetrics(_Metric):
     def __init__(
         self, taxonomy: Taxonomy, top_k: Sequence[int] = (1,), validate_args: bool = True, **kwargs: Any
     ) -> None:
-        _require_torchmetrics(type(self).__name__)
-        super().__init__(**kwargs)
-        V.check_instance("taxonomy", taxonomy, Taxonomy)
-        self.validate_args = bool(validate_args)
+        super().__init__(taxonomy, validate_args, **kwargs)
         top_k = V.check_sequence("top_k", top_k, "one k >= 1 per accuracy")
         top_k = tuple(V.check_int(f"top_k[{i}]", k, 1) for i, k in enumerate(top_k))
-        self.taxonomy = taxonomy
         self.top_k = top_k
         self.register_buffer("_paths", taxonomy.paths(), persistent=False)
         L = taxonomy.num_levels
@@ -533,7 +542,7 @@ class HierarchicalMetrics(_Metric):
         return out
 
 
-class FullPathAccuracy(_Metric):
+class FullPathAccuracy(_HierarchyMetric):
     """Full-path accuracy (FPA) as a torchmetrics ``Metric``; ``update(preds, targets)`` per level.
 
     ``validate_args=False`` skips the NaN check of logits (a host sync per ``update``).
@@ -544,9 +553,7 @@ class FullPathAccuracy(_Metric):
     full_state_update = False
 
     def __init__(self, validate_args: bool = True, **kwargs: Any) -> None:
-        _require_torchmetrics(type(self).__name__)
-        super().__init__(**kwargs)
-        self.validate_args = bool(validate_args)
+        super().__init__(None, validate_args, **kwargs)
         self.add_state("correct", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
 
@@ -560,7 +567,7 @@ class FullPathAccuracy(_Metric):
         return _ratio(self.correct, self.total)
 
 
-class TreeInconsistencyError(_Metric):
+class TreeInconsistencyError(_HierarchyMetric):
     """Tree-based inconsistency error (TICE) as a torchmetrics ``Metric``; ``update(preds)`` per level.
 
     Logits must have the taxonomy's class count at every level (``ValueError``
@@ -572,11 +579,7 @@ class TreeInconsistencyError(_Metric):
     full_state_update = False
 
     def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
-        _require_torchmetrics(type(self).__name__)
-        super().__init__(**kwargs)
-        V.check_instance("taxonomy", taxonomy, Taxonomy)
-        self.taxonomy = taxonomy
-        self.validate_args = bool(validate_args)
+        super().__init__(taxonomy, validate_args, **kwargs)
         self.add_state("inconsistent", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("total", default=_zeros(), dist_reduce_fx="sum")
 
@@ -593,7 +596,7 @@ class TreeInconsistencyError(_Metric):
         return _ratio(self.inconsistent, self.total)
 
 
-class MistakeSeverity(_Metric):
+class MistakeSeverity(_HierarchyMetric):
     """Mean LCA height of top-1 fine mistakes as a torchmetrics ``Metric`` (0 when there is no mistake).
 
     ``validate_args=False`` skips the id-range and NaN checks (host syncs).
@@ -604,11 +607,7 @@ class MistakeSeverity(_Metric):
     full_state_update = False
 
     def __init__(self, taxonomy: Taxonomy, validate_args: bool = True, **kwargs: Any) -> None:
-        _require_torchmetrics(type(self).__name__)
-        super().__init__(**kwargs)
-        V.check_instance("taxonomy", taxonomy, Taxonomy)
-        self.taxonomy = taxonomy
-        self.validate_args = bool(validate_args)
+        super().__init__(taxonomy, validate_args, **kwargs)
         self.register_buffer("_paths", taxonomy.paths(), persistent=False)
         self.add_state("height_sum", default=_zeros(), dist_reduce_fx="sum")
         self.add_state("mistakes", default=_zeros(), dist_reduce_fx="sum")
