@@ -4,8 +4,11 @@ Builds GarmentScenes (hcast.data.garment_scenes: all 10 Fashion-MNIST garments p
 crops of scikit-image photographs; the val split's garments are Fashion-MNIST test images
 and its backgrounds come from photo regions no training crop touches), computes SEEDS
 superpixels once, trains a small CAST segmenter (cast_seg_tiny encoder + SPML's softmax
-head) from scratch with hcast.train.finetune on the "garment-scenes" recipe (task
-"segmentation": AdamW, poly schedule, a budget in CPU seconds), and reports the held-out
+head) from scratch with hcast.train.finetune: first the encoder alone classifies single
+garments on photographs (8,000 fresh scenes, a one-level taxonomy of the 10 garments,
+--warmup-cpu-budget CPU seconds), then the segmenter trains on the "garment-scenes" recipe
+(task "segmentation": AdamW, poly schedule) in what is left of the budget in CPU seconds;
+it reports the held-out
 per-class IoU, the mIoU (mmseg convention: every class occurs) and the all-background
 baseline, with a picture. The segmenter folder it writes ($OUT/segmenter) is what
 `hcast segment` and `hcast evaluate` load.
@@ -41,9 +44,10 @@ parser.add_argument("--batch-size", type=int, default=None)
 parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 2e-3)")
 parser.add_argument("--ema-decay", type=float, default=None,
                     help="evaluate an exponential moving average of the weights (timm ModelEmaV3) with this decay")
-parser.add_argument("--warmup-cpu-budget", type=float, default=0,
+parser.add_argument("--warmup-cpu-budget", type=float, default=250,
                     help="CPU seconds (taken from --cpu-budget) spent first training the encoder to classify single "
-                         "garments on photographs (fresh scenes, cross-entropy on the average-pooled features)")
+                         "garments on photographs (fresh scenes, cross-entropy on the average-pooled features, "
+                         "constant learning rate); 0: segment from scratch")
 parser.add_argument("--warmup-images", type=int, default=8000)
 parser.add_argument("--warmup-lr", type=float, default=2e-3)
 parser.add_argument("--threads", type=int, default=None)
@@ -96,7 +100,7 @@ if args.warmup_cpu_budget:
     classifier = timm.create_model("cast_seg_tiny", num_classes=garments.num_classes[0], **model_args)
     warmup = get_recipe("garment-scenes").config.replace(
         task="classification", time_budget=args.warmup_cpu_budget / 60, seed=args.seed, num_segments=args.superpixels,
-        input_size=args.size, lr=args.warmup_lr)
+        input_size=args.size, lr=args.warmup_lr, min_lr=args.warmup_lr, kl_weight=0.0)  # constant LR, cross-entropy
     cpu0 = time.process_time()
     warm = finetune(classifier, items[200:], items[:200], garments, warmup)
     warmup_cpu = time.process_time() - cpu0

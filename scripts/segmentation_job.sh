@@ -2,7 +2,7 @@
 # The real-input segmentation job: install hcast, build a small segmentation set from all
 # 10 Fashion-MNIST garments pasted on crops of scikit-image photographs (held-out garments
 # and background regions for validation), train a small CAST segmenter from scratch on the
-# CPU within a budget, print per-class IoU and `mIoU: NN.N`, draw a picture (image, CAST's
+# CPU within a budget (its encoder first learns to classify single garments, then it segments), print per-class IoU and `mIoU: NN.N`, draw a picture (image, CAST's
 # hierarchical segments, predicted and true semantic maps with a legend), and segment three
 # held-out images with `hcast segment`.
 #
